@@ -1,0 +1,1 @@
+"""vebus deadletter service."""

@@ -1,0 +1,1 @@
+"""vebus dispatcher service."""

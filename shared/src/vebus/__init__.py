@@ -1,0 +1,1 @@
+"""vebus: the vSphere event bus (shared library)."""
