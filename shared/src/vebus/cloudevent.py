@@ -1,0 +1,131 @@
+"""The CloudEvent model and its NATS binding (binary mode: `ce-` headers, data in the body).
+
+Every vebus message carries, besides the CloudEvents attributes:
+- `vebus-wire`: the wire-format version (WIRE_VERSION) so later versions can change it;
+- `Nats-Msg-Id`: the stable id JetStream deduplicates on (see `vebus.subjects`);
+- `traceparent` (W3C) when the event is being traced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from vebus.errors import InvalidEventError
+
+__all__ = [
+    "CONTENT_TYPE",
+    "MSG_ID",
+    "TRACEPARENT",
+    "WIRE_HEADER",
+    "WIRE_VERSION",
+    "CloudEvent",
+    "from_headers",
+    "to_headers",
+]
+
+WIRE_HEADER = "vebus-wire"
+WIRE_VERSION = "1"
+MSG_ID = "Nats-Msg-Id"
+TRACEPARENT = "traceparent"
+CONTENT_TYPE = "content-type"
+CE_PREFIX = "ce-"
+
+_REQUIRED = ("id", "source", "type", "specversion")
+_OPTIONAL = ("time", "subject", "dataschema")
+_RESERVED = {*_REQUIRED, *_OPTIONAL, "datacontenttype", "data"}
+_json = msgspec.json.Decoder()
+
+
+class CloudEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """A CloudEvents 1.0 event; `data` is kept as the raw bytes of the body."""
+
+    id: str
+    source: str
+    type: str
+    specversion: str = "1.0"
+    time: str | None = None
+    subject: str | None = None
+    dataschema: str | None = None
+    datacontenttype: str | None = "application/json"
+    #: extension attributes, e.g. eventclass, vsphereapiversion (lower-case names)
+    extensions: dict[str, str] = msgspec.field(default_factory=dict)
+    data: bytes = b""
+
+    def attributes(self) -> dict[str, str]:
+        """Every attribute set on the event, extensions included, as strings."""
+        out = {"id": self.id, "source": self.source, "type": self.type}
+        out["specversion"] = self.specversion
+        for name in ("time", "subject", "dataschema", "datacontenttype"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        out.update(self.extensions)
+        return out
+
+    def json_data(self) -> Any:
+        """`data` decoded as JSON (InvalidEventError if it is not JSON)."""
+        if not self.data:
+            return None
+        try:
+            return _json.decode(self.data)
+        except msgspec.DecodeError as e:
+            raise InvalidEventError(f"event {self.id}: data is not valid JSON: {e}") from None
+
+    def as_match_input(self) -> dict[str, Any]:
+        """The dict routes match against: the attributes, plus `data` decoded."""
+        doc: dict[str, Any] = dict(self.attributes())
+        doc["data"] = self.json_data()
+        return doc
+
+
+def to_headers(event: CloudEvent, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """NATS headers for `event` in binary content mode."""
+    headers = {CE_PREFIX + k: v for k, v in event.attributes().items() if k != "datacontenttype"}
+    if event.datacontenttype:
+        headers[CONTENT_TYPE] = event.datacontenttype
+    headers[WIRE_HEADER] = WIRE_VERSION
+    if extra:
+        headers.update(extra)
+    return headers
+
+
+def from_headers(headers: Mapping[str, str] | None, body: bytes) -> CloudEvent:
+    """Parse a binary-mode NATS message; InvalidEventError names what is missing or wrong."""
+    if not headers:
+        raise InvalidEventError("message has no headers (expected CloudEvents ce- headers)")
+    attrs: dict[str, str] = {}
+    ext: dict[str, str] = {}
+    content_type = None
+    for raw_name, value in headers.items():
+        name = raw_name.lower()
+        if name == CONTENT_TYPE:
+            content_type = value
+        elif name.startswith(CE_PREFIX):
+            attr = name[len(CE_PREFIX) :]
+            if attr in _RESERVED:
+                attrs[attr] = value
+            else:
+                ext[attr] = value
+    missing = [a for a in _REQUIRED if not attrs.get(a)]
+    if missing:
+        raise InvalidEventError(
+            "message lacks required CloudEvents header(s): "
+            + ", ".join(CE_PREFIX + m for m in missing)
+        )
+    if attrs["specversion"] != "1.0":
+        raise InvalidEventError(f"unsupported ce-specversion {attrs['specversion']!r}")
+    return CloudEvent(
+        id=attrs["id"],
+        source=attrs["source"],
+        type=attrs["type"],
+        specversion=attrs["specversion"],
+        time=attrs.get("time"),
+        subject=attrs.get("subject"),
+        dataschema=attrs.get("dataschema"),
+        datacontenttype=content_type,
+        extensions=ext,
+        data=body,
+    )

@@ -1,0 +1,48 @@
+"""The vebus exception tree, shared by every service.
+
+VebusError
+├── ConfigError            a user's configuration is wrong; the message names the path
+├── RetryableError         the operation may succeed later (timeout, 5xx, connection refused)
+│   └── PublishError       JetStream did not acknowledge a publish in time
+└── PermanentError         retrying cannot help (4xx, invalid event, template error)
+    └── InvalidEventError  a message on a vebus subject is not a valid CloudEvent
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "InvalidEventError",
+    "PermanentError",
+    "PublishError",
+    "RetryableError",
+    "VebusError",
+]
+
+
+class VebusError(Exception):
+    """Root of every error vebus raises on purpose."""
+
+
+class ConfigError(VebusError):
+    """A configuration problem; `errors` holds one line per problem, each naming its path."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(errors))
+
+
+class RetryableError(VebusError):
+    """The operation failed but may succeed if tried again later."""
+
+
+class PublishError(RetryableError):
+    """A JetStream publish was not acknowledged."""
+
+
+class PermanentError(VebusError):
+    """The operation failed and will fail the same way every time."""
+
+
+class InvalidEventError(PermanentError):
+    """A NATS message is not a valid vebus CloudEvent."""

@@ -1,0 +1,153 @@
+"""Idempotent creation of the vebus streams and consumers.
+
+A stream or consumer that exists with a compatible config is updated in place; one whose
+config cannot be changed (retention, storage) is reported with what differs and left alone,
+never silently recreated: its messages are somebody's events.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    ConsumerConfig,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import NotFoundError
+
+from vebus import subjects
+from vebus.config import Config
+from vebus.errors import VebusError
+
+__all__ = [
+    "StreamConflictError",
+    "dlq_stream_config",
+    "ensure_consumer",
+    "ensure_stream",
+    "ensure_streams",
+    "events_stream_config",
+    "routes_stream_config",
+]
+
+log = logging.getLogger(__name__)
+
+#: properties JetStream cannot change on an existing stream
+_IMMUTABLE = ("retention", "storage")
+
+
+class StreamConflictError(VebusError):
+    """A stream or consumer exists with a config vebus cannot move to without losing data."""
+
+
+def events_stream_config(config: Config) -> StreamConfig:
+    """VEBUS_EVENTS: the history of every event, kept by age and size."""
+    s = config.streams
+    return StreamConfig(
+        name=subjects.EVENTS_STREAM,
+        subjects=[subjects.EVENTS_SUBJECTS],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=float(s.events_max_age) or None,
+        max_bytes=s.events_max_bytes,
+        duplicate_window=float(s.duplicate_window),
+        num_replicas=config.nats.replicas,
+        allow_direct=True,
+    )
+
+
+def routes_stream_config(config: Config) -> StreamConfig:
+    """VEBUS_ROUTES: one work queue per route, each bounded so one cannot fill the others."""
+    s = config.streams
+    return StreamConfig(
+        name=subjects.ROUTES_STREAM,
+        subjects=[subjects.ROUTES_SUBJECTS],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        max_msgs_per_subject=s.route_max_msgs,
+        discard=DiscardPolicy.NEW,
+        discard_new_per_subject=True,
+        duplicate_window=float(s.duplicate_window),
+        num_replicas=config.nats.replicas,
+    )
+
+
+def dlq_stream_config(config: Config) -> StreamConfig:
+    """VEBUS_DLQ: dead letters, kept long."""
+    return StreamConfig(
+        name=subjects.DLQ_STREAM,
+        subjects=[subjects.DLQ_SUBJECTS],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=float(config.streams.dlq_max_age) or None,
+        duplicate_window=float(config.streams.duplicate_window),
+        num_replicas=config.nats.replicas,
+        allow_direct=True,
+    )
+
+
+async def ensure_stream(js: JetStreamContext, want: StreamConfig) -> None:
+    """Create the stream, or update it to `want`; StreamConflictError if it cannot be."""
+    assert want.name is not None
+    try:
+        info = await js.stream_info(want.name)
+    except NotFoundError:
+        await js.add_stream(want)
+        log.info("created stream %s", want.name)
+        return
+    have = info.config
+    diffs = [
+        f"{f}: has {getattr(have, f)!s}, vebus needs {getattr(want, f)!s}"
+        for f in _IMMUTABLE
+        if getattr(have, f) != getattr(want, f)
+    ]
+    if diffs:
+        raise StreamConflictError(
+            f"stream {want.name} exists with an incompatible config ({'; '.join(diffs)}); "
+            f"it was left as it is: move its messages away and delete it, or point vebus "
+            f"at another NATS account"
+        )
+    if _differs(have, want):
+        await js.update_stream(want)
+        log.info("updated stream %s", want.name)
+
+
+def _differs(have: Any, want: Any) -> bool:
+    for key, value in want.as_dict().items():
+        if key in ("name",):
+            continue
+        if have.as_dict().get(key) != value:
+            return True
+    return False
+
+
+async def ensure_streams(js: JetStreamContext, config: Config) -> None:
+    """All three vebus streams, created or updated."""
+    for cfg in (events_stream_config(config), routes_stream_config(config)):
+        await ensure_stream(js, cfg)
+    await ensure_stream(js, dlq_stream_config(config))
+
+
+async def ensure_consumer(js: JetStreamContext, stream: str, want: ConsumerConfig) -> None:
+    """Create the durable consumer, or update it in place; conflicts are reported."""
+    name = want.durable_name or want.name
+    assert name is not None
+    try:
+        info = await js.consumer_info(stream, name)
+    except NotFoundError:
+        await js.add_consumer(stream, want)
+        log.info("created consumer %s on %s", name, stream)
+        return
+    have = info.config
+    if (have.filter_subject or None) != (want.filter_subject or None):
+        raise StreamConflictError(
+            f"consumer {name} on {stream} filters {have.filter_subject!r}, vebus needs "
+            f"{want.filter_subject!r}; delete it (`nats consumer rm {stream} {name}`) to go on"
+        )
+    if _differs(have, want):
+        await js.add_consumer(stream, want)  # JetStream updates a durable in place
+        log.info("updated consumer %s on %s", name, stream)
