@@ -1,0 +1,725 @@
+"""EventBridge-style event patterns: compile once, then match or explain against a CloudEvent.
+
+The event is a mapping of the CloudEvent attributes (``type``, ``source``, ``subject``,
+extensions such as ``eventclass``) with the decoded JSON payload under ``data``. A pattern
+has the event's shape: an object whose fields hold either a nested object (descend into
+the event) or a non-empty array of alternatives (the leaf). Fields are ANDed, a leaf's
+alternatives are ORed, and when the event value is an array the leaf matches if any
+element matches (a nested object matches if any object element matches all of it).
+Leaf alternatives, as in AWS EventBridge (the semantics of aws/event-ruler):
+
+- ``"x"``, ``5``, ``true``, ``null``: exact match; numbers compare numerically (5 == 5.0),
+  booleans never equal numbers.
+- ``{"prefix": "x"}``, ``{"suffix": "x"}``, either with ``{"equals-ignore-case": "x"}``
+  as the value; ``{"equals-ignore-case": "x"}``; ``{"wildcard": "a*b"}`` (``*`` matches
+  any run of characters, ``\\*`` and ``\\\\`` are a literal star and backslash, ``**`` is
+  refused). These match string values only.
+- ``{"anything-but": v}``: v a string, a number, or a list of only strings or only numbers,
+  or ``{"prefix" | "suffix" | "wildcard": "x"}``, or ``{"equals-ignore-case": "x" | [...]}``.
+  Matches any present value not excluded (null included); never matches an absent field.
+- ``{"numeric": [">", 0, "<=", 5]}``: ``=``, or a lower bound (``>``/``>=``) optionally
+  followed by an upper bound (``<``/``<=``), or an upper bound alone; JSON numbers only.
+- ``{"exists": true | false}``: whether the field has a leaf value (null counts, an object
+  or an empty array does not).
+- ``{"cidr": "10.0.0.0/24"}``: an IPv4 or IPv6 address string inside the network.
+- ``"$or": [{...}, {...}]`` in place of a field, at any level: at least two sub-patterns,
+  any of which may match.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Protocol
+
+__all__ = ["OPERATORS", "Explanation", "Pattern", "PatternError", "compile_pattern"]
+
+OPERATORS: tuple[str, ...] = (
+    "prefix",
+    "suffix",
+    "anything-but",
+    "equals-ignore-case",
+    "wildcard",
+    "numeric",
+    "exists",
+    "cidr",
+)
+"""The operator names a leaf alternative may use (plus ``$or`` in place of a field)."""
+
+_OR = "$or"
+_NUMERIC_OPS = ("=", ">", ">=", "<", "<=")
+_ANYTHING_BUT_OPS = ("prefix", "suffix", "equals-ignore-case", "wildcard")
+_MISSING: Any = object()
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+class PatternError(ValueError):
+    """A pattern is invalid; ``path`` locates the problem inside it (``match.data.Vm[0]``)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """Whether a pattern matched an event, and the field(s) that decided it."""
+
+    matched: bool
+    reason: str
+
+
+# --- rendering ----------------------------------------------------------------------------
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    """A value as JSON for a person to read, cut short if long."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    except ValueError:  # circular structure
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _kind(value: Any) -> str:
+    """What a pattern author wrote, for "got ..." in an error."""
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list | tuple):
+        return "an array"
+    if value is None or isinstance(value, str | bool | int | float):
+        return _show(value)
+    return f"a {type(value).__name__}"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _finite_number(value: Any) -> bool:
+    return _is_number(value) and math.isfinite(value)
+
+
+# --- event access -------------------------------------------------------------------------
+
+
+def _flatten(items: Sequence[Any], out: list[Any], *, objects: bool) -> None:
+    for item in items:
+        if isinstance(item, list | tuple):
+            _flatten(item, out, objects=objects)
+        elif isinstance(item, Mapping) == objects:
+            out.append(item)
+
+
+def _leaf_values(value: Any) -> tuple[Any, ...]:
+    """The leaf values at a field: none if absent, an object or an empty array."""
+    if isinstance(value, list | tuple):
+        out: list[Any] = []
+        _flatten(value, out, objects=False)
+        return tuple(out)
+    if value is _MISSING or isinstance(value, Mapping):
+        return ()
+    return (value,)
+
+
+def _objects(value: Any) -> tuple[Mapping[str, Any], ...]:
+    """The objects a nested pattern is tried against; an empty one if there are none."""
+    if isinstance(value, Mapping):
+        return (value,)
+    if isinstance(value, list | tuple):
+        out: list[Any] = []
+        _flatten(value, out, objects=True)
+        if out:
+            return tuple(out)
+    return (_EMPTY,)
+
+
+# --- leaf matchers ------------------------------------------------------------------------
+
+
+class _Matcher:
+    """One alternative of a leaf, tested against the field's leaf values."""
+
+    __slots__ = ()
+
+    def test(self, values: tuple[Any, ...]) -> bool:
+        return any(self.accepts(value) for value in values)
+
+    def accepts(self, value: Any) -> bool:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def matched(self, values: tuple[Any, ...]) -> str:
+        return f"matched {self.describe()}"
+
+    def rejection(self, value: Any) -> str:
+        return f"{_show(value)} does not match {self.describe()}"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Exact(_Matcher):
+    strings: frozenset[str]
+    numbers: frozenset[int | float]
+    booleans: frozenset[bool]
+    null: bool
+    shown: tuple[str, ...]
+
+    def accepts(self, value: Any) -> bool:
+        if isinstance(value, str):
+            return value in self.strings
+        if value is None:
+            return self.null
+        if isinstance(value, bool):
+            return value in self.booleans
+        if isinstance(value, int | float):
+            return value in self.numbers
+        return False
+
+    def describe(self) -> str:
+        if len(self.shown) == 1:
+            return self.shown[0]
+        return "one of " + ", ".join(self.shown)
+
+    def matched(self, values: tuple[Any, ...]) -> str:
+        hit = next(value for value in values if self.accepts(value))
+        return f"matched {_show(hit)}"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Prefix(_Matcher):
+    prefix: str
+    ignore_case: bool
+
+    def accepts(self, value: Any) -> bool:
+        if not isinstance(value, str):
+            return False
+        if self.ignore_case:
+            return value.casefold().startswith(self.prefix)
+        return value.startswith(self.prefix)
+
+    def describe(self) -> str:
+        return f"prefix {'equals-ignore-case ' if self.ignore_case else ''}{_show(self.prefix)}"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Suffix(_Matcher):
+    suffix: str
+    ignore_case: bool
+
+    def accepts(self, value: Any) -> bool:
+        if not isinstance(value, str):
+            return False
+        if self.ignore_case:
+            return value.casefold().endswith(self.suffix)
+        return value.endswith(self.suffix)
+
+    def describe(self) -> str:
+        return f"suffix {'equals-ignore-case ' if self.ignore_case else ''}{_show(self.suffix)}"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _EqualsIgnoreCase(_Matcher):
+    folded: frozenset[str]
+    shown: tuple[str, ...]
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, str) and value.casefold() in self.folded
+
+    def describe(self) -> str:
+        inner = self.shown[0] if len(self.shown) == 1 else "[" + ", ".join(self.shown) + "]"
+        return f"equals-ignore-case {inner}"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Wildcard(_Matcher):
+    text: str
+    regex: re.Pattern[str]
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, str) and self.regex.fullmatch(value) is not None
+
+    def describe(self) -> str:
+        return f"wildcard {_show(self.text)}"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Numeric(_Matcher):
+    low: int | float | None
+    low_inclusive: bool
+    high: int | float | None
+    high_inclusive: bool
+    text: str
+
+    def accepts(self, value: Any) -> bool:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return False
+        low, high = self.low, self.high
+        if low is not None and not (value >= low if self.low_inclusive else value > low):
+            return False  # written so that NaN (json.loads accepts it) never matches
+        return high is None or (value <= high if self.high_inclusive else value < high)
+
+    def describe(self) -> str:
+        return f"numeric {self.text}"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Cidr(_Matcher):
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+
+    def accepts(self, value: Any) -> bool:
+        if not isinstance(value, str):
+            return False
+        try:
+            address = ipaddress.ip_address(value)
+        except ValueError:
+            return False
+        return address.version == self.network.version and address in self.network
+
+    def describe(self) -> str:
+        return f"cidr {_show(str(self.network))}"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Exists(_Matcher):
+    present: bool
+
+    def test(self, values: tuple[Any, ...]) -> bool:
+        return bool(values) == self.present
+
+    def describe(self) -> str:
+        return f"exists {'true' if self.present else 'false'}"
+
+    def matched(self, values: tuple[Any, ...]) -> str:
+        return f"{'present' if self.present else 'absent'} (exists {_show(self.present)})"
+
+    def rejection(self, value: Any) -> str:
+        return f"{_show(value)} is present (expected exists false)"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _AnythingBut(_Matcher):
+    strings: frozenset[str]
+    numbers: frozenset[int | float]
+    shown: str
+
+    def accepts(self, value: Any) -> bool:
+        if isinstance(value, str):
+            return value not in self.strings
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return value not in self.numbers
+        return True
+
+    def describe(self) -> str:
+        return f"anything-but {self.shown}"
+
+    def rejection(self, value: Any) -> str:
+        return f"{_show(value)} is excluded by anything-but"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _AnythingButOf(_Matcher):
+    """anything-but over a string operator: values it does not accept (non-strings too)."""
+
+    inner: _Matcher
+
+    def accepts(self, value: Any) -> bool:
+        return not (isinstance(value, str) and self.inner.accepts(value))
+
+    def describe(self) -> str:
+        return f"anything-but {self.inner.describe()}"
+
+    def rejection(self, value: Any) -> str:
+        return f"{_show(value)} is excluded by anything-but {self.inner.describe()}"
+
+
+# --- pattern nodes ------------------------------------------------------------------------
+
+
+class _Node(Protocol):
+    def matches(self, obj: Mapping[str, Any]) -> bool: ...
+
+    def explain(self, obj: Mapping[str, Any]) -> tuple[bool, str]: ...
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Leaf:
+    key: str
+    where: str
+    matchers: tuple[_Matcher, ...]
+
+    def matches(self, obj: Mapping[str, Any]) -> bool:
+        values = _leaf_values(obj.get(self.key, _MISSING))
+        return any(matcher.test(values) for matcher in self.matchers)
+
+    def explain(self, obj: Mapping[str, Any]) -> tuple[bool, str]:
+        raw = obj.get(self.key, _MISSING)
+        values = _leaf_values(raw)
+        for matcher in self.matchers:
+            if matcher.test(values):
+                return True, f"{self.where}: {matcher.matched(values)}"
+        return False, f"{self.where}: {self._mismatch(raw, values)}"
+
+    def _mismatch(self, raw: Any, values: tuple[Any, ...]) -> str:
+        if not values:
+            if raw is _MISSING:
+                state = "field is absent"
+            elif isinstance(raw, Mapping):
+                state = "is an object, not a value"
+            else:
+                state = "has no values (an empty array, or only objects)"
+            expected = " or ".join(matcher.describe() for matcher in self.matchers)
+            return f"{state}; expected {expected}"
+        if len(self.matchers) == 1 and len(values) == 1:
+            return self.matchers[0].rejection(values[0])
+        alternatives = ", ".join(matcher.describe() for matcher in self.matchers)
+        return f"{_show(raw)} matches none of: {alternatives}"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Nested:
+    key: str
+    where: str
+    node: _Fields
+
+    def matches(self, obj: Mapping[str, Any]) -> bool:
+        return any(self.node.matches(sub) for sub in _objects(obj.get(self.key)))
+
+    def explain(self, obj: Mapping[str, Any]) -> tuple[bool, str]:
+        subs = _objects(obj.get(self.key))
+        first_failure = ""
+        for sub in subs:
+            ok, reason = self.node.explain(sub)
+            if ok:
+                return True, reason
+            first_failure = first_failure or reason
+        if len(subs) > 1:
+            return False, f"{self.where}: no element of the array matched ({first_failure})"
+        return False, first_failure
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Or:
+    branches: tuple[_Fields, ...]
+
+    def matches(self, obj: Mapping[str, Any]) -> bool:
+        return any(branch.matches(obj) for branch in self.branches)
+
+    def explain(self, obj: Mapping[str, Any]) -> tuple[bool, str]:
+        failures: list[str] = []
+        for index, branch in enumerate(self.branches):
+            ok, reason = branch.explain(obj)
+            if ok:
+                return True, f"$or[{index}]: {reason}"
+            failures.append(f"[{index}] {reason}")
+        return False, "no $or alternative matched: " + "; ".join(failures)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Fields:
+    conditions: tuple[_Node, ...]
+
+    def matches(self, obj: Mapping[str, Any]) -> bool:
+        return all(condition.matches(obj) for condition in self.conditions)
+
+    def explain(self, obj: Mapping[str, Any]) -> tuple[bool, str]:
+        reasons: list[str] = []
+        for condition in self.conditions:
+            ok, reason = condition.explain(obj)
+            if not ok:
+                return False, reason
+            reasons.append(reason)
+        return True, "; ".join(reasons)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Pattern:
+    """A validated, immutable pattern; build it with :func:`compile_pattern`."""
+
+    path: str
+    _root: _Fields = field(repr=False)
+
+    def matches(self, event: Mapping[str, Any]) -> bool:
+        """Whether the event (attributes, with the decoded payload under ``data``) matches."""
+        return self._root.matches(event)
+
+    def explain(self, event: Mapping[str, Any]) -> Explanation:
+        """Like :meth:`matches`, with the reason: the first failing field, or every match."""
+        matched, reason = self._root.explain(event)
+        return Explanation(matched=matched, reason=reason)
+
+
+# --- compiler -----------------------------------------------------------------------------
+
+
+def compile_pattern(pattern: Mapping[str, Any], *, path: str = "match") -> Pattern:
+    """Validate a pattern and compile it; raise PatternError naming the first problem."""
+    return Pattern(path=path, _root=_compile_object(pattern, path, ""))
+
+
+def _compile_object(obj: Any, at: str, where: str) -> _Fields:
+    if not isinstance(obj, Mapping):
+        raise PatternError(at, f"expected an object of fields, got {_kind(obj)}")
+    if not obj:
+        raise PatternError(at, "expected a non-empty object of fields, got {}")
+    conditions: list[_Node] = []
+    for key, value in obj.items():
+        if not isinstance(key, str):
+            raise PatternError(at, f"field names must be strings, got {_kind(key)}")
+        if key == _OR:
+            conditions.append(_compile_or(value, f"{at}.{_OR}", where))
+            continue
+        key_at = f"{at}.{key}"
+        key_where = f"{where}.{key}" if where else key
+        if isinstance(value, Mapping):
+            conditions.append(_Nested(key, key_where, _compile_object(value, key_at, key_where)))
+        elif isinstance(value, list | tuple):
+            conditions.append(_Leaf(key, key_where, _compile_leaf(value, key_at)))
+        else:
+            raise PatternError(
+                key_at,
+                f"expected an array of values or a nested object, got {_kind(value)}"
+                f" (to match it exactly, write [{_show(value)}])",
+            )
+    return _Fields(tuple(conditions))
+
+
+def _compile_or(value: Any, at: str, where: str) -> _Or:
+    if not isinstance(value, list | tuple) or len(value) < 2:
+        got = f"{len(value)} item(s)" if isinstance(value, list | tuple) else _kind(value)
+        raise PatternError(at, f"expected an array of at least two sub-patterns, got {got}")
+    return _Or(tuple(_compile_object(sub, f"{at}[{i}]", where) for i, sub in enumerate(value)))
+
+
+def _compile_leaf(items: Sequence[Any], at: str) -> tuple[_Matcher, ...]:
+    if not items:
+        raise PatternError(at, "expected a non-empty array of values, got []")
+    strings: set[str] = set()
+    numbers: set[int | float] = set()
+    booleans: set[bool] = set()
+    null = False
+    shown: list[str] = []
+    operators: list[_Matcher] = []
+    for index, item in enumerate(items):
+        item_at = f"{at}[{index}]"
+        if isinstance(item, Mapping):
+            operators.append(_compile_operator(item, item_at))
+            continue
+        if isinstance(item, str):
+            strings.add(item)
+        elif item is None:
+            null = True
+        elif isinstance(item, bool):
+            booleans.add(item)
+        elif _finite_number(item):
+            numbers.add(item)
+        else:
+            raise PatternError(
+                item_at,
+                "expected a string, a finite number, true, false, null or an operator object,"
+                f" got {_kind(item)}",
+            )
+        shown.append(_show(item))
+    if shown:
+        exact = _Exact(
+            frozenset(strings), frozenset(numbers), frozenset(booleans), null, tuple(shown)
+        )
+        operators.insert(0, exact)
+    return tuple(operators)
+
+
+def _compile_operator(item: Mapping[Any, Any], at: str) -> _Matcher:
+    if len(item) != 1:
+        names = ", ".join(_show(key) for key in item) or "none"
+        raise PatternError(at, f"an operator object has exactly one key, got {names}")
+    ((name, value),) = item.items()
+    op_at = f"{at}.{name}"
+    if name == "prefix":
+        text, ignore_case = _affix_operand(value, op_at)
+        return _Prefix(text.casefold() if ignore_case else text, ignore_case)
+    if name == "suffix":
+        text, ignore_case = _affix_operand(value, op_at)
+        return _Suffix(text.casefold() if ignore_case else text, ignore_case)
+    if name == "equals-ignore-case":
+        return _EqualsIgnoreCase(frozenset({_string(value, op_at).casefold()}), (_show(value),))
+    if name == "wildcard":
+        return _compile_wildcard(value, op_at)
+    if name == "anything-but":
+        return _compile_anything_but(value, op_at)
+    if name == "numeric":
+        return _compile_numeric(value, op_at)
+    if name == "exists":
+        if not isinstance(value, bool):
+            raise PatternError(op_at, f"expected true or false, got {_kind(value)}")
+        return _Exists(value)
+    if name == "cidr":
+        text = _string(value, op_at)
+        try:
+            network = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise PatternError(
+                op_at, f'expected an IPv4 or IPv6 network like "10.0.0.0/24", got {_show(text)}'
+            ) from None
+        return _Cidr(network)
+    raise PatternError(
+        at, f"unknown operator {_show(name)} (expected one of: {', '.join(OPERATORS)})"
+    )
+
+
+def _string(value: Any, at: str) -> str:
+    if not isinstance(value, str):
+        raise PatternError(at, f"expected a string, got {_kind(value)}")
+    return value
+
+
+def _affix_operand(value: Any, at: str) -> tuple[str, bool]:
+    """The operand of prefix/suffix: a string, or {"equals-ignore-case": string}."""
+    if isinstance(value, Mapping):
+        if list(value) != ["equals-ignore-case"]:
+            raise PatternError(
+                at, f'expected a string or {{"equals-ignore-case": string}}, got {_show(value)}'
+            )
+        return _string(value["equals-ignore-case"], f"{at}.equals-ignore-case"), True
+    return _string(value, at), False
+
+
+def _compile_wildcard(value: Any, at: str) -> _Wildcard:
+    text = _string(value, at)
+    parts: list[str] = []
+    literal: list[str] = []
+    index = 0
+    while index < len(text):
+        char = text[index]
+        if char == "\\":
+            following = text[index + 1 : index + 2]
+            if following not in ("*", "\\"):
+                raise PatternError(
+                    at,
+                    f"invalid escape at position {index} of {_show(text)}"
+                    " (only \\* and \\\\ may be escaped)",
+                )
+            literal.append(following)
+            index += 2
+            continue
+        if char == "*":
+            if text[index + 1 : index + 2] == "*":
+                raise PatternError(
+                    at, f"consecutive wildcard characters at position {index} of {_show(text)}"
+                )
+            parts.append(re.escape("".join(literal)))
+            parts.append(".*")
+            literal = []
+        else:
+            literal.append(char)
+        index += 1
+    parts.append(re.escape("".join(literal)))
+    return _Wildcard(text, re.compile("".join(parts), re.DOTALL))
+
+
+def _compile_anything_but(value: Any, at: str) -> _Matcher:
+    if isinstance(value, Mapping):
+        if len(value) != 1 or next(iter(value)) not in _ANYTHING_BUT_OPS:
+            raise PatternError(
+                at,
+                f"expected a string, a number, an array of them, or an object with one of:"
+                f" {', '.join(_ANYTHING_BUT_OPS)}; got {_show(value)}",
+            )
+        ((name, operand),) = value.items()
+        op_at = f"{at}.{name}"
+        inner: _Matcher
+        if name == "equals-ignore-case":
+            if isinstance(operand, list | tuple):
+                texts = _string_list(operand, op_at)
+            else:
+                texts = [_string(operand, op_at)]
+            inner = _EqualsIgnoreCase(
+                frozenset(text.casefold() for text in texts),
+                tuple(_show(text) for text in texts),
+            )
+        elif name == "wildcard":
+            inner = _compile_wildcard(operand, op_at)
+        else:
+            text = _string(operand, op_at)
+            if not text:
+                raise PatternError(op_at, f"expected a non-empty {name}, got {_show(text)}")
+            inner = _Prefix(text, False) if name == "prefix" else _Suffix(text, False)
+        return _AnythingButOf(inner)
+    if isinstance(value, list | tuple):
+        if not value:
+            raise PatternError(at, "expected a non-empty array of strings or of numbers, got []")
+        for index, item in enumerate(value):
+            if not isinstance(item, str) and not _finite_number(item):
+                raise PatternError(
+                    f"{at}[{index}]", f"expected a string or a number, got {_kind(item)}"
+                )
+        kinds = {isinstance(item, str) for item in value}
+        if len(kinds) > 1:
+            raise PatternError(
+                at, "expected only strings or only numbers, got a mix (EventBridge refuses it)"
+            )
+        items = list(value)
+    elif isinstance(value, str) or _finite_number(value):
+        items = [value]
+    else:
+        raise PatternError(
+            at, f"expected a string, a number, an array of them or an object, got {_kind(value)}"
+        )
+    strings = frozenset(item for item in items if isinstance(item, str))
+    numbers = frozenset(item for item in items if not isinstance(item, str))
+    shown = _show(value) if not isinstance(value, tuple) else _show(list(value))
+    return _AnythingBut(strings, numbers, shown)
+
+
+def _string_list(value: Sequence[Any], at: str) -> list[str]:
+    if not value:
+        raise PatternError(at, "expected a non-empty array of strings, got []")
+    return [_string(item, f"{at}[{index}]") for index, item in enumerate(value)]
+
+
+def _compile_numeric(value: Any, at: str) -> _Numeric:
+    example = 'like [">", 0, "<=", 5]'
+    if not isinstance(value, list | tuple):
+        raise PatternError(at, f"expected an array {example}, got {_kind(value)}")
+    if len(value) not in (2, 4):
+        raise PatternError(
+            at,
+            f"expected one comparison or a lower and an upper bound {example},"
+            f" got {len(value)} item(s)",
+        )
+    pairs: list[tuple[str, int | float]] = []
+    for index in range(0, len(value), 2):
+        op, operand = value[index], value[index + 1]
+        if not isinstance(op, str) or op not in _NUMERIC_OPS:
+            raise PatternError(
+                at,
+                f"unknown numeric operator {_kind(op)} at position {index}"
+                f" (expected one of: {', '.join(_NUMERIC_OPS)})",
+            )
+        if not _finite_number(operand):
+            raise PatternError(at, f'expected a number after "{op}", got {_kind(operand)}')
+        pairs.append((op, operand))
+    text = " and ".join(f"{op} {_show(operand)}" for op, operand in pairs)
+    if len(pairs) == 1:
+        ((op, operand),) = pairs
+        if op == "=":
+            return _Numeric(operand, True, operand, True, text)
+        if op in (">", ">="):
+            return _Numeric(operand, op == ">=", None, False, text)
+        return _Numeric(None, False, operand, op == "<=", text)
+    (low_op, low), (high_op, high) = pairs
+    if low_op not in (">", ">="):
+        raise PatternError(at, f'a range starts with ">" or ">=", got "{low_op}"')
+    if high_op not in ("<", "<="):
+        raise PatternError(at, f'a range ends with "<" or "<=", got "{high_op}"')
+    if low >= high:
+        raise PatternError(
+            at, f"the lower bound {_show(low)} must be less than the upper bound {_show(high)}"
+        )
+    return _Numeric(low, low_op == ">=", high, high_op == "<=", text)
