@@ -56,7 +56,9 @@ class Stack:
             except OSError:
                 pass
             time.sleep(0.1)
-        raise AssertionError(f"{name} not ready in {timeout}s:\n{self.procs[name].output()[-3000:]}")
+        raise AssertionError(
+            f"{name} not ready in {timeout}s:\n{self.procs[name].output()[-3000:]}"
+        )
 
     def restart(self, name: str, ready_timeout: float = 30.0) -> None:
         self.procs[name].start()

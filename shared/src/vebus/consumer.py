@@ -84,8 +84,8 @@ class PullWorker:
                 want = min(self._batch, self._max_in_flight - self._in_flight)
                 try:
                     msgs = await psub.fetch(want, timeout=self._fetch_timeout)
-                except nats.errors.TimeoutError:
-                    continue
+                except (TimeoutError, nats.errors.TimeoutError):
+                    continue  # nothing to fetch within fetch_timeout
                 except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
                     break
                 except nats.errors.Error as e:

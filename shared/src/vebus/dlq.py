@@ -9,14 +9,13 @@ again with a new Nats-Msg-Id (the CloudEvent id is kept) and then deletes the de
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from enum import StrEnum
 
 import msgspec
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from vebus import subjects
 from vebus.cloudevent import CE_PREFIX, MSG_ID, CloudEvent, from_headers
@@ -40,6 +39,8 @@ H_ROUTE, H_SINK, H_CODE, H_ERROR = H + "route", H + "sink", H + "code", H + "err
 H_STATUS, H_ATTEMPTS, H_EXHAUSTED = H + "status", H + "attempts", H + "exhausted"
 H_FIRST, H_LAST, H_MSG_ID = H + "first-attempt", H + "last-attempt", H + "msg-id"
 REPLAY_EXTENSION = "vebusreplay"
+#: JetStream's error code for a message delete that failed, e.g. "no message found"
+_MSG_DELETE_FAILED = 10057
 
 
 class ErrorCode(StrEnum):
@@ -229,7 +230,9 @@ async def delete_dead_letter(js: JetStreamContext, dead_letter_id: int) -> None:
     """Remove one dead letter (DeadLetterNotFoundError if it is not there)."""
     try:
         await js.delete_msg(subjects.DLQ_STREAM, dead_letter_id)
-    except NotFoundError:
+    except APIError as e:
+        if not isinstance(e, NotFoundError) and e.err_code != _MSG_DELETE_FAILED:
+            raise
         raise DeadLetterNotFoundError(f"no dead letter with id {dead_letter_id}") from None
 
 
@@ -239,8 +242,9 @@ async def replay_dead_letter(
     """Send the original event to its route (or `to_route`) again, then delete the letter.
 
     The CloudEvent id is kept; the message gets a new Nats-Msg-Id so JetStream does not drop
-    it as a duplicate, and the `vebusreplay` extension says when it was replayed. Returns the
-    route it went to.
+    it as a duplicate (one per dead letter, so replaying the same letter twice within the
+    duplicate window, e.g. again after a failed delete, stores it once), and the
+    `vebusreplay` extension says when it was replayed. Returns the route it went to.
     """
     route = to_route or dead_letter.route
     if route == subjects.DLQ_INVALID_ROUTE:
@@ -251,7 +255,7 @@ async def replay_dead_letter(
     headers = dict(dead_letter.headers)
     headers[CE_PREFIX + REPLAY_EXTENSION] = _now()
     base = dead_letter.msg_id or f"dlq-{dead_letter.id}"
-    headers[MSG_ID] = f"{base}:replay:{uuid.uuid4().hex}"
+    headers[MSG_ID] = f"{base}:replay:{dead_letter.id}"
     await publish(js, subjects.route_subject(route), dead_letter.body, headers)
     await delete_dead_letter(js, dead_letter.id)
     return route

@@ -5,7 +5,8 @@ VebusError
 ├── RetryableError         the operation may succeed later (timeout, 5xx, connection refused)
 │   └── PublishError       JetStream did not acknowledge a publish in time
 └── PermanentError         retrying cannot help (4xx, invalid event, template error)
-    └── InvalidEventError  a message on a vebus subject is not a valid CloudEvent
+    ├── InvalidEventError  a message on a vebus subject is not a valid CloudEvent
+    └── RouteFullError     a route's queue in VEBUS_ROUTES is at its limit
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ __all__ = [
     "PermanentError",
     "PublishError",
     "RetryableError",
+    "RouteFullError",
     "VebusError",
 ]
 
@@ -46,3 +48,7 @@ class PermanentError(VebusError):
 
 class InvalidEventError(PermanentError):
     """A NATS message is not a valid vebus CloudEvent."""
+
+
+class RouteFullError(PermanentError):
+    """JetStream refused a message because its route holds `route_max_msgs` already."""

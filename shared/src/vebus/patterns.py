@@ -119,6 +119,9 @@ def _flatten(items: Sequence[Any], out: list[Any], *, objects: bool) -> None:
 
 def _leaf_values(value: Any) -> tuple[Any, ...]:
     """The leaf values at a field: none if absent, an object or an empty array."""
+    kind = type(value)
+    if kind is str or kind is int or kind is float or kind is bool or value is None:
+        return (value,)  # the common case first: exact type checks are the cheapest
     if isinstance(value, list | tuple):
         out: list[Any] = []
         _flatten(value, out, objects=False)
@@ -130,7 +133,7 @@ def _leaf_values(value: Any) -> tuple[Any, ...]:
 
 def _objects(value: Any) -> tuple[Mapping[str, Any], ...]:
     """The objects a nested pattern is tried against; an empty one if there are none."""
-    if isinstance(value, Mapping):
+    if type(value) is dict or isinstance(value, Mapping):
         return (value,)
     if isinstance(value, list | tuple):
         out: list[Any] = []
@@ -149,7 +152,10 @@ class _Matcher:
     __slots__ = ()
 
     def test(self, values: tuple[Any, ...]) -> bool:
-        return any(self.accepts(value) for value in values)
+        for value in values:  # noqa: SIM110 (hot path: a loop is faster than any(genexpr))
+            if self.accepts(value):
+                return True
+        return False
 
     def accepts(self, value: Any) -> bool:
         raise NotImplementedError
@@ -357,7 +363,10 @@ class _Leaf:
 
     def matches(self, obj: Mapping[str, Any]) -> bool:
         values = _leaf_values(obj.get(self.key, _MISSING))
-        return any(matcher.test(values) for matcher in self.matchers)
+        for matcher in self.matchers:  # noqa: SIM110 (hot path, as in _Matcher.test)
+            if matcher.test(values):
+                return True
+        return False
 
     def explain(self, obj: Mapping[str, Any]) -> tuple[bool, str]:
         raw = obj.get(self.key, _MISSING)
@@ -390,7 +399,10 @@ class _Nested:
     node: _Fields
 
     def matches(self, obj: Mapping[str, Any]) -> bool:
-        return any(self.node.matches(sub) for sub in _objects(obj.get(self.key)))
+        for sub in _objects(obj.get(self.key)):  # noqa: SIM110 (hot path)
+            if self.node.matches(sub):
+                return True
+        return False
 
     def explain(self, obj: Mapping[str, Any]) -> tuple[bool, str]:
         subs = _objects(obj.get(self.key))
@@ -410,7 +422,10 @@ class _Or:
     branches: tuple[_Fields, ...]
 
     def matches(self, obj: Mapping[str, Any]) -> bool:
-        return any(branch.matches(obj) for branch in self.branches)
+        for branch in self.branches:  # noqa: SIM110 (hot path)
+            if branch.matches(obj):
+                return True
+        return False
 
     def explain(self, obj: Mapping[str, Any]) -> tuple[bool, str]:
         failures: list[str] = []
@@ -427,7 +442,10 @@ class _Fields:
     conditions: tuple[_Node, ...]
 
     def matches(self, obj: Mapping[str, Any]) -> bool:
-        return all(condition.matches(obj) for condition in self.conditions)
+        for condition in self.conditions:  # noqa: SIM110 (hot path)
+            if not condition.matches(obj):
+                return False
+        return True
 
     def explain(self, obj: Mapping[str, Any]) -> tuple[bool, str]:
         reasons: list[str] = []

@@ -18,7 +18,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from vebus.errors import PublishError
+from vebus.errors import PublishError, RouteFullError
 
 __all__ = ["OutgoingMessage", "publish", "publish_all"]
 
@@ -27,13 +27,17 @@ log = logging.getLogger(__name__)
 #: in-process retry of one publish: JetStream briefly without a leader, a slow ack
 PUBLISH_RETRY = {
     "stop": stop_after_attempt(5),
-    "wait": wait_exponential_jitter(initial=0.2, max=2.0),
+    "wait": wait_exponential_jitter(multiplier=0.2, max=2.0),
     "retry": retry_if_exception_type(
         (nats.errors.TimeoutError, nats.errors.NoRespondersError, asyncio.TimeoutError)
     ),
     "before_sleep": before_sleep_log(log, logging.WARNING),
     "reraise": True,
 }
+
+
+#: JetStream's error code for a subject at max_msgs_per_subject with discard-new-per-subject
+JS_ERR_MAX_MSGS_PER_SUBJECT = 10077
 
 
 class OutgoingMessage:
@@ -60,7 +64,11 @@ async def publish(
         async for attempt in AsyncRetrying(**PUBLISH_RETRY):  # type: ignore[arg-type]
             with attempt:
                 return await js.publish(subject, body, timeout=timeout, headers=dict(headers))
-    except (TimeoutError, nats.errors.Error, APIError) as e:
+    except APIError as e:
+        if e.err_code == JS_ERR_MAX_MSGS_PER_SUBJECT:
+            raise RouteFullError(f"{subject} is full: {e.description}") from e
+        raise PublishError(f"publish to {subject} was refused: {e.description}") from e
+    except (TimeoutError, nats.errors.Error) as e:
         raise PublishError(f"publish to {subject} was not acknowledged: {e!r}") from e
     raise AssertionError("unreachable")
 

@@ -18,8 +18,11 @@ def main() -> None:
 
 
 def _register() -> None:
-    from vebus.cli import config_cmd, dlq
+    from vebus.cli import config_cmd, demo, dlq, tail, up
 
+    main.add_command(up.up)
+    main.add_command(demo.demo)
+    main.add_command(tail.tail)
     main.add_command(config_cmd.config)
     main.add_command(dlq.dlq)
 

@@ -1,0 +1,107 @@
+// Command vcsim runs govmomi's vCenter simulator (simulator.VPX) for vebus.
+//
+// It builds from Debian's golang-github-vmware-govmomi-dev (govmomi 0.24) with no
+// download (see build.sh). On start it prints exactly one line to stdout,
+//
+//	VCSIM_URL=http://127.0.0.1:<port>/sdk
+//
+// (https with -tls), then serves until SIGINT or SIGTERM and exits 0.
+// Log in with user "user", password "pass".
+package main
+
+import (
+	"crypto/tls"
+	"flag"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/vmware/govmomi/simulator"
+)
+
+func main() {
+	model := simulator.VPX()
+
+	listen := flag.String("listen", "127.0.0.1:8989", "address to listen on (host:port; port 0 picks a free port)")
+	useTLS := flag.Bool("tls", false, "serve HTTPS with a self-signed certificate (default: plain HTTP)")
+	flag.IntVar(&model.Datacenter, "dc", model.Datacenter, "number of datacenters")
+	flag.IntVar(&model.Cluster, "cluster", model.Cluster, "number of clusters per datacenter")
+	flag.IntVar(&model.ClusterHost, "host", model.ClusterHost, "number of hosts per cluster")
+	flag.IntVar(&model.Host, "standalone-host", model.Host, "number of standalone hosts per datacenter")
+	flag.IntVar(&model.Machine, "vm", model.Machine, "number of virtual machines per resource pool")
+	flag.Parse()
+
+	if flag.NArg() != 0 {
+		fail("unexpected arguments: %v", flag.Args())
+	}
+	if _, _, err := net.SplitHostPort(*listen); err != nil {
+		fail("-listen %q: expected host:port (e.g. 127.0.0.1:8989 or 127.0.0.1:0): %v", *listen, err)
+	}
+	for name, n := range map[string]int{
+		"-dc": model.Datacenter, "-cluster": model.Cluster, "-host": model.ClusterHost,
+		"-standalone-host": model.Host, "-vm": model.Machine,
+	} {
+		if n < 0 {
+			fail("%s %d: expected a count >= 0", name, n)
+		}
+	}
+
+	if err := model.Create(); err != nil {
+		fail("creating the simulator inventory: %v", err)
+	}
+
+	model.Service.Listen = &url.URL{Host: *listen}
+	if *useTLS {
+		model.Service.TLS = new(tls.Config)
+	} else {
+		model.Service.TLS = nil
+	}
+
+	server := newServer(model, *listen)
+
+	u := *server.URL
+	u.User = nil // the URL carries the default login (user:pass); print it without
+	fmt.Fprintf(os.Stdout, "VCSIM_URL=%s\n", u.String())
+	_ = os.Stdout.Sync()
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	<-sig
+
+	// Stop listening and drop every connection. Server.Close also waits for the handlers
+	// in progress, and a WaitForUpdatesEx handler runs for its maxWaitSeconds even after
+	// its connection is gone: wait a moment, not that long, then remove the datastore
+	// folders that model.Create made under $TMPDIR.
+	server.CloseClientConnections()
+	closed := make(chan struct{})
+	go func() {
+		server.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(2 * time.Second):
+	}
+	model.Remove()
+}
+
+// newServer starts the model's service; govmomi panics when it cannot listen, this
+// turns that into an error message and exit status 1.
+func newServer(model *simulator.Model, listen string) (server *simulator.Server) {
+	defer func() {
+		if r := recover(); r != nil {
+			model.Remove()
+			fail("cannot listen on %s: %v", listen, r)
+		}
+	}()
+	return model.Service.NewServer()
+}
+
+func fail(format string, args ...interface{}) {
+	fmt.Fprintf(os.Stderr, "vcsim: "+format+"\n", args...)
+	os.Exit(1)
+}

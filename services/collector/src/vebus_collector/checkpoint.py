@@ -1,0 +1,81 @@
+"""Checkpoints in NATS KV, and the last position the stream itself holds for a vCenter."""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+
+from vebus import subjects
+from vebus_collector.events import H_EPOCH, H_KEY
+from vebus_collector.position import Position
+
+__all__ = ["CheckpointStore", "ensure_bucket", "last_published"]
+
+log = logging.getLogger(__name__)
+
+
+async def ensure_bucket(js: JetStreamContext, replicas: int) -> KeyValue:
+    """The checkpoint bucket, created when missing."""
+    try:
+        return await js.key_value(subjects.CHECKPOINT_BUCKET)
+    except BucketNotFoundError:
+        return await js.create_key_value(
+            KeyValueConfig(
+                bucket=subjects.CHECKPOINT_BUCKET,
+                history=1,
+                storage=StorageType.FILE,
+                replicas=replicas,
+                description="vebus collector checkpoints: last published event per vCenter",
+            )
+        )
+
+
+class CheckpointStore:
+    """Reads and writes one vCenter's checkpoint."""
+
+    def __init__(self, kv: KeyValue, vcenter: str) -> None:
+        self._kv = kv
+        self._key = f"collector.{subjects.token(vcenter)}"
+
+    async def load(self) -> Position | None:
+        try:
+            entry = await self._kv.get(self._key)
+        except (KeyNotFoundError, NotFoundError):
+            return None
+        if not entry.value:
+            return None
+        try:
+            return msgspec.json.decode(entry.value, type=Position)
+        except msgspec.DecodeError as e:
+            log.warning("checkpoint %s is unreadable (%s); ignoring it", self._key, e)
+            return None
+
+    async def save(self, pos: Position) -> None:
+        await self._kv.put(self._key, msgspec.json.encode(pos))
+
+
+async def last_published(js: JetStreamContext, vcenter: str) -> Position | None:
+    """The position of the last event of `vcenter` stored in VEBUS_EVENTS, if any.
+
+    The checkpoint is written in batches and the duplicate window is short: after a crash
+    or a long stop, this is the truth about what was published.
+    """
+    subject = f"vebus.events.{subjects.token(vcenter)}.>"
+    try:
+        raw = await js.get_last_msg(subjects.EVENTS_STREAM, subject)
+    except NotFoundError:
+        return None
+    h = raw.headers or {}
+    try:
+        return Position(
+            epoch=int(h.get(H_EPOCH, "0")),
+            key=int(h[H_KEY]),
+            created_time=h.get("ce-time"),
+        )
+    except (KeyError, ValueError):
+        return None

@@ -1,0 +1,285 @@
+"""The deadletter service: messages that reached MaxDeliver on VEBUS_ROUTES become POISON
+dead letters.
+
+JetStream publishes a MAX_DELIVERIES advisory when a consumer gives up on a message, but a
+work-queue stream keeps that message: nobody acked it. Each advisory (shared by the
+replicas through a queue group) is turned into a POISON dead letter of the message's route,
+stored and acknowledged by VEBUS_DLQ, and only then is the message deleted from
+VEBUS_ROUTES. The dead letter's Msg-Id derives from the message's own, so two replicas (or
+the advisory and a sweep) that record the same message make one record.
+
+A sweep, at start and then every SWEEP_INTERVAL, finds what no advisory reported (no replica
+listened, an advisory was lost, storing failed): for each dispatcher consumer, a message
+still in the stream that the consumer has moved past is one it gave up on. "Moved past"
+is read from the consumer's state: at or below its ack floor, or at or below its last
+delivered sequence while nothing is pending. A message past MaxDeliver above the ack
+floor, while other messages are pending, is left for a later sweep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+
+import msgspec
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerInfo, DeliverPolicy
+from nats.js.errors import APIError, NotFoundError
+
+from vebus import subjects
+from vebus.cloudevent import MSG_ID
+from vebus.config import Config
+from vebus.dlq import ErrorCode, Exhausted, publish_dead_letter
+from vebus.errors import VebusError
+from vebus.service import ServiceContext, ServiceSettings, run_service
+from vebus.streams import ensure_streams
+
+__all__ = ["ADVISORY_SUBJECT", "QUEUE_GROUP", "Deadletter", "MaxDeliveriesAdvisory", "main"]
+
+log = logging.getLogger(__name__)
+
+ADVISORY_SUBJECT = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{subjects.ROUTES_STREAM}.*"
+#: replicas share the advisories: each goes to one of them
+QUEUE_GROUP = "vebus-deadletter"
+#: the dispatchers' durable consumers on VEBUS_ROUTES (see subjects.dispatcher_durable)
+DISPATCHER_PREFIX = "vebus-dispatch-"
+#: advisories being handled at once, per replica
+MAX_IN_FLIGHT = 32
+#: how often the sweep runs after the one at start
+SWEEP_INTERVAL = 300.0
+#: a message the sweep found is recorded only if it is still there after this long (an ack
+#: that has just moved the consumer past it may not have removed it from the stream yet)
+SWEEP_GRACE = 2.0
+#: JetStream's error code for a failed message delete ("no message found")
+_MSG_DELETE_FAILED = 10057
+
+
+class MaxDeliveriesAdvisory(msgspec.Struct, frozen=True, kw_only=True):
+    """io.nats.jetstream.advisory.v1.max_deliver: a consumer gave up on a message."""
+
+    stream: str
+    consumer: str
+    stream_seq: int
+    deliveries: int = 0
+    timestamp: str | None = None
+
+
+_advisory = msgspec.json.Decoder(MaxDeliveriesAdvisory)
+
+
+def _parse_time(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    try:
+        return dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+class Deadletter:
+    """Records messages JetStream gave up on as POISON dead letters, then removes them."""
+
+    def __init__(self, js: JetStreamContext, config: Config) -> None:
+        self._js = js
+        self._config = config
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: messages stored as dead letters by this replica
+        self.recorded = 0
+
+    def _sink(self, route: str) -> str:
+        try:
+            sink = self._config.route(route).sink
+        except KeyError:
+            return "unknown"
+        return str(type(sink).__struct_config__.tag)
+
+    async def record(
+        self,
+        seq: int,
+        *,
+        consumer: str,
+        deliveries: int,
+        when: dt.datetime | None = None,
+    ) -> bool:
+        """Store VEBUS_ROUTES message `seq` as a POISON dead letter, then delete it.
+
+        Returns False when the message is already gone (another replica recorded it).
+        Raises PublishError when VEBUS_DLQ did not acknowledge: the message stays where it
+        is for the next sweep.
+        """
+        try:
+            raw = await self._js.get_msg(subjects.ROUTES_STREAM, seq=seq)
+        except NotFoundError:
+            log.debug("VEBUS_ROUTES message %d is already gone", seq)
+            return False
+        subject = raw.subject or ""
+        route = subject.rsplit(".", 1)[-1]
+        headers = dict(raw.headers or {})
+        # without a Msg-Id of its own, the stream sequence still makes replicas agree
+        headers.setdefault(MSG_ID, f"{subjects.ROUTES_STREAM}:{seq}")
+        await publish_dead_letter(
+            self._js,
+            route=route,
+            sink=self._sink(route),
+            code=ErrorCode.POISON,
+            error=(
+                f"consumer {consumer} delivered it {deliveries} time(s) (its MaxDeliver) "
+                "and never got an ack, nak or term: the dispatcher crashed or hung on it"
+            ),
+            headers=headers,
+            body=raw.data or b"",
+            attempts=deliveries,
+            exhausted=Exhausted.MAX_DELIVERIES,
+            last_attempt=when,
+        )
+        await self._delete(seq)
+        self.recorded += 1
+        log.warning(
+            "%s message %d (%s, Msg-Id %s) reached MaxDeliver on %s: stored as a POISON "
+            "dead letter",
+            subjects.ROUTES_STREAM,
+            seq,
+            subject,
+            headers[MSG_ID],
+            consumer,
+        )
+        return True
+
+    async def _delete(self, seq: int) -> None:
+        try:
+            await self._js.delete_msg(subjects.ROUTES_STREAM, seq)
+        except APIError as e:
+            if not isinstance(e, NotFoundError) and e.err_code != _MSG_DELETE_FAILED:
+                raise
+            log.debug("VEBUS_ROUTES message %d was deleted by someone else", seq)
+
+    # ------------------------------------------------------------------ advisories
+
+    async def on_advisory(self, msg: Msg) -> None:
+        """Subscription callback: start handling one advisory (at most MAX_IN_FLIGHT)."""
+        try:
+            adv = _advisory.decode(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            log.warning("ignoring a malformed advisory on %s: %s", msg.subject, e)
+            return
+        if adv.stream != subjects.ROUTES_STREAM:
+            return
+        await self._slots.acquire()
+        task = asyncio.create_task(self._handle(adv))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+
+    async def _handle(self, adv: MaxDeliveriesAdvisory) -> None:
+        try:
+            await self.record(
+                adv.stream_seq,
+                consumer=adv.consumer,
+                deliveries=adv.deliveries,
+                when=_parse_time(adv.timestamp),
+            )
+        except (VebusError, nats.errors.Error, TimeoutError) as e:
+            log.error(
+                "could not record VEBUS_ROUTES message %d (%s): %r; it stays in the stream "
+                "and the next sweep tries again",
+                adv.stream_seq,
+                adv.consumer,
+                e,
+            )
+        except Exception:
+            log.exception("advisory for VEBUS_ROUTES message %d failed", adv.stream_seq)
+
+    async def finish(self) -> None:
+        """Wait for the advisories being handled."""
+        if self._tasks:
+            log.info("finishing %d advisory(ies) in flight", len(self._tasks))
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # ------------------------------------------------------------------ sweep
+
+    async def sweep(self, stopping: asyncio.Event) -> int:
+        """Record every message a dispatcher consumer has given up on; returns how many."""
+        found: list[tuple[int, ConsumerInfo]] = []
+        for info in await self._js.consumers_info(subjects.ROUTES_STREAM):
+            if (info.name or "").startswith(DISPATCHER_PREFIX):
+                found += [(seq, info) for seq in await self._given_up(info)]
+        if not found:
+            return 0
+        log.info(
+            "sweep: %d message(s) past MaxDeliver; checking again in %.0fs", len(found), SWEEP_GRACE
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), SWEEP_GRACE)
+        done = 0
+        for seq, info in found:
+            if stopping.is_set():
+                break
+            max_deliver = info.config.max_deliver or 0
+            if await self.record(seq, consumer=info.name or "?", deliveries=max(max_deliver, 0)):
+                done += 1
+        return done
+
+    async def _given_up(self, info: ConsumerInfo) -> list[int]:
+        """Sequences still in the stream that `info`'s consumer has moved past for good."""
+        cfg = info.config
+        if not cfg.filter_subject or cfg.deliver_policy not in (None, DeliverPolicy.ALL):
+            # a consumer that started later than the stream's first message has moved past
+            # messages it never delivered: they are not its poison
+            return []
+        floor = info.ack_floor.stream_seq if info.ack_floor else 0
+        delivered = info.delivered.stream_seq if info.delivered else 0
+        upto = delivered if not info.num_ack_pending else floor
+        out: list[int] = []
+        seq = 1
+        while seq <= upto:
+            try:
+                raw = await self._js.get_msg(
+                    subjects.ROUTES_STREAM, seq=seq, subject=cfg.filter_subject, next=True
+                )
+            except NotFoundError:
+                break
+            if raw.seq is None or raw.seq > upto:
+                break
+            out.append(raw.seq)
+            seq = raw.seq + 1
+        return out
+
+    async def sweep_forever(self, stopping: asyncio.Event) -> None:
+        """Sweep now and every SWEEP_INTERVAL until `stopping` is set."""
+        while not stopping.is_set():
+            try:
+                n = await self.sweep(stopping)
+                if n:
+                    log.warning("sweep: stored %d message(s) past MaxDeliver as dead letters", n)
+            except (VebusError, nats.errors.Error, TimeoutError) as e:
+                log.error("sweep failed: %r; trying again in %.0fs", e, SWEEP_INTERVAL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), SWEEP_INTERVAL)
+
+
+async def _body(ctx: ServiceContext) -> None:
+    await ensure_streams(ctx.js, ctx.config)
+    service = Deadletter(ctx.js, ctx.config)
+    sub = await ctx.nc.subscribe(ADVISORY_SUBJECT, queue=QUEUE_GROUP, cb=service.on_advisory)
+    await ctx.nc.flush()
+    ctx.ready = True
+    log.info("listening for MAX_DELIVERIES advisories on %s", ADVISORY_SUBJECT)
+    try:
+        await service.sweep_forever(ctx.stopping)
+    finally:
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
+        await service.finish()
+
+
+async def main(settings: ServiceSettings) -> int:
+    """Run the deadletter service until SIGTERM; returns the exit status."""
+    return await run_service(settings, _body)

@@ -1,0 +1,135 @@
+"""The filter: reads VEBUS_EVENTS, publishes one copy per matching route to VEBUS_ROUTES.
+
+An event is acknowledged only after every copy is stored. An event that is not a valid
+CloudEvent becomes a dead letter on `vebus.dlq._invalid`; a copy refused because its
+route is full becomes a ROUTE_FULL dead letter of that route; the other routes go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from vebus import subjects
+from vebus.cloudevent import MSG_ID, from_headers
+from vebus.consumer import Ack, Disposition, Nak, PullWorker
+from vebus.dlq import ErrorCode, Exhausted, publish_dead_letter
+from vebus.errors import InvalidEventError, PublishError, RouteFullError
+from vebus.publish import publish
+from vebus.service import ServiceContext, ServiceSettings, run_service
+from vebus_filter.router import Router
+
+__all__ = ["Filter", "main"]
+
+log = logging.getLogger(__name__)
+
+#: events being matched and published at once, per replica
+MAX_IN_FLIGHT = 256
+#: how long an unacknowledged event waits before JetStream offers it again
+ACK_WAIT = 30.0
+#: delay before an event whose copies could not all be stored is tried again
+RETRY_DELAY = 2.0
+
+
+class Filter:
+    """The message handler: match, fan out, acknowledge."""
+
+    def __init__(self, js: JetStreamContext, router: Router) -> None:
+        self._js = js
+        self._router = router
+
+    async def handle(self, msg: Msg) -> Disposition:
+        headers = msg.headers or {}
+        try:
+            event = from_headers(headers, msg.data)
+            doc = event.as_match_input()
+        except InvalidEventError as e:
+            log.warning("invalid event on %s: %s", msg.subject, e)
+            await publish_dead_letter(
+                self._js,
+                route=subjects.DLQ_INVALID_ROUTE,
+                sink="-",
+                code=ErrorCode.INVALID_EVENT,
+                error=f"{msg.subject}: {e}",
+                headers=headers,
+                body=msg.data,
+                attempts=msg.metadata.num_delivered,
+                exhausted=Exhausted.NOT_RETRYABLE,
+            )
+            return Ack()
+        base_id = headers.get(MSG_ID) or f"{subjects.EVENTS_STREAM}:{msg.metadata.sequence.stream}"
+        routes = self._router.match(doc)
+        results = await asyncio.gather(
+            *(
+                publish(
+                    self._js,
+                    subjects.route_subject(r.name),
+                    msg.data,
+                    {**headers, MSG_ID: f"{base_id}:{r.name}"},
+                )
+                for r in routes
+            ),
+            return_exceptions=True,
+        )
+        retry = False
+        for route, result in zip(routes, results, strict=True):
+            if isinstance(result, RouteFullError):
+                log.warning("route %s is full: event %s dead-lettered", route.name, event.id)
+                await publish_dead_letter(
+                    self._js,
+                    route=route.name,
+                    sink=route.sink.__struct_config__.tag or "",  # type: ignore[arg-type]
+                    code=ErrorCode.ROUTE_FULL,
+                    error=str(result),
+                    headers={**headers, MSG_ID: f"{base_id}:{route.name}"},
+                    body=msg.data,
+                    attempts=0,
+                    exhausted=Exhausted.NOT_RETRYABLE,
+                )
+            elif isinstance(result, PublishError):
+                log.warning("event %s to route %s not stored: %s", event.id, route.name, result)
+                retry = True
+            elif isinstance(result, BaseException):
+                raise result
+        # copies already stored are deduplicated by their Msg-Id when the event comes back
+        return Nak(RETRY_DELAY) if retry else Ack()
+
+
+async def _body(ctx: ServiceContext) -> None:
+    from vebus.streams import ensure_consumer, ensure_streams
+
+    await ensure_streams(ctx.js, ctx.config)
+    await ensure_consumer(
+        ctx.js,
+        subjects.EVENTS_STREAM,
+        ConsumerConfig(
+            durable_name=subjects.FILTER_DURABLE,
+            filter_subject=subjects.EVENTS_SUBJECTS,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=ACK_WAIT,
+            max_ack_pending=MAX_IN_FLIGHT * 8,
+        ),
+    )
+    router = Router(ctx.config.routes)
+    handler = Filter(ctx.js, router)
+    worker = PullWorker(
+        ctx.js,
+        stream=subjects.EVENTS_STREAM,
+        durable=subjects.FILTER_DURABLE,
+        handler=handler.handle,
+        max_in_flight=MAX_IN_FLIGHT,
+        batch=128,
+    )
+    ctx.ready = True
+    log.info("filtering with %d route(s)", len(router))
+    await worker.run(ctx.stopping)
+
+
+async def main(settings: ServiceSettings) -> int:
+    """Run the filter until SIGTERM."""
+    return await run_service(settings, _body)

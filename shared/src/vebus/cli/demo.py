@@ -1,0 +1,75 @@
+"""`vebus demo`: make the simulator's VMs do things so events flow."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import click
+
+from vebus.cli._common import fail
+
+__all__ = ["demo"]
+
+
+def _wait(task: Any) -> None:
+    from pyVim.task import WaitForTask
+
+    WaitForTask(task)
+
+
+@click.command()
+@click.option(
+    "--url",
+    default="http://127.0.0.1:8989/sdk",
+    show_default=True,
+    help="The vCenter (simulator) SDK URL.",
+)
+@click.option("--user", default="user", show_default=True)
+@click.option("--password", default="pass", show_default=True)
+@click.option("--cycles", type=int, default=1, show_default=True, help="Rounds over all VMs.")
+@click.option("--vms", type=int, default=0, help="Use at most this many VMs (0: all).")
+def demo(url: str, user: str, password: str, cycles: int, vms: int) -> None:
+    """Power-cycle and reconfigure the simulator's VMs so that vSphere events flow
+    (VmPoweredOffEvent, VmPoweredOnEvent, VmReconfiguredEvent, ...).
+
+    Meant for the simulator that `vebus up` starts; do not point it at a real vCenter.
+    """
+    try:
+        from pyVim.connect import Disconnect, SmartConnect
+        from pyVmomi import vim
+    except ImportError:
+        fail("vebus demo needs pyvmomi: install vebus with its 'embedded' extra")
+    parts = urlsplit(url)
+    try:
+        si = SmartConnect(
+            host=parts.hostname,
+            port=parts.port or (443 if parts.scheme == "https" else 80),
+            user=user,
+            pwd=password,
+            protocol=parts.scheme,
+            disableSslCertValidation=True,
+        )
+    except Exception as e:
+        fail(f"cannot log in to {url}: {e} (is `vebus up` running?)")
+    try:
+        content = si.RetrieveContent()
+        view = content.viewManager.CreateContainerView(
+            content.rootFolder, [vim.VirtualMachine], True
+        )
+        machines = sorted(view.view, key=lambda v: v.name)
+        if vms:
+            machines = machines[:vms]
+        for _ in range(cycles):
+            for vm in machines:
+                if vm.runtime.powerState == "poweredOn":
+                    _wait(vm.PowerOffVM_Task())
+                    click.echo(f"powered off {vm.name}")
+                _wait(vm.PowerOnVM_Task())
+                click.echo(f"powered on  {vm.name}")
+                spec = vim.vm.ConfigSpec(annotation=f"vebus demo {time.strftime('%H:%M:%S')}")
+                _wait(vm.ReconfigVM_Task(spec))
+                click.echo(f"reconfigured {vm.name}")
+    finally:
+        Disconnect(si)

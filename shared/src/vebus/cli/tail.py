@@ -1,0 +1,83 @@
+"""`vebus tail`: print events as they pass."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+import click
+from nats.aio.msg import Msg
+
+from vebus.cli._common import config_option, connect, load_or_default, nats_url_option
+from vebus.cloudevent import from_headers
+from vebus.errors import InvalidEventError
+
+__all__ = ["tail"]
+
+
+def format_line(msg: Msg) -> str:
+    """One line for a message: time, type, id, source, and the vSphere message if any."""
+    try:
+        ev = from_headers(msg.headers, msg.data)
+    except InvalidEventError as e:
+        return f"{msg.subject}  (not a CloudEvent: {e})"
+    text = ""
+    try:
+        data = ev.json_data()
+        if isinstance(data, dict):
+            text = str(data.get("FullFormattedMessage") or "")
+    except InvalidEventError:
+        pass
+    return f"{ev.time or '-'}  {ev.type}  id={ev.id}  {ev.source}  {text}".rstrip()
+
+
+@click.command()
+@click.argument("subject", default="vebus.events.>")
+@config_option
+@nats_url_option
+@click.option("--json", "as_json", is_flag=True, help="Print each message as JSON.")
+@click.option("--count", type=int, default=0, help="Stop after this many messages (0: never).")
+def tail(subject: str, config_path: str, nats_url: str | None, as_json: bool, count: int) -> None:
+    """Print events live as they are published on SUBJECT (core NATS, nothing is consumed).
+
+    \b
+    Examples:
+      vebus tail                                         # every event
+      vebus tail 'vebus.events.vcsim.VmPoweredOffEvent'  # one class from one vCenter
+      vebus tail 'vebus.routes.>'                        # what the filter routed
+    """
+    config = load_or_default(config_path)
+
+    async def run() -> None:
+        nc = await connect(config, nats_url)
+        done = asyncio.Event()
+        seen = 0
+
+        async def on_msg(msg: Msg) -> None:
+            nonlocal seen
+            if as_json:
+                click.echo(
+                    json.dumps(
+                        {
+                            "subject": msg.subject,
+                            "headers": msg.headers or {},
+                            "data": msg.data.decode(errors="replace"),
+                        }
+                    )
+                )
+            else:
+                click.echo(format_line(msg))
+            seen += 1
+            if count and seen >= count:
+                done.set()
+
+        await nc.subscribe(subject, cb=on_msg)
+        click.echo(f"listening on {subject} (Ctrl-C to stop)", err=True)
+        try:
+            await done.wait()
+        finally:
+            await nc.close()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())

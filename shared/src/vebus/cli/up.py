@@ -1,0 +1,79 @@
+"""`vebus up`: the whole bus on this machine."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import click
+
+from vebus.cli._common import fail
+from vebus.config import parse_config
+from vebus.errors import ConfigError
+
+__all__ = ["up"]
+
+
+@click.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="The vebus.yaml to run (default: ./vebus.yaml if it exists, else the built-in demo).",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".vebus"),
+    show_default=True,
+    help="Where JetStream stores its data, and where logs and the effective config go.",
+)
+@click.option("--nats-port", type=int, default=4222, show_default=True)
+@click.option("--vcsim-port", type=int, default=8989, show_default=True)
+@click.option("--quiet", is_flag=True, help="Do not echo the services' output (logs only).")
+def up(
+    config_path: Path | None, data_dir: Path, nats_port: int, vcsim_port: int, quiet: bool
+) -> None:
+    """Run vebus on this machine: nats-server with JetStream, and the collector, filter,
+    dispatcher and deadletter services, each its own process (restarted if it dies).
+
+    With no vCenter in the config, the vCenter simulator is started on 127.0.0.1:8989
+    and a `console` route prints every event, so events show at once; run `vebus demo`
+    in another terminal to make more. Ctrl-C stops everything.
+
+    \b
+    Example:
+      vebus up                       # simulator, console route
+      vebus up --config vebus.yaml   # your vCenters and routes
+    """
+    from vebus.supervisor import UpOptions, load_raw, run_up
+
+    if config_path is None and Path("vebus.yaml").exists():
+        config_path = Path("vebus.yaml")
+    elif config_path is not None and not config_path.exists():
+        fail(f"{config_path}: no such file")
+    try:
+        raw = load_raw(config_path)
+        if raw:
+            parse_config(raw)
+    except ConfigError as e:
+        for line in e.errors:
+            click.echo(f"{config_path}: {line}", err=True)
+        raise SystemExit(2) from None
+    except ValueError as e:
+        fail(str(e), 2)
+    opts = UpOptions(
+        config_path=config_path,
+        data_dir=data_dir,
+        nats_port=nats_port,
+        vcsim_port=vcsim_port,
+        echo=not quiet,
+    )
+    try:
+        status = asyncio.run(run_up(opts, raw))
+    except KeyboardInterrupt:
+        status = 0
+    except Exception as e:  # a start-up failure: say what, not where in the code
+        fail(str(e))
+    raise SystemExit(status)
