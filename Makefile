@@ -1,0 +1,21 @@
+# Conveniences over scripts/ (the README's commands call the scripts directly, so make
+# is not needed on a fresh machine).
+.PHONY: setup run test lint vcsim clean
+
+setup:
+	scripts/setup
+
+run:
+	scripts/up
+
+test:
+	scripts/test
+
+lint:
+	uv run ruff check . && uv run ruff format --check . && uv run mypy
+
+vcsim:
+	deploy/vcsim/build.sh build/vcsim
+
+clean:
+	rm -rf .vebus build/vcsim

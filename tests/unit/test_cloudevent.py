@@ -1,0 +1,75 @@
+"""The CloudEvent NATS binding (binary mode) and subject naming."""
+
+from __future__ import annotations
+
+import pytest
+
+from vebus.cloudevent import CloudEvent, from_headers, to_headers
+from vebus.errors import InvalidEventError
+from vebus.subjects import event_subject, route_subject, token
+
+
+def _event() -> CloudEvent:
+    return CloudEvent(
+        id="9902",
+        source="https://vc01.example.com/sdk",
+        type="com.vmware.vsphere.VmPoweredOffEvent.v0",
+        time="2020-02-11T21:28:23.677595Z",
+        subject="VmPoweredOffEvent",
+        extensions={"eventclass": "event", "vsphereapiversion": "6.5"},
+        data=b'{"Key": 9902, "Vm": {"Name": "test-01"}}',
+    )
+
+
+def test_binary_mode_headers_round_trip() -> None:
+    ev = _event()
+    headers = to_headers(ev, {"Nats-Msg-Id": "vc01:0:9902"})
+    assert headers["ce-id"] == "9902"
+    assert headers["ce-specversion"] == "1.0"
+    assert headers["ce-type"] == "com.vmware.vsphere.VmPoweredOffEvent.v0"
+    assert headers["ce-eventclass"] == "event"
+    assert headers["content-type"] == "application/json"
+    assert headers["vebus-wire"] == "1"
+    assert headers["Nats-Msg-Id"] == "vc01:0:9902"
+    assert "ce-datacontenttype" not in headers
+    back = from_headers(headers, ev.data)
+    assert back == ev
+
+
+def test_match_input_has_attributes_and_decoded_data() -> None:
+    doc = _event().as_match_input()
+    assert doc["type"] == "com.vmware.vsphere.VmPoweredOffEvent.v0"
+    assert doc["eventclass"] == "event"
+    assert doc["data"]["Vm"]["Name"] == "test-01"
+
+
+def test_header_names_are_case_insensitive() -> None:
+    headers = {k.upper(): v for k, v in to_headers(_event()).items()}
+    assert from_headers(headers, b"{}").id == "9902"
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        (None, "no headers"),
+        ({"ce-id": "1", "ce-source": "s"}, "ce-type, ce-specversion"),
+        ({"ce-id": "1", "ce-source": "s", "ce-type": "t", "ce-specversion": "0.3"}, "0.3"),
+    ],
+)
+def test_invalid_messages_say_what_is_wrong(headers: dict[str, str] | None, message: str) -> None:
+    with pytest.raises(InvalidEventError, match=message):
+        from_headers(headers, b"")
+
+
+def test_data_that_is_not_json() -> None:
+    ev = CloudEvent(id="1", source="s", type="t", data=b"\xff not json")
+    with pytest.raises(InvalidEventError, match="not valid JSON"):
+        ev.as_match_input()
+
+
+def test_subjects_have_four_tokens_and_safe_characters() -> None:
+    assert event_subject("vc01", "VmPoweredOffEvent") == "vebus.events.vc01.VmPoweredOffEvent"
+    assert event_subject("vc.01", "esx.problem.x") == "vebus.events.vc_01.esx_problem_x"
+    assert len(event_subject("a b", "c>*d").split(".")) == 4
+    assert token("") == "_"
+    assert route_subject("vm-off") == "vebus.routes.vm-off"
