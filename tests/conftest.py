@@ -15,7 +15,7 @@ from tests.support.stack import Stack
 from vebus.embedded import ManagedProcess, build_vcsim, start_nats, start_vcsim
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLES = REPO.parent / "shared" / "samples"
+SAMPLES = REPO / "tests" / "data" / "veba"
 
 
 class NatsServer:
@@ -59,7 +59,7 @@ class Vcsim:
 def vcsim(vcsim_binary: Path, tmp_path: Path) -> Iterator[Vcsim]:
     proc, url = start_vcsim(vcsim_binary, log_path=tmp_path / "vcsim.log")
     yield Vcsim(proc, url)
-    proc.kill()
+    proc.stop()  # SIGTERM: the simulator removes its temporary datastore folders
 
 
 @pytest.fixture

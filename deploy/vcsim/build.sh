@@ -15,12 +15,12 @@ gopath=/usr/share/gocode
 govmomi_src="${gopath}/src/github.com/vmware/govmomi/simulator"
 
 if ! command -v go >/dev/null 2>&1 || [[ ! -d "${govmomi_src}" ]]; then
-    echo "build.sh: installing golang-go and golang-github-vmware-govmomi-dev" >&2
     if [[ "$(id -u)" -ne 0 ]]; then
-        echo "build.sh: go or govmomi sources missing and not root: run as root, or" \
-            "apt-get install golang-go golang-github-vmware-govmomi-dev" >&2
+        echo "build.sh: go or govmomi's sources (${govmomi_src}) are missing: run this as" \
+            "root, or apt-get install golang-go golang-github-vmware-govmomi-dev" >&2
         exit 1
     fi
+    echo "build.sh: installing golang-go and golang-github-vmware-govmomi-dev" >&2
     export DEBIAN_FRONTEND=noninteractive
     apt-get update
     apt-get install -y --no-install-recommends golang-go golang-github-vmware-govmomi-dev

@@ -6,7 +6,10 @@
 //	VCSIM_URL=http://127.0.0.1:<port>/sdk
 //
 // (https with -tls), then serves until SIGINT or SIGTERM and exits 0.
-// Log in with user "user", password "pass".
+// Log in with user "user", password "pass". Flags and defaults follow govmomi's vcsim
+// command (-host is hosts per cluster). The datastores are folders under $TMPDIR
+// (govcsim-*), removed on SIGINT/SIGTERM but left behind by SIGKILL: stop it with SIGTERM,
+// or give each simulator its own TMPDIR.
 package main
 
 import (
@@ -24,6 +27,10 @@ import (
 )
 
 func main() {
+	// Before anything else, so that a signal sent during startup is not lost either.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+
 	model := simulator.VPX()
 
 	listen := flag.String("listen", "127.0.0.1:8989", "address to listen on (host:port; port 0 picks a free port)")
@@ -68,8 +75,6 @@ func main() {
 	fmt.Fprintf(os.Stdout, "VCSIM_URL=%s\n", u.String())
 	_ = os.Stdout.Sync()
 
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	<-sig
 
 	// Stop listening and drop every connection. Server.Close also waits for the handlers

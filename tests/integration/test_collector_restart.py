@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections import Counter
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -15,6 +16,7 @@ from tests.conftest import Vcsim
 from tests.support.stack import Stack
 from tests.support.streams import stream_messages
 from tests.support.vsphere import VSphere
+from vebus.embedded import start_vcsim
 from vebus.subjects import CHECKPOINT_BUCKET, EVENTS_STREAM
 
 pytestmark = pytest.mark.integration
@@ -122,3 +124,54 @@ async def test_jetstream_drops_a_republished_msg_id(stack: Stack, nc: Client, vc
     ack = await nc.jetstream().publish(first.subject, first.data or b"", headers=headers)
     assert ack.duplicate is True
     assert len(await stream_messages(nc, EVENTS_STREAM, "vebus.events.vc1.>")) == len(msgs)
+
+
+async def test_a_restarted_simulator_starts_a_new_epoch(
+    stack: Stack, nc: Client, vcsim: Vcsim, tmp_path: Path
+) -> None:
+    """Keys going back (a restored vCenter, a restarted simulator) are a new epoch: the new
+    events are published with new ids, not skipped as old ones."""
+    stack.write_config(
+        {
+            "vcenters": [
+                {"name": "vc1", "url": vcsim.url, "username": "user", "password": "pass",
+                 "start": "earliest"}
+            ]
+        }
+    )  # fmt: skip
+    vs = await asyncio.to_thread(VSphere, vcsim.url)
+    await asyncio.to_thread(stack.start, "collector")
+    await asyncio.to_thread(vs.post_events, 40, "first life")
+    before = await _wait_caught_up(nc, vs)
+    await asyncio.to_thread(vs.close)
+
+    # the simulator dies and comes back on the same address with keys from 1 again
+    assert vcsim.proc.stop() == 0
+    binary = Path(vcsim.proc.args[0])
+    proc, url = start_vcsim(binary, port=vcsim.port, log_path=tmp_path / "vcsim2.log")
+    try:
+        assert url == vcsim.url
+        vs2 = await asyncio.to_thread(VSphere, url)
+        try:
+            await asyncio.to_thread(vs2.post_events, 5, "second life")
+            newest = await asyncio.to_thread(vs2.newest_key)
+            assert newest < max(before), "the new simulator's keys must be behind"
+            deadline = asyncio.get_running_loop().time() + 60
+            while True:
+                msgs = await stream_messages(nc, EVENTS_STREAM, "vebus.events.vc1.>")
+                second = [m for m in msgs if (m.headers or {}).get("vebus-epoch") == "1"]
+                keys = [int((m.headers or {})["vebus-key"]) for m in second]
+                if keys and max(keys) >= newest:
+                    break
+                assert asyncio.get_running_loop().time() < deadline, stack.logs()
+                await asyncio.sleep(0.3)
+            expected = sorted(int(e.key) for e in await asyncio.to_thread(vs2.events))
+            assert sorted(keys) == expected
+            ids = {(m.headers or {})["ce-id"] for m in second}
+            assert ids == {f"1-{k}" for k in expected}
+            first = [m for m in msgs if (m.headers or {}).get("vebus-epoch") == "0"]
+            assert len(first) == len(before), "the first epoch's events are untouched"
+        finally:
+            await asyncio.to_thread(vs2.close)
+    finally:
+        proc.stop()

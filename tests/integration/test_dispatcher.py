@@ -28,7 +28,7 @@ from vebus.subjects import ROUTES_STREAM, dispatcher_durable, route_subject
 
 pytestmark = pytest.mark.integration
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples"
+SAMPLES = Path(__file__).resolve().parents[1] / "data" / "veba"
 T = TypeVar("T")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import selectors
 import subprocess
 import time
@@ -20,7 +21,7 @@ from pyVmomi import vim
 from vebus_collector.mapping import event_class, event_kind, to_data, to_json
 
 REPO = Path(__file__).resolve().parents[2]
-SAMPLES = Path(__file__).parents[3] / "shared" / "samples"
+SAMPLES = Path(__file__).resolve().parents[1] / "data" / "veba"
 SOURCES = (REPO / "deploy" / "vcsim" / "main.go", REPO / "deploy" / "vcsim" / "build.sh")
 
 
@@ -54,18 +55,22 @@ def simulator_binary(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempP
 def simulator_url(simulator_binary: Path, tmp_path: Path) -> Iterator[str]:
     """A running simulator on a free port; yields its URL, stops it (SIGTERM) at the end."""
     log = tmp_path / "vcsim.log"
+    datastores = tmp_path / "datastores"  # its govcsim-* folders, even if it is killed
+    datastores.mkdir()
     with log.open("w") as stderr:
         proc = subprocess.Popen(
             [str(simulator_binary), "-listen", "127.0.0.1:0"],
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,
+            env={**os.environ, "TMPDIR": str(datastores)},
         )
     try:
         url = _read_url(proc, log, timeout=30)
         yield url
         proc.terminate()
         assert proc.wait(timeout=15) == 0, f"vcsim exit status on SIGTERM:\n{log.read_text()}"
+        assert not any(datastores.iterdir()), "vcsim left its datastore folders behind"
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -14,7 +14,7 @@ from pyVmomi import VmomiSupport, vim, vmodl
 from vebus_collector import mapping
 from vebus_collector.mapping import event_class, event_kind, to_data, to_json
 
-SAMPLES = Path(__file__).parents[3] / "shared" / "samples"
+SAMPLES = Path(__file__).resolve().parents[1] / "data" / "veba"
 
 # The samples come from vCenter 6.7/7.0 through govmomi: no property newer than that API.
 SAMPLE_API = "6.7"
@@ -412,5 +412,20 @@ def test_a_non_event_is_refused() -> None:
         event_class("VmPoweredOffEvent")  # type: ignore[arg-type]
 
 
+def test_rfc3339_is_the_created_time_form() -> None:
+    created = datetime(2020, 2, 11, 22, 28, 23, 677595, tzinfo=timezone(timedelta(hours=1)))
+    event = _vm_powered_off()
+    event.createdTime = created
+
+    assert mapping.rfc3339(created) == "2020-02-11T21:28:23.677595Z"
+    assert mapping.rfc3339(created) == to_data(event)["CreatedTime"]
+
+
 def test_public_names() -> None:
-    assert sorted(mapping.__all__) == ["event_class", "event_kind", "to_data", "to_json"]
+    assert sorted(mapping.__all__) == [
+        "event_class",
+        "event_kind",
+        "rfc3339",
+        "to_data",
+        "to_json",
+    ]

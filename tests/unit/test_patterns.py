@@ -13,7 +13,7 @@ import pytest
 import vebus.patterns
 from vebus.patterns import Explanation, Pattern, PatternError, compile_pattern
 
-SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples"
+SAMPLES = Path(__file__).resolve().parents[1] / "data" / "veba"
 
 
 @pytest.fixture(scope="module")

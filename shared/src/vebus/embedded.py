@@ -76,6 +76,8 @@ class ManagedProcess:
     def start(self) -> ManagedProcess:
         """Start (or start again) the process."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self._log is not None:
+            self._log.close()
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child
         self.proc = subprocess.Popen(
             self.args,

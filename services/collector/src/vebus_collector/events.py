@@ -49,7 +49,8 @@ def to_message(
     """The message for one vSphere event and the position it moves the collector to."""
     key = int(event.key)
     cls = mapping.event_class(event)
-    data = mapping.to_data(event)
+    # only the properties of the vCenter's own API version: VEBA's key set, not pyvmomi's
+    data = mapping.to_data(event, version=api_version or None)
     created = data.get("CreatedTime")
     body = msgspec.json.encode(data)
     ce = CloudEvent(
