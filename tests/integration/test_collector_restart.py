@@ -24,6 +24,12 @@ pytestmark = pytest.mark.integration
 PAGE = 20
 
 
+def _vcenter(vcsim: Vcsim, **extra: object) -> dict[str, object]:
+    """The simulator as vCenter `vc1`, followed from its first event."""
+    return {"name": "vc1", "url": vcsim.url, "username": "user", "password": "pass",
+            "start": "earliest", **extra}  # fmt: skip
+
+
 async def _keys(nc: Client) -> list[int]:
     msgs = await stream_messages(nc, EVENTS_STREAM, "vebus.events.vc1.>")
     return [int((m.headers or {})["vebus-key"]) for m in msgs]
@@ -47,17 +53,7 @@ async def test_restarts_neither_skip_nor_duplicate_keys(
 ) -> None:
     stack.write_config(
         {
-            "vcenters": [
-                {
-                    "name": "vc1",
-                    "url": vcsim.url,
-                    "username": "user",
-                    "password": "pass",
-                    "start": "earliest",
-                    "page_size": PAGE,
-                    "checkpoint_interval": "200ms",
-                }
-            ],
+            "vcenters": [_vcenter(vcsim, page_size=PAGE, checkpoint_interval="200ms")],
             # JetStream's dedupe would hide a collector that re-publishes after a restart:
             # with a 1 s window the stream shows what the collector itself did
             "streams": {"duplicate_window": "1s"},
@@ -102,14 +98,7 @@ async def test_restarts_neither_skip_nor_duplicate_keys(
 
 async def test_jetstream_drops_a_republished_msg_id(stack: Stack, nc: Client, vcsim: Vcsim) -> None:
     """The collector's Nats-Msg-Id makes a re-publish within the window harmless."""
-    stack.write_config(
-        {
-            "vcenters": [
-                {"name": "vc1", "url": vcsim.url, "username": "user", "password": "pass",
-                 "start": "earliest"}
-            ]
-        }
-    )  # fmt: skip
+    stack.write_config({"vcenters": [_vcenter(vcsim)]})
     vs = await asyncio.to_thread(VSphere, vcsim.url)
     try:
         await asyncio.to_thread(stack.start, "collector")
@@ -131,14 +120,7 @@ async def test_a_restarted_simulator_starts_a_new_epoch(
 ) -> None:
     """Keys going back (a restored vCenter, a restarted simulator) are a new epoch: the new
     events are published with new ids, not skipped as old ones."""
-    stack.write_config(
-        {
-            "vcenters": [
-                {"name": "vc1", "url": vcsim.url, "username": "user", "password": "pass",
-                 "start": "earliest"}
-            ]
-        }
-    )  # fmt: skip
+    stack.write_config({"vcenters": [_vcenter(vcsim)]})
     vs = await asyncio.to_thread(VSphere, vcsim.url)
     await asyncio.to_thread(stack.start, "collector")
     await asyncio.to_thread(vs.post_events, 40, "first life")
