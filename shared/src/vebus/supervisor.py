@@ -41,6 +41,11 @@ class UpOptions:
     data_dir: Path
     nats_port: int = 4222
     nats_monitor_port: int = 8222
+    #: nats-server processes: 1, or 3 for a JetStream cluster with R3 streams
+    nats_cluster: int = 1
+    #: replicas per service, e.g. {"dispatcher": 2}
+    scale: dict[str, int] = field(default_factory=dict)
+    nats_urls: list[str] = field(default_factory=list)
     vcsim_port: int = 8989
     health_ports: dict[str, int] = field(
         default_factory=lambda: {
@@ -69,7 +74,11 @@ def effective_config(raw: dict[str, Any], opts: UpOptions, vcsim_url: str | None
     """The config the services get: the user's, plus NATS address, and the simulator."""
     out = dict(raw)
     nats_cfg = dict(out.get("nats") or {})
+    if opts.nats_urls:
+        nats_cfg["url"] = ",".join(opts.nats_urls)
     nats_cfg.setdefault("url", f"nats://127.0.0.1:{opts.nats_port}")
+    if opts.nats_cluster > 1:
+        nats_cfg.setdefault("replicas", min(3, opts.nats_cluster))
     out["nats"] = nats_cfg
     if vcsim_url is not None:
         out["vcenters"] = [
@@ -160,33 +169,123 @@ def _port_free(port: int) -> bool:
     return not embedded.wait_for_port(port, timeout=0.05)
 
 
+class _Node:
+    """A nats-server (or the simulator) started here, restarted if it dies."""
+
+    def __init__(self, name: str, proc: embedded.ManagedProcess) -> None:
+        self.name, self.proc = name, proc
+        self.restarts = 0
+
+
+async def _watch(node: _Node, stopping: asyncio.Event) -> None:
+    delay = 1.0
+    while not stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), 0.5)
+        code = node.proc.poll()
+        if code is None or stopping.is_set():
+            continue
+        _say(f"{node.name} exited with status {code}; restarting in {delay:.0f}s")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), delay)
+        if stopping.is_set():
+            return
+        await asyncio.to_thread(node.proc.start)
+        node.restarts += 1
+        delay = min(delay * 2, MAX_RESTART_DELAY)
+
+
+def _start_nats_nodes(opts: UpOptions, data: Path, logs: Path) -> list[tuple[_Node, int]]:
+    """One nats-server, or a cluster of `opts.nats_cluster` with routes between them."""
+    n = opts.nats_cluster
+    ports = [opts.nats_port + i for i in range(n)]
+    for port in ports:
+        if not _port_free(port):
+            raise RuntimeError(
+                f"port {port} is in use (another `vebus up` or nats-server?); stop it or "
+                "pass --nats-port"
+            )
+    cluster_ports = [embedded.free_port() for _ in range(n)] if n > 1 else []
+    routes = ",".join(f"nats://127.0.0.1:{p}" for p in cluster_ports)
+    nodes = []
+    for i, port in enumerate(ports):
+        name = "nats-server" if n == 1 else f"nats-{i + 1}"
+        extra: list[str] = []
+        if n > 1:
+            extra = [
+                "-n",
+                f"vebus-{i + 1}",
+                "--cluster_name",
+                "vebus",
+                "--cluster",
+                f"nats://127.0.0.1:{cluster_ports[i]}",
+                "--routes",
+                routes,
+            ]
+        monitor = opts.nats_monitor_port + i
+        proc, port = embedded.start_nats(
+            data / ("nats" if n == 1 else name),
+            port=port,
+            http_port=monitor if _port_free(monitor) else None,
+            log_path=logs / f"{name}.log",
+            extra_args=extra,
+        )
+        nodes.append((_Node(name, proc), port))
+    return nodes
+
+
+async def _wait_for_jetstream(url: str, timeout: float = 60.0) -> None:
+    """Wait until JetStream answers (a cluster first elects its meta leader)."""
+    import nats
+    import nats.errors
+
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            nc = await nats.connect(
+                servers=url.split(","),
+                connect_timeout=2,
+                max_reconnect_attempts=0,
+                allow_reconnect=False,
+            )
+            try:
+                await nc.jetstream().account_info()
+                return
+            finally:
+                await nc.close()
+        except (nats.errors.Error, OSError, TimeoutError) as e:
+            last = e
+            await asyncio.sleep(0.5)
+    raise RuntimeError(f"JetStream did not become ready in {timeout:.0f}s: {last!r}")
+
+
 async def run_up(opts: UpOptions, raw: dict[str, Any]) -> int:
     """Run everything until Ctrl-C or SIGTERM; returns the exit status."""
     data = opts.data_dir.resolve()
     logs = data / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    started: list[embedded.ManagedProcess] = []
+    nodes: list[_Node] = []
     try:
         nats_url = (raw.get("nats") or {}).get("url") if isinstance(raw.get("nats"), dict) else None
-        local = _local_port(nats_url) if nats_url else opts.nats_port
-        if local is not None:
-            if not _port_free(local):
-                _say(
-                    f"port {local} is in use (another `vebus up` or nats-server?); stop it or "
-                    f"pass --nats-port"
-                )
-                return 1
-            proc, port = embedded.start_nats(
-                data / "nats",
-                port=local,
-                http_port=opts.nats_monitor_port if _port_free(opts.nats_monitor_port) else None,
-                log_path=logs / "nats-server.log",
-            )
-            started.append(proc)
-            opts.nats_port = port
-            _say(f"NATS JetStream   nats://127.0.0.1:{port}  (store {data / 'nats'})")
-        else:
+        if nats_url and _local_port(nats_url) is None:
             _say(f"NATS             {nats_url} (not started here)")
+        else:
+            if nats_url:
+                opts.nats_port = _local_port(nats_url) or opts.nats_port
+            try:
+                started = _start_nats_nodes(opts, data, logs)
+            except RuntimeError as e:
+                _say(str(e))
+                return 1
+            nodes += [node for node, _ in started]
+            opts.nats_urls = [f"nats://127.0.0.1:{port}" for _, port in started]
+            for node, port in started:
+                _say(
+                    f"NATS JetStream   nats://127.0.0.1:{port}  ({node.name}, log "
+                    f"{node.proc.log_path})"
+                )
+            await _wait_for_jetstream(",".join(opts.nats_urls))
 
         vcsim_url = None
         if not raw.get("vcenters"):
@@ -198,7 +297,7 @@ async def run_up(opts: UpOptions, raw: dict[str, Any]) -> int:
             vproc, vcsim_url = embedded.start_vcsim(
                 binary, port=opts.vcsim_port, log_path=logs / "vcsim.log"
             )
-            started.append(vproc)
+            nodes.append(_Node("vcsim", vproc))
             _say(f"vCenter simulator {vcsim_url}  (user {VCSIM_USER}, password {VCSIM_PASSWORD})")
 
         cfg = effective_config(raw, opts, vcsim_url)
@@ -209,20 +308,22 @@ async def run_up(opts: UpOptions, raw: dict[str, Any]) -> int:
 
         services = []
         for name in SERVICES:
-            port = opts.health_ports[name]
-            if not _port_free(port):
-                port = embedded.free_port()
-            args = [
-                sys.executable,
-                "-m",
-                f"vebus_{name}",
-                "--config",
-                str(cfg_path),
-                "--health-port",
-                str(port),
-            ]
-            services.append(_Service(name, args, logs / f"{name}.log", opts.echo))
-            _say(f"{name:<16} http://127.0.0.1:{port}/readyz  (log {logs / (name + '.log')})")
+            for replica in range(1, opts.scale.get(name, 1) + 1):
+                port = opts.health_ports[name] if replica == 1 else 0
+                if not port or not _port_free(port):
+                    port = embedded.free_port()
+                label = name if opts.scale.get(name, 1) == 1 else f"{name}-{replica}"
+                args = [
+                    sys.executable,
+                    "-m",
+                    f"vebus_{name}",
+                    "--config",
+                    str(cfg_path),
+                    "--health-port",
+                    str(port),
+                ]
+                services.append(_Service(label, args, logs / f"{label}.log", opts.echo))
+                _say(f"{label:<16} http://127.0.0.1:{port}/readyz  (log {logs / label}.log)")
         _say("press Ctrl-C to stop; `vebus demo` in another terminal makes events")
 
         stopping = asyncio.Event()
@@ -230,6 +331,7 @@ async def run_up(opts: UpOptions, raw: dict[str, Any]) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stopping.set)
         tasks = [asyncio.create_task(_supervise(s, stopping)) for s in services]
+        tasks += [asyncio.create_task(_watch(node, stopping)) for node in nodes]
         await stopping.wait()
         _say("stopping")
         # the collector first, so nothing new enters while the others finish
@@ -238,8 +340,8 @@ async def run_up(opts: UpOptions, raw: dict[str, Any]) -> int:
         await asyncio.gather(*tasks, return_exceptions=True)
         return 0
     finally:
-        for proc in reversed(started):
-            proc.stop()
+        for node in reversed(nodes):
+            node.proc.stop()
 
 
 def _vcsim_cache() -> Path:

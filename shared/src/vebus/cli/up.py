@@ -29,11 +29,37 @@ __all__ = ["up"]
     show_default=True,
     help="Where JetStream stores its data, and where logs and the effective config go.",
 )
-@click.option("--nats-port", type=int, default=4222, show_default=True)
+@click.option(
+    "--nats-port",
+    type=int,
+    default=4222,
+    show_default=True,
+    help="Client port of the (first) nats-server; a cluster uses the next ones too.",
+)
+@click.option(
+    "--nats-cluster",
+    type=click.IntRange(1, 5),
+    default=1,
+    show_default=True,
+    help="Run this many nats-server processes as one JetStream cluster (3: streams R3).",
+)
+@click.option(
+    "--scale",
+    "scale",
+    multiple=True,
+    metavar="SERVICE=N",
+    help="Run N replicas of a service, e.g. --scale dispatcher=2 (repeatable).",
+)
 @click.option("--vcsim-port", type=int, default=8989, show_default=True)
 @click.option("--quiet", is_flag=True, help="Do not echo the services' output (logs only).")
 def up(
-    config_path: Path | None, data_dir: Path, nats_port: int, vcsim_port: int, quiet: bool
+    config_path: Path | None,
+    data_dir: Path,
+    nats_port: int,
+    nats_cluster: int,
+    scale: tuple[str, ...],
+    vcsim_port: int,
+    quiet: bool,
 ) -> None:
     """Run vebus on this machine: nats-server with JetStream, and the collector, filter,
     dispatcher and deadletter services, each its own process (restarted if it dies).
@@ -43,11 +69,23 @@ def up(
     in another terminal to make more. Ctrl-C stops everything.
 
     \b
-    Example:
+    Examples:
       vebus up                       # simulator, console route
       vebus up --config vebus.yaml   # your vCenters and routes
+      vebus up --nats-cluster 3 --scale dispatcher=2 --scale filter=2
     """
-    from vebus.supervisor import UpOptions, load_raw, run_up
+    from vebus.supervisor import SERVICES, UpOptions, load_raw, run_up
+
+    replicas: dict[str, int] = {}
+    for item in scale:
+        name, _, count = item.partition("=")
+        if name not in SERVICES or not count.isdigit() or not 1 <= int(count) <= 16:
+            fail(
+                f"--scale {item}: expected SERVICE=N with SERVICE one of "
+                f"{', '.join(SERVICES)} and N from 1 to 16",
+                2,
+            )
+        replicas[name] = int(count)
 
     if config_path is None and Path("vebus.yaml").exists():
         config_path = Path("vebus.yaml")
@@ -67,6 +105,8 @@ def up(
         config_path=config_path,
         data_dir=data_dir,
         nats_port=nats_port,
+        nats_cluster=nats_cluster,
+        scale=replicas,
         vcsim_port=vcsim_port,
         echo=not quiet,
     )

@@ -1,0 +1,146 @@
+"""NATS security: each service logs in as its own user with only the permissions it needs
+(deploy/nats/auth.conf, the file compose and Kubernetes use), and wrong credentials are a
+clear error, not a retry loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import nats
+import nats.errors
+import pytest
+import yaml
+
+from tests.conftest import Vcsim
+from tests.e2e.test_flow import _power_off_first_vm
+from tests.support.sink import RecordingSink
+from vebus.embedded import ManagedProcess, free_port, start_nats, start_service
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+SERVICES = ("collector", "filter", "dispatcher", "deadletter")
+PASSWORDS = {name: f"{name}-secret-{n}" for n, name in enumerate((*SERVICES, "admin"))}
+
+
+class AuthNats:
+    def __init__(self, proc: ManagedProcess, port: int) -> None:
+        self.proc, self.port = proc, port
+        self.url = f"nats://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def auth_nats(tmp_path: Path) -> Iterator[AuthNats]:
+    port = free_port()
+    conf = tmp_path / "nats.conf"
+    # nats-server resolves include paths against the including file's folder
+    shutil.copy(REPO / "deploy" / "nats" / "auth.conf", tmp_path / "auth.conf")
+    conf.write_text(f'port: {port}\ninclude "auth.conf"\n')  # JetStream: start_nats
+    env = {f"VEBUS_NATS_{name.upper()}_PASSWORD": pw for name, pw in PASSWORDS.items()}
+    os.environ.update(env)  # start_nats passes its environment on to nats-server
+    try:
+        proc, port = start_nats(tmp_path / "js", port=port, extra_args=["-c", str(conf)])
+    finally:
+        for key in env:
+            os.environ.pop(key, None)
+    yield AuthNats(proc, port)
+    proc.kill()
+
+
+def _write_config(path: Path, url: str, extra: dict[str, object]) -> Path:
+    cfg = {"nats": {"url": url, "user": "${NATS_USER}", "password": "${NATS_PASSWORD}"}, **extra}
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _service_env(name: str, password: str | None = None) -> dict[str, str]:
+    return dict(os.environ, NATS_USER=name, NATS_PASSWORD=password or PASSWORDS[name])
+
+
+async def test_every_service_works_with_its_own_least_privilege_user(
+    auth_nats: AuthNats, vcsim: Vcsim, sink: RecordingSink, tmp_path: Path
+) -> None:
+    cfg = _write_config(
+        tmp_path / "vebus.yaml",
+        auth_nats.url,
+        {
+            "vcenters": [{"name": "vc1", "url": vcsim.url, "username": "user", "password": "pass"}],
+            "routes": [
+                {
+                    "name": "vm-off",
+                    "match": {"type": ["com.vmware.vsphere.VmPoweredOffEvent.v0"]},
+                    "sink": {"kind": "webhook", "url": sink.url},
+                }
+            ],
+        },
+    )
+    procs = [
+        start_service(
+            name,
+            cfg,
+            health_port=free_port(),
+            log_path=tmp_path / f"{name}.log",
+            env=_service_env(name),
+        )
+        for name in SERVICES
+    ]
+    try:
+        await asyncio.sleep(3)  # all four create streams, consumers, buckets as themselves
+        for p in procs:
+            assert p.poll() is None, p.output()
+        name, _ = await _power_off_first_vm(vcsim)
+        delivered = await sink.wait_for(lambda: len(sink.accepted) >= 1, timeout=60)
+        assert delivered, "\n".join(p.output()[-2000:] for p in procs)
+        assert json.loads(sink.accepted[0].body)["Vm"]["Name"] == name
+        logs = "\n".join(p.output() for p in procs)
+        assert "permissions violation" not in logs.lower()
+    finally:
+        for p in procs:
+            assert p.stop() == 0, p.output()[-2000:]
+
+
+def test_wrong_credentials_exit_with_a_clear_message(auth_nats: AuthNats, tmp_path: Path) -> None:
+    cfg = _write_config(tmp_path / "vebus.yaml", auth_nats.url, {})
+    proc = start_service("filter", cfg, health_port=free_port(), log_path=tmp_path / "f.log",
+                         env=_service_env("filter", password="wrong"))  # fmt: skip
+    deadline = time.monotonic() + 30
+    while proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() == 2, proc.output()
+    out = proc.output()
+    assert "refused user 'filter'" in out
+    assert "check nats.user and nats.password" in out
+    assert "Traceback" not in out
+    assert "wrong" not in out, "the password is never printed"
+
+
+async def test_the_filter_user_cannot_publish_events(auth_nats: AuthNats) -> None:
+    errors: list[Exception] = []
+
+    async def on_error(e: Exception) -> None:
+        errors.append(e)
+
+    admin = await nats.connect(auth_nats.url, user="admin", password=PASSWORDS["admin"])
+    js = admin.jetstream()
+    await js.add_stream(name="VEBUS_EVENTS", subjects=["vebus.events.>"])
+    await js.add_stream(name="VEBUS_ROUTES", subjects=["vebus.routes.>"])
+    filt = await nats.connect(auth_nats.url, user="filter", password=PASSWORDS["filter"],
+                              error_cb=on_error)  # fmt: skip
+    try:
+        with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
+            await filt.jetstream().publish("vebus.events.vc1.VmPoweredOffEvent", b"{}", timeout=1)
+        await filt.flush()
+        assert any("permissions violation" in str(e).lower() for e in errors), errors
+        assert (await js.stream_info("VEBUS_EVENTS")).state.messages == 0
+        # what the filter is for still works
+        ack = await filt.jetstream().publish("vebus.routes.r1", b"{}")
+        assert ack.stream == "VEBUS_ROUTES"
+    finally:
+        await filt.close()
+        await admin.close()
