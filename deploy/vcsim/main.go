@@ -6,6 +6,10 @@
 //	VCSIM_URL=http://127.0.0.1:<port>/sdk
 //
 // (https with -tls), then serves until SIGINT or SIGTERM and exits 0.
+// With -tls it serves a self-signed certificate made at start (ECDSA P-256, for 127.0.0.1,
+// ::1 and localhost; Go's built-in test certificate has a 1024-bit RSA key that OpenSSL
+// refuses); -cert-file PATH writes it as PEM before the URL line so a client can trust it
+// (vebus: `ca_file: PATH`).
 // Log in with user "user", password "pass". Flags and defaults follow govmomi's vcsim
 // command (-host is hosts per cluster). The datastores are folders under $TMPDIR
 // (govcsim-*), removed on SIGINT/SIGTERM but left behind by SIGKILL: stop it with SIGTERM,
@@ -13,9 +17,16 @@
 package main
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"flag"
 	"fmt"
+	"math/big"
 	"net"
 	"net/url"
 	"os"
@@ -35,6 +46,7 @@ func main() {
 
 	listen := flag.String("listen", "127.0.0.1:8989", "address to listen on (host:port; port 0 picks a free port)")
 	useTLS := flag.Bool("tls", false, "serve HTTPS with a self-signed certificate (default: plain HTTP)")
+	certFile := flag.String("cert-file", "", "with -tls: write the server's certificate (PEM) to this file")
 	flag.IntVar(&model.Datacenter, "dc", model.Datacenter, "number of datacenters")
 	flag.IntVar(&model.Cluster, "cluster", model.Cluster, "number of clusters per datacenter")
 	flag.IntVar(&model.ClusterHost, "host", model.ClusterHost, "number of hosts per cluster")
@@ -44,6 +56,9 @@ func main() {
 
 	if flag.NArg() != 0 {
 		fail("unexpected arguments: %v", flag.Args())
+	}
+	if *certFile != "" && !*useTLS {
+		fail("-cert-file needs -tls")
 	}
 	if _, _, err := net.SplitHostPort(*listen); err != nil {
 		fail("-listen %q: expected host:port (e.g. 127.0.0.1:8989 or 127.0.0.1:0): %v", *listen, err)
@@ -62,13 +77,29 @@ func main() {
 	}
 
 	model.Service.Listen = &url.URL{Host: *listen}
+	var certDER []byte
 	if *useTLS {
-		model.Service.TLS = new(tls.Config)
+		cert, der, err := selfSigned()
+		if err != nil {
+			model.Remove()
+			fail("making a TLS certificate: %v", err)
+		}
+		certDER = der
+		model.Service.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
 	} else {
 		model.Service.TLS = nil
 	}
 
 	server := newServer(model, *listen)
+
+	if *certFile != "" {
+		block := &pem.Block{Type: "CERTIFICATE", Bytes: certDER}
+		if err := os.WriteFile(*certFile, pem.EncodeToMemory(block), 0o644); err != nil {
+			server.Close()
+			model.Remove()
+			fail("-cert-file %q: %v", *certFile, err)
+		}
+	}
 
 	u := *server.URL
 	u.User = nil // the URL carries the default login (user:pass); print it without
@@ -92,6 +123,35 @@ func main() {
 	case <-time.After(2 * time.Second):
 	}
 	model.Remove()
+}
+
+// selfSigned makes a certificate for the loopback addresses that is its own CA.
+func selfSigned() (tls.Certificate, []byte, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	template := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: "vcsim", Organization: []string{"vebus test"}},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(365 * 24 * time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		DNSNames:              []string{"localhost"},
+		IPAddresses:           []net.IP{net.ParseIP("127.0.0.1"), net.IPv6loopback},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, template, template, &key.PublicKey, key)
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, der, nil
 }
 
 // newServer starts the model's service; govmomi panics when it cannot listen, this

@@ -1,14 +1,20 @@
-"""The collector: follows every configured vCenter and publishes its events to VEBUS_EVENTS."""
+"""The collector: follows every configured vCenter (one active replica per vCenter, by
+lease) and serves the webhook source; both publish to VEBUS_EVENTS."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from vebus.service import ServiceContext, ServiceSettings, run_service
 from vebus.streams import ensure_streams
-from vebus_collector.checkpoint import CheckpointStore, ensure_bucket
-from vebus_collector.follower import Follower
+from vebus_collector.checkpoint import ensure_bucket
+from vebus_collector.lease import ensure_lease_bucket
+from vebus_collector.publisher import DEFAULT_WINDOW
+from vebus_collector.runner import VCenterRunner
+from vebus_collector.status import VCenterStatus, overall
+from vebus_collector.webhook import WebhookSource
 
 __all__ = ["main"]
 
@@ -16,16 +22,63 @@ log = logging.getLogger(__name__)
 
 
 async def _body(ctx: ServiceContext) -> None:
-    await ensure_streams(ctx.js, ctx.config)
-    kv = await ensure_bucket(ctx.js, ctx.config.nats.replicas)
-    followers = [Follower(vc, ctx, CheckpointStore(kv, vc.name)) for vc in ctx.config.vcenters]
-    if not followers:
-        log.warning("no vCenter in the config: nothing to collect")
-        ctx.ready = True
-        await ctx.stopping.wait()
-        return
-    # ready once connected and tailing (set by the first follower that gets there)
-    await asyncio.gather(*(f.run() for f in followers))
+    config = ctx.config
+    await ensure_streams(ctx.js, config)
+    checkpoints = await ensure_bucket(ctx.js, config.nats.replicas)
+    leases, ttl = await ensure_lease_bucket(ctx.js, config.nats.replicas)
+    statuses = [VCenterStatus(vc.name) for vc in config.vcenters]
+
+    def refresh() -> None:
+        ctx.ready = overall(statuses)
+
+    for status in statuses:
+        status.on_change = refresh
+    ctx.health_details["vcenters"] = lambda: {s.name: s.as_dict() for s in statuses}
+
+    for vc in config.vcenters:
+        if vc.insecure:
+            log.warning(
+                "%s: insecure: true: vCenter's TLS certificate is NOT verified; anyone on the "
+                "path can read the credentials (use ca_file for a private CA instead)",
+                vc.name,
+            )
+        elif vc.url.startswith("http://"):
+            log.info("%s: %s is plain HTTP (no TLS)", vc.name, vc.url)
+
+    webhook: WebhookSource | None = None
+    if config.webhook is not None:
+        webhook = WebhookSource(config.webhook, ctx.js, ctx.nc.max_payload)
+        await webhook.start()
+        ctx.health_details["webhook"] = webhook.status
+
+    runners = [
+        VCenterRunner(
+            vc,
+            js=ctx.js,
+            checkpoints=checkpoints,
+            leases=leases,
+            lease_ttl=ttl,
+            instance=ctx.settings.instance,
+            status=status,
+            stopping=ctx.stopping,
+            max_payload=ctx.nc.max_payload,
+            publish_window=DEFAULT_WINDOW,
+        )
+        for vc, status in zip(config.vcenters, statuses, strict=True)
+    ]
+    if not runners:
+        log.info("no vCenter in the config%s", "" if webhook else ": nothing to collect")
+    refresh()
+    try:
+        results: list[Any] = await asyncio.gather(
+            *(r.run() for r in runners), ctx.stopping.wait(), return_exceptions=True
+        )
+        for vc, result in zip(config.vcenters, results, strict=False):
+            if isinstance(result, BaseException):
+                log.error("%s: stopped with %r", vc.name, result)
+    finally:
+        if webhook is not None:
+            await webhook.stop()
 
 
 async def main(settings: ServiceSettings) -> int:

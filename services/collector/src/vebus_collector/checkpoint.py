@@ -7,10 +7,16 @@ import logging
 import msgspec
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from nats.js.errors import (
+    BucketNotFoundError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NotFoundError,
+)
 from nats.js.kv import KeyValue
 
 from vebus import subjects
+from vebus_collector.errors import CheckpointConflictError
 from vebus_collector.events import H_EPOCH, H_KEY
 from vebus_collector.position import Position
 
@@ -36,17 +42,30 @@ async def ensure_bucket(js: JetStreamContext, replicas: int) -> KeyValue:
 
 
 class CheckpointStore:
-    """Reads and writes one vCenter's checkpoint."""
+    """Reads and writes one vCenter's checkpoint, only ever with compare-and-set.
+
+    Every write names the revision this replica last read or wrote (`kv.update(last=...)`,
+    `kv.create` when there is none): a replica that took the vCenter over rewrites the
+    checkpoint first (`claim`), so a stale leader's next write fails with
+    CheckpointConflictError instead of moving the checkpoint.
+    """
 
     def __init__(self, kv: KeyValue, vcenter: str) -> None:
         self._kv = kv
         self._key = f"collector.{subjects.token(vcenter)}"
+        #: the revision last read or written; None: the key had no value
+        self.revision: int | None = None
 
     async def load(self) -> Position | None:
+        """The stored position (remembering its revision for the next write)."""
         try:
             entry = await self._kv.get(self._key)
-        except (KeyNotFoundError, NotFoundError):
+        except (KeyNotFoundError, NotFoundError) as e:
+            # a deleted key keeps a marker revision: create() handles it
+            self.revision = None
+            log.debug("no checkpoint %s (%r)", self._key, e)
             return None
+        self.revision = entry.revision
         if not entry.value:
             return None
         try:
@@ -55,8 +74,32 @@ class CheckpointStore:
             log.warning("checkpoint %s is unreadable (%s); ignoring it", self._key, e)
             return None
 
+    async def claim(self) -> Position | None:
+        """Load the checkpoint and write it back, fencing off any earlier writer."""
+        while True:
+            pos = await self.load()
+            if pos is None:
+                return None
+            try:
+                self.revision = await self._kv.update(
+                    self._key, msgspec.json.encode(pos), last=self.revision
+                )
+            except KeyWrongLastSequenceError:
+                continue  # written meanwhile (by the replica we take over from): again
+            return pos
+
     async def save(self, pos: Position) -> None:
-        await self._kv.put(self._key, msgspec.json.encode(pos))
+        """Write `pos`; CheckpointConflictError when somebody else wrote since."""
+        value = msgspec.json.encode(pos)
+        try:
+            if self.revision is None:
+                self.revision = await self._kv.create(self._key, value)
+            else:
+                self.revision = await self._kv.update(self._key, value, last=self.revision)
+        except KeyWrongLastSequenceError as e:
+            raise CheckpointConflictError(
+                f"checkpoint {self._key} was written by another replica"
+            ) from e
 
 
 async def last_published(js: JetStreamContext, vcenter: str) -> Position | None:

@@ -45,6 +45,7 @@ def to_message(
     epoch: int,
     api_version: str,
     max_payload: int,
+    extensions: dict[str, str] | None = None,
 ) -> tuple[OutgoingMessage, Position]:
     """The message for one vSphere event and the position it moves the collector to."""
     key = int(event.key)
@@ -59,7 +60,11 @@ def to_message(
         type=f"com.vmware.vsphere.{cls}.v0",
         time=created,
         subject=cls,
-        extensions={"eventclass": mapping.event_kind(event), "vsphereapiversion": api_version},
+        extensions={
+            **(extensions or {}),
+            "eventclass": mapping.event_kind(event),
+            "vsphereapiversion": api_version,
+        },
         data=body,
     )
     extra = {
