@@ -859,5 +859,6 @@ def test_public_names() -> None:
         "Explanation",
         "Pattern",
         "PatternError",
+        "PatternIndex",
         "compile_pattern",
     }

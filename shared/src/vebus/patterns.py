@@ -24,6 +24,9 @@ Leaf alternatives, as in AWS EventBridge (the semantics of aws/event-ruler):
 - ``{"cidr": "10.0.0.0/24"}``: an IPv4 or IPv6 address string inside the network.
 - ``"$or": [{...}, {...}]`` in place of a field, at any level: at least two sub-patterns,
   any of which may match.
+
+:class:`PatternIndex` holds many compiled patterns (a filter's routes) and answers which
+of them match an event at a cost that does not grow with their number (see "the index").
 """
 
 from __future__ import annotations
@@ -32,12 +35,19 @@ import ipaddress
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
-__all__ = ["OPERATORS", "Explanation", "Pattern", "PatternError", "compile_pattern"]
+__all__ = [
+    "OPERATORS",
+    "Explanation",
+    "Pattern",
+    "PatternError",
+    "PatternIndex",
+    "compile_pattern",
+]
 
 OPERATORS: tuple[str, ...] = (
     "prefix",
@@ -56,6 +66,7 @@ _NUMERIC_OPS = ("=", ">", ">=", "<", "<=")
 _ANYTHING_BUT_OPS = ("prefix", "suffix", "equals-ignore-case", "wildcard")
 _MISSING: Any = object()
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+T = TypeVar("T")
 
 
 class PatternError(ValueError):
@@ -300,6 +311,9 @@ class _Exists(_Matcher):
     def test(self, values: tuple[Any, ...]) -> bool:
         return bool(values) == self.present
 
+    def accepts(self, value: Any) -> bool:
+        return self.present  # a value is there
+
     def describe(self) -> str:
         return f"exists {'true' if self.present else 'false'}"
 
@@ -362,8 +376,16 @@ class _Leaf:
     matchers: tuple[_Matcher, ...]
 
     def matches(self, obj: Mapping[str, Any]) -> bool:
-        values = _leaf_values(obj.get(self.key, _MISSING))
-        for matcher in self.matchers:  # noqa: SIM110 (hot path, as in _Matcher.test)
+        raw = obj.get(self.key, _MISSING)
+        kind = type(raw)
+        if kind is str or kind is int or kind is float or kind is bool or raw is None:
+            # one value (the common case): ask each alternative about it directly
+            for matcher in self.matchers:  # noqa: SIM110 (hot path, as in _Matcher.test)
+                if matcher.accepts(raw):
+                    return True
+            return False
+        values = _leaf_values(raw)
+        for matcher in self.matchers:  # noqa: SIM110
             if matcher.test(values):
                 return True
         return False
@@ -399,7 +421,10 @@ class _Nested:
     node: _Fields
 
     def matches(self, obj: Mapping[str, Any]) -> bool:
-        for sub in _objects(obj.get(self.key)):  # noqa: SIM110 (hot path)
+        raw = obj.get(self.key)
+        if type(raw) is dict:
+            return self.node.matches(raw)
+        for sub in _objects(raw):  # noqa: SIM110 (hot path)
             if self.node.matches(sub):
                 return True
         return False
@@ -741,3 +766,532 @@ def _compile_numeric(value: Any, at: str) -> _Numeric:
             at, f"the lower bound {_show(low)} must be less than the upper bound {_show(high)}"
         )
     return _Numeric(low, low_op == ">=", high, high_op == "<=", text)
+
+
+# --- many patterns at once: the index -----------------------------------------------------
+#
+# Every pattern that can be indexed has a necessary condition, its key: "some leaf value at
+# field path P is one of these strings / numbers / ..., or starts with one of these
+# prefixes, or ..., or is present at all". Of a pattern's possible keys (one per leaf,
+# nested ones included) the index takes the one that the fewest other patterns share (an
+# exact value before a prefix or suffix, mere presence last), and keeps the keys in hash
+# tables per field path: exact and case-folded values, and prefixes and suffixes by length.
+# An event is looked up once per indexed field path; every key it satisfies makes its
+# pattern a candidate, and only candidates (plus the few patterns without a key) are
+# evaluated, minus the condition a key proves on its own. Keys are necessary conditions,
+# so the result is the plain evaluator's by construction; what they buy is that an event
+# meets a handful of candidates however many patterns there are (aws/event-ruler does the
+# same with a state machine over the sorted field paths).
+
+_PRESENT, _AFFIX, _EXACT = 1, 2, 3  # how selective a key is
+
+
+@dataclass(slots=True, eq=False)
+class _Key:
+    """A necessary condition of a pattern: a leaf value at `path` accepted by one of these."""
+
+    path: tuple[str, ...]
+    strings: set[str] = field(default_factory=set)
+    numbers: set[int | float] = field(default_factory=set)
+    booleans: set[bool] = field(default_factory=set)
+    null: bool = False
+    folded: set[str] = field(default_factory=set)
+    prefixes: set[str] = field(default_factory=set)
+    folded_prefixes: set[str] = field(default_factory=set)
+    suffixes: set[str] = field(default_factory=set)
+    folded_suffixes: set[str] = field(default_factory=set)
+    present: bool = False
+    #: a value that satisfies the key satisfies the leaf too (no approximation was made)
+    proves: bool = True
+
+    @property
+    def score(self) -> int:
+        if self.present:
+            return _PRESENT
+        if self.prefixes or self.folded_prefixes or self.suffixes or self.folded_suffixes:
+            return _AFFIX
+        return _EXACT
+
+
+def _wildcard_segments(text: str) -> list[str]:
+    """The literal runs of a (valid) wildcard between its unescaped stars."""
+    segments: list[str] = []
+    literal: list[str] = []
+    index = 0
+    while index < len(text):
+        char = text[index]
+        if char == "\\":
+            literal.append(text[index + 1])
+            index += 2
+            continue
+        if char == "*":
+            segments.append("".join(literal))
+            literal = []
+        else:
+            literal.append(char)
+        index += 1
+    segments.append("".join(literal))
+    return segments
+
+
+def _leaf_key(path: tuple[str, ...], matchers: tuple[_Matcher, ...]) -> _Key | None:
+    """The key of a leaf: what one of its alternatives needs; None for exists false."""
+    key = _Key(path)
+    for matcher in matchers:
+        if isinstance(matcher, _Exact):
+            key.strings |= matcher.strings
+            key.numbers |= matcher.numbers
+            key.booleans |= matcher.booleans
+            key.null = key.null or matcher.null
+        elif isinstance(matcher, _EqualsIgnoreCase):
+            key.folded |= matcher.folded
+        elif isinstance(matcher, _Prefix):
+            (key.folded_prefixes if matcher.ignore_case else key.prefixes).add(matcher.prefix)
+        elif isinstance(matcher, _Suffix):
+            (key.folded_suffixes if matcher.ignore_case else key.suffixes).add(matcher.suffix)
+        elif isinstance(matcher, _Wildcard):
+            segments = _wildcard_segments(matcher.text)
+            if len(segments) == 1:
+                key.strings.add(segments[0])
+            elif segments[0]:
+                key.prefixes.add(segments[0])
+                key.proves = key.proves and segments[1:] == [""]  # "abc*" is a prefix
+            elif segments[-1]:
+                key.suffixes.add(segments[-1])
+                key.proves = key.proves and len(segments) == 2  # "*abc" is a suffix
+            else:
+                key.present = True
+        elif isinstance(matcher, _Numeric) and matcher.low == matcher.high:
+            key.numbers.add(matcher.low)  # type: ignore[arg-type]  # "=": both bounds set
+        elif isinstance(matcher, _Exists) and not matcher.present:
+            return None  # satisfied by an absent field: nothing to look up
+        else:  # exists true, numeric ranges, cidr, anything-but: need some value there
+            key.present = True
+    if key.present:
+        return _Key(path, present=True, proves=False)
+    return key
+
+
+def _keys_of(node: _Fields, path: tuple[str, ...]) -> list[_Key] | None:
+    """Keys of which at least one holds whenever `node` matches (None: no such keys),
+    from its most selective condition on its own (for the branches of an $or)."""
+    best: list[_Key] | None = None
+    best_rank = (0, 0)
+    for condition in node.conditions:
+        keys: list[_Key] | None
+        if isinstance(condition, _Leaf):
+            leaf = _leaf_key((*path, condition.key), condition.matchers)
+            keys = None if leaf is None else [leaf]
+        elif isinstance(condition, _Nested):
+            keys = _keys_of(condition.node, (*path, condition.key))
+        else:
+            assert isinstance(condition, _Or)
+            keys = []
+            for branch in condition.branches:
+                branch_keys = _keys_of(branch, path)
+                if branch_keys is None:
+                    keys = None
+                    break
+                keys.extend(branch_keys)
+        if keys:
+            rank = (min(key.score for key in keys), -len(keys))
+            if rank > best_rank:
+                best, best_rank = keys, rank
+    return best
+
+
+@dataclass(frozen=True, slots=True)
+class _Option:
+    """One way to index a pattern: keys of which one holds whenever the pattern matches."""
+
+    keys: tuple[_Key, ...]
+    #: the top-level condition they come from, if it is a leaf the keys prove (else -1)
+    proven: int
+
+
+def _options(root: _Fields) -> list[_Option]:
+    """Every way to index `root`: one per condition (nested ones: one per inner condition)."""
+    out: list[_Option] = []
+
+    def walk(node: _Fields, path: tuple[str, ...], top: bool) -> None:
+        for position, condition in enumerate(node.conditions):
+            if isinstance(condition, _Leaf):
+                key = _leaf_key((*path, condition.key), condition.matchers)
+                if key is not None:
+                    out.append(_Option((key,), position if top and key.proves else -1))
+            elif isinstance(condition, _Nested):
+                walk(condition.node, (*path, condition.key), False)
+            else:
+                keys = _keys_of(node=_Fields((condition,)), path=path)
+                if keys:
+                    out.append(_Option(tuple(keys), -1))
+
+    walk(root, (), True)
+    return out
+
+
+def _items(key: _Key) -> list[tuple[Any, ...]]:
+    """What a key looks up, each as one hashable item (to count how many patterns share it)."""
+    if key.present:
+        return [(key.path, "present")]
+    return [
+        *((key.path, "s", v) for v in key.strings),
+        *((key.path, "n", v) for v in key.numbers),
+        *((key.path, "b", v) for v in key.booleans),
+        *([(key.path, "null")] if key.null else []),
+        *((key.path, "f", v) for v in key.folded),
+        *((key.path, "p", v) for v in key.prefixes),
+        *((key.path, "fp", v) for v in key.folded_prefixes),
+        *((key.path, "x", v) for v in key.suffixes),
+        *((key.path, "fx", v) for v in key.folded_suffixes),
+    ]
+
+
+def _intern(node: Any, table: dict[Any, Any]) -> Any:
+    """`node` with every sub-pattern shared with an equal one already in `table`.
+
+    Routes often repeat conditions (``data.UserName`` anything-but ""): one object for
+    each keeps the working set of a large index small enough for the CPU's caches.
+    """
+    make: Any
+    if isinstance(node, _Fields):
+        conditions = tuple(_intern(c, table) for c in node.conditions)
+        key: tuple[Any, ...] = (_Fields, *map(id, conditions))
+        make = lambda: _Fields(conditions)  # noqa: E731
+    elif isinstance(node, _Leaf):
+        matchers = tuple(_intern(m, table) for m in node.matchers)
+        key = (_Leaf, node.key, node.where, *map(id, matchers))
+        make = lambda: _Leaf(node.key, node.where, matchers)  # noqa: E731
+    elif isinstance(node, _Nested):
+        inner = _intern(node.node, table)
+        key = (_Nested, node.key, node.where, id(inner))
+        make = lambda: _Nested(node.key, node.where, inner)  # noqa: E731
+    elif isinstance(node, _Or):
+        branches = tuple(_intern(b, table) for b in node.branches)
+        key = (_Or, *map(id, branches))
+        make = lambda: _Or(branches)  # noqa: E731
+    elif isinstance(node, _AnythingButOf):
+        inner_matcher = _intern(node.inner, table)
+        key = (_AnythingButOf, id(inner_matcher))
+        make = lambda: _AnythingButOf(inner_matcher)  # noqa: E731
+    else:  # a leaf matcher: frozen, its fields hashable
+        key = (type(node), *(getattr(node, name) for name in node.__slots__))
+        return table.setdefault(key, node)
+    found = table.get(key)
+    if found is None:
+        found = table[key] = make()
+    return found
+
+
+_Hits = tuple[int, ...]
+
+
+class _Lengths:
+    """Strings of several lengths to find as prefixes (or suffixes) of a value."""
+
+    __slots__ = ("lengths", "table")
+
+    def __init__(self, table: dict[str, _Hits]) -> None:
+        self.table = table
+        self.lengths = tuple(sorted({len(text) for text in table}))
+
+
+class _Tables:
+    """The keys on one field path."""
+
+    __slots__ = (
+        "booleans",
+        "folded",
+        "folded_prefixes",
+        "folded_suffixes",
+        "null",
+        "numbers",
+        "prefixes",
+        "present",
+        "probe_string",
+        "strings",
+        "suffixes",
+    )
+
+    def __init__(self, keys: list[tuple[_Key, int]]) -> None:
+        strings: dict[str, list[int]] = {}
+        numbers: dict[int | float, list[int]] = {}
+        booleans: dict[bool, list[int]] = {}
+        folded: dict[str, list[int]] = {}
+        prefixes: dict[str, list[int]] = {}
+        folded_prefixes: dict[str, list[int]] = {}
+        suffixes: dict[str, list[int]] = {}
+        folded_suffixes: dict[str, list[int]] = {}
+        null: list[int] = []
+        present: list[int] = []
+        for key, ident in keys:
+            if key.present:
+                present.append(ident)
+                continue
+            pairs: tuple[tuple[dict[Any, list[int]], set[Any]], ...] = (
+                (strings, key.strings),
+                (numbers, key.numbers),
+                (booleans, key.booleans),
+                (folded, key.folded),
+                (prefixes, key.prefixes),
+                (folded_prefixes, key.folded_prefixes),
+                (suffixes, key.suffixes),
+                (folded_suffixes, key.folded_suffixes),
+            )
+            for table, items in pairs:
+                for item in items:
+                    table.setdefault(item, []).append(ident)
+            if key.null:
+                null.append(ident)
+        self.strings = _freeze(strings)
+        self.numbers = _freeze(numbers)
+        self.booleans = _freeze(booleans)
+        self.folded = _freeze(folded)
+        self.prefixes = _Lengths(_freeze(prefixes)) if prefixes else None
+        self.folded_prefixes = _Lengths(_freeze(folded_prefixes)) if folded_prefixes else None
+        self.suffixes = _Lengths(_freeze(suffixes)) if suffixes else None
+        self.folded_suffixes = _Lengths(_freeze(folded_suffixes)) if folded_suffixes else None
+        self.null = tuple(null)
+        self.present = tuple(present)
+        #: the string lookup, put together from only the tables this path has
+        self.probe_string = _string_probe(
+            self.strings,
+            self.prefixes,
+            self.suffixes,
+            self.folded,
+            self.folded_prefixes,
+            self.folded_suffixes,
+        )
+
+    def probe(self, values: tuple[Any, ...], out: set[int]) -> None:
+        """Add to `out` every key that one of `values` satisfies."""
+        if self.present:
+            out.update(self.present)
+        for value in values:
+            if isinstance(value, str):
+                self.probe_string(value, out)
+                continue
+            if value is None:
+                hit: _Hits | None = self.null
+            elif isinstance(value, bool):
+                hit = self.booleans.get(value)
+            elif isinstance(value, int | float):
+                hit = self.numbers.get(value)
+            else:
+                continue
+            if hit:
+                out.update(hit)
+
+
+_StringProbe = Callable[[str, set[int]], None]
+
+
+def _string_probe(
+    strings: dict[str, _Hits],
+    prefixes: _Lengths | None,
+    suffixes: _Lengths | None,
+    folded: dict[str, _Hits],
+    folded_prefixes: _Lengths | None,
+    folded_suffixes: _Lengths | None,
+) -> _StringProbe:
+    """One function that looks a string value up in every table this path has.
+
+    It runs for every string value at every indexed path of every event: one call, with
+    the tables bound as closure variables and the absent ones skipped by a test on a
+    constant, is what keeps the cost of an indexed field low.
+    """
+    get = strings.get
+    tables = (prefixes, suffixes, folded_prefixes, folded_suffixes)
+    if not folded and tables == (None, None, None, None):
+
+        def probe_exact(value: str, out: set[int]) -> None:
+            hit = get(value)
+            if hit:
+                out.update(hit)
+
+        return probe_exact if strings else _nothing
+    affixed = tuple(
+        (table.table.get, table.lengths, kind)
+        for table, kind in (
+            (prefixes, False),
+            (suffixes, True),
+        )
+        if table is not None
+    )
+    folded_get = folded.get
+    folded_affixed = tuple(
+        (table.table.get, table.lengths, kind)
+        for table, kind in ((folded_prefixes, False), (folded_suffixes, True))
+        if table is not None
+    )
+    folding = bool(folded) or bool(folded_affixed)
+
+    def probe(value: str, out: set[int]) -> None:
+        hit = get(value)
+        if hit:
+            out.update(hit)
+        if affixed:
+            _probe_affixes(affixed, value, out)
+        if folding:
+            lowered = value.casefold()
+            hit = folded_get(lowered)
+            if hit:
+                out.update(hit)
+            if folded_affixed:
+                _probe_affixes(folded_affixed, lowered, out)
+
+    return probe
+
+
+def _probe_affixes(
+    tables: tuple[tuple[Callable[[str], _Hits | None], tuple[int, ...], bool], ...],
+    value: str,
+    out: set[int],
+) -> None:
+    """Look up each prefix (or suffix) of `value` whose length some key has."""
+    size = len(value)
+    for get, lengths, from_end in tables:
+        for length in lengths:
+            if length > size:
+                break
+            hit = get(value[size - length :] if from_end else value[:length])
+            if hit:
+                out.update(hit)
+
+
+def _nothing(value: str, out: set[int]) -> None:
+    """A path whose keys only ask for a value to be present."""
+
+
+def _freeze(table: dict[Any, list[int]]) -> dict[Any, _Hits]:
+    return {item: tuple(idents) for item, idents in table.items()}
+
+
+def _values_at(event: Mapping[str, Any], parents: tuple[str, ...], last: str) -> list[Any]:
+    """Every leaf value at a field path, through arrays of objects (the general case)."""
+    objects: list[Any] = [event]
+    for name in parents:
+        below: list[Any] = []
+        for obj in objects:
+            value = obj.get(name)
+            if isinstance(value, Mapping):
+                below.append(value)
+            elif isinstance(value, list | tuple):
+                _flatten(value, below, objects=True)
+        if not below:
+            return []
+        objects = below
+    values: list[Any] = []
+    for obj in objects:
+        values.extend(_leaf_values(obj.get(last, _MISSING)))
+    return values
+
+
+class PatternIndex(Generic[T]):
+    """Many patterns compiled into one index: which of them match an event.
+
+    Built from ``(value, pattern)`` pairs (a None pattern matches every event);
+    :meth:`matching` returns the values whose pattern matches, in the order given, with
+    the same result as calling :meth:`Pattern.matches` on each, at a cost that depends on
+    the event and on the few candidate patterns it meets, not on how many there are.
+    """
+
+    __slots__ = ("_always", "_paths", "_residues", "_values", "indexed")
+
+    def __init__(self, entries: Iterable[tuple[T, Pattern | None]]) -> None:
+        self._values: list[T] = []
+        #: what is left to check once a pattern is a candidate (None: nothing, it matches)
+        self._residues: list[_Fields | None] = []
+        always: list[int] = []
+        by_path: dict[tuple[str, ...], list[tuple[_Key, int]]] = {}
+        shared: dict[Any, Any] = {}
+        roots: list[_Fields | None] = []
+        options: list[list[_Option]] = []
+        sharing: dict[tuple[Any, ...], int] = {}  # how many patterns could look each item up
+        for value, pattern in entries:
+            self._values.append(value)
+            root = None if pattern is None else _intern(pattern._root, shared)
+            roots.append(root)
+            options.append([] if root is None else _options(root))
+            for item in {item for o in options[-1] for key in o.keys for item in _items(key)}:
+                sharing[item] = sharing.get(item, 0) + 1
+        everyone = len(roots) + 1
+
+        def cost(option: _Option) -> tuple[float, int]:
+            # the candidates a hit brings: a value many patterns share, or mere presence,
+            # costs more; an affix a little more than an exact value
+            total = 0.0
+            for key in option.keys:
+                if key.present:
+                    total += everyone
+                    continue
+                for item in _items(key):
+                    total += sharing[item] + (0.5 if item[1] in ("p", "fp", "x", "fx") else 0)
+            return total, len(option.keys)
+
+        for ident, (root, choices) in enumerate(zip(roots, options, strict=True)):
+            if root is None or not choices:
+                self._residues.append(root)
+                always.append(ident)
+                continue
+            best = min(choices, key=cost)
+            residue: _Fields | None = root
+            if best.proven >= 0:
+                # a top-level leaf whose key is exact: a hit is that condition satisfied
+                rest = root.conditions[: best.proven] + root.conditions[best.proven + 1 :]
+                residue = _intern(_Fields(rest), shared) if rest else None
+            self._residues.append(residue)
+            for key in best.keys:
+                by_path.setdefault(key.path, []).append((key, ident))
+        #: per indexed field path: parent field names, last field name, its keys, and the
+        #: lookup of a string value there (called inline: it runs for every event)
+        self._paths = tuple(
+            (path[:-1], path[-1], tables, tables.present, tables.probe_string)
+            for path, keys in sorted(by_path.items())
+            for tables in (_Tables(keys),)
+        )
+        self._always = tuple(always)
+        #: how many patterns are looked up by a key (the others are tried on every event)
+        self.indexed = len(self._values) - len(always)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def _probe(self, event: Mapping[str, Any]) -> set[int]:
+        out: set[int] = set(self._always) if self._always else set()
+        for parents, last, tables, present, probe_string in self._paths:
+            obj: Any = event
+            for name in parents:  # the common case: objects all the way down
+                obj = obj.get(name)
+                if type(obj) is not dict:
+                    break
+            else:
+                raw = obj.get(last, _MISSING)
+                if type(raw) is str:
+                    if present:
+                        out.update(present)
+                    probe_string(raw, out)
+                    continue
+                values = _leaf_values(raw)
+                if values:
+                    tables.probe(values, out)
+                continue
+            if isinstance(obj, Mapping | list | tuple):  # an array on the way: every element
+                found = _values_at(event, parents, last)
+                if found:
+                    tables.probe(tuple(found), out)
+        return out
+
+    def candidates(self, event: Mapping[str, Any]) -> list[int]:
+        """Positions of the patterns worth evaluating for `event` (a superset of matches)."""
+        return sorted(self._probe(event))
+
+    def matching(self, event: Mapping[str, Any]) -> list[T]:
+        """The values whose pattern matches `event`, in the order they were given."""
+        found = self._probe(event)
+        residues, values = self._residues, self._values
+        if len(found) > 1:
+            return [
+                values[i] for i in sorted(found) if (r := residues[i]) is None or r.matches(event)
+            ]
+        return [values[i] for i in found if (r := residues[i]) is None or r.matches(event)]

@@ -24,13 +24,14 @@ __all__ = ["OutgoingMessage", "publish", "publish_all"]
 
 log = logging.getLogger(__name__)
 
+#: what a publish is retried on: JetStream briefly without a leader, a slow ack
+_RETRYABLE = (nats.errors.TimeoutError, nats.errors.NoRespondersError, asyncio.TimeoutError)
+
 #: in-process retry of one publish: JetStream briefly without a leader, a slow ack
 PUBLISH_RETRY = {
     "stop": stop_after_attempt(5),
     "wait": wait_exponential_jitter(multiplier=0.2, max=2.0),
-    "retry": retry_if_exception_type(
-        (nats.errors.TimeoutError, nats.errors.NoRespondersError, asyncio.TimeoutError)
-    ),
+    "retry": retry_if_exception_type(_RETRYABLE),
     "before_sleep": before_sleep_log(log, logging.WARNING),
     "reraise": True,
 }
@@ -61,8 +62,15 @@ async def publish(
 ) -> PubAck:
     """Publish and wait for the stream's ack; PublishError if JetStream never acknowledges."""
     try:
+        try:  # the first attempt without the retry machinery: it is the hot path
+            return await js.publish(subject, body, timeout=timeout, headers=dict(headers))
+        except _RETRYABLE as e:
+            failed: BaseException | None = e
         async for attempt in AsyncRetrying(**PUBLISH_RETRY):  # type: ignore[arg-type]
             with attempt:
+                if failed is not None:  # the policy counts, waits and logs that attempt too
+                    first, failed = failed, None
+                    raise first
                 return await js.publish(subject, body, timeout=timeout, headers=dict(headers))
     except APIError as e:
         if e.err_code == JS_ERR_MAX_MSGS_PER_SUBJECT:

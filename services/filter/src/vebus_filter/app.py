@@ -61,20 +61,27 @@ class Filter:
                 exhausted=Exhausted.NOT_RETRYABLE,
             )
             return Ack()
-        base_id = headers.get(MSG_ID) or f"{subjects.EVENTS_STREAM}:{msg.metadata.sequence.stream}"
         routes = self._router.match(doc)
-        results = await asyncio.gather(
-            *(
-                publish(
-                    self._js,
-                    subjects.route_subject(r.name),
-                    msg.data,
-                    {**headers, MSG_ID: f"{base_id}:{r.name}"},
-                )
-                for r in routes
-            ),
-            return_exceptions=True,
+        if not routes:
+            return Ack()  # filtered out: nothing to store
+        base_id = headers.get(MSG_ID) or f"{subjects.EVENTS_STREAM}:{msg.metadata.sequence.stream}"
+        copies = (
+            publish(
+                self._js,
+                self._router.subjects[r.name],
+                msg.data,
+                {**headers, MSG_ID: f"{base_id}:{r.name}"},
+            )
+            for r in routes
         )
+        results: list[object]
+        if len(routes) == 1:  # the common case: no task for a single copy
+            try:
+                results = [await next(copies)]
+            except Exception as e:
+                results = [e]
+        else:
+            results = await asyncio.gather(*copies, return_exceptions=True)
         retry = False
         for route, result in zip(routes, results, strict=True):
             if isinstance(result, RouteFullError):
