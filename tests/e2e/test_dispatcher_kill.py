@@ -5,13 +5,11 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections import Counter
-from dataclasses import dataclass
 
 import pytest
-from aiohttp import web
 from nats.aio.client import Client
 
-from tests.support.sink import RecordingSink
+from tests.support.sink import Received, RecordingSink
 from tests.support.stack import Stack
 from vebus.cloudevent import MSG_ID, CloudEvent, to_headers
 from vebus.config import load_config
@@ -27,31 +25,30 @@ KILL_AT = 150
 ROUTE = "kill"
 
 
-@dataclass
-class SlowSink(RecordingSink):
-    """Answers each request after `delay`; calls `on_request` with the count so far."""
+class Killer:
+    """Kills the dispatcher (SIGKILL) once the sink has seen `kill_at` requests.
 
-    delay: float = 0.02
-    kill_at: int = 0
-    killed_at: int | None = None
-    target: Stack | None = None
+    The sink answers each request after a delay: the requests still waiting for their
+    answer when it fires are in flight, and their answers go nowhere.
+    """
 
-    async def _handle(self, request: web.Request) -> web.Response:
-        response = await super()._handle(request)
-        if (
-            self.target is not None
-            and self.killed_at is None
-            and len(self.received) >= self.kill_at
-        ):
-            # requests still waiting below are in flight: their answers go nowhere
-            self.killed_at = len(self.received)
+    def __init__(self, sink: RecordingSink, kill_at: int) -> None:
+        self.sink, self.kill_at = sink, kill_at
+        self.target: Stack | None = None
+        self.killed_at: int | None = None
+
+    def __call__(self, rec: Received) -> None:
+        armed = self.target is not None and self.killed_at is None
+        if armed and len(self.sink.received) >= self.kill_at:
+            assert self.target is not None
+            self.killed_at = len(self.sink.received)
             self.target.procs["dispatcher"].signal(signal.SIGKILL)
-        await asyncio.sleep(self.delay)
-        return response
 
 
 async def test_a_killed_dispatcher_loses_no_event(stack: Stack, nc: Client) -> None:
-    sink = SlowSink(delay=0.02, kill_at=KILL_AT)
+    sink = RecordingSink(delay=0.02)
+    killer = Killer(sink, KILL_AT)
+    sink.on_request = killer
     await sink.start()
     try:
         stack.write_config(
@@ -70,7 +67,7 @@ async def test_a_killed_dispatcher_loses_no_event(stack: Stack, nc: Client) -> N
         js = nc.jetstream()
         await ensure_streams(js, load_config(stack.config_path))
         await asyncio.to_thread(stack.start, "dispatcher")
-        sink.target = stack  # armed only now: the kill cannot race the readiness check
+        killer.target = stack  # armed only now: the kill cannot race the readiness check
 
         ids = [f"k{n}" for n in range(EVENTS)]
         batch = []
@@ -117,7 +114,7 @@ async def test_a_killed_dispatcher_loses_no_event(stack: Stack, nc: Client) -> N
         counts = Counter(sink.accepted_ids())
         duplicates = sum(c - 1 for c in counts.values())
         print(
-            f"\nkilled after {sink.killed_at} requests ({len(seen_at_kill)} distinct events); "
+            f"\nkilled after {killer.killed_at} requests ({len(seen_at_kill)} distinct events); "
             f"{EVENTS} delivered, {duplicates} duplicate deliveries "
             f"({sum(1 for c in counts.values() if c > 1)} events twice or more)"
         )

@@ -5,60 +5,43 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-from aiohttp import web
 from cloudevents.core.bindings import http as ce_http
 from cloudevents.core.formats.json import JSONFormat
 from nats.aio.client import Client
-from nats.js import JetStreamContext
 
+from tests.support.dispatcher import (
+    dead_letters,
+    event,
+    eventually,
+    inject,
+    lower,
+    one_dead_letter,
+    route,
+    route_settled,
+    start_dispatcher,
+)
 from tests.support.sink import Received, RecordingSink
 from tests.support.stack import Stack
-from vebus.cloudevent import MSG_ID, TRACEPARENT, CloudEvent, to_headers
-from vebus.config import load_config
-from vebus.dlq import DeadLetter, iter_dead_letters
+from vebus.cloudevent import TRACEPARENT, CloudEvent
 from vebus.embedded import free_port
 from vebus.publish import publish
-from vebus.streams import ensure_streams
 from vebus.subjects import ROUTES_STREAM, dispatcher_durable, route_subject
 
 pytestmark = pytest.mark.integration
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "veba"
-T = TypeVar("T")
-
-
-# ------------------------------------------------------------------------------ helpers
-
-
-@dataclass
-class ScriptedSink(RecordingSink):
-    """A RecordingSink that answers after `delay` and can send a Retry-After header."""
-
-    delay: float = 0.0
-    retry_after: str | None = None
-    arrivals: list[float] = field(default_factory=list)
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        self.arrivals.append(asyncio.get_running_loop().time())
-        response = await super()._handle(request)
-        if self.retry_after is not None and response.status in (429, 503):
-            response.headers["Retry-After"] = self.retry_after
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        return response
 
 
 @pytest.fixture
-async def make_sink() -> AsyncIterator[Callable[..., Awaitable[ScriptedSink]]]:
-    started: list[ScriptedSink] = []
+async def make_sink() -> AsyncIterator[Callable[..., Awaitable[RecordingSink]]]:
+    started: list[RecordingSink] = []
 
-    async def make(**kwargs: Any) -> ScriptedSink:
-        s = ScriptedSink(**kwargs)
+    async def make(**kwargs: Any) -> RecordingSink:
+        s = RecordingSink(**kwargs)
         started.append(s)
         await s.start()
         return s
@@ -66,109 +49,6 @@ async def make_sink() -> AsyncIterator[Callable[..., Awaitable[ScriptedSink]]]:
     yield make
     for s in started:
         await s.stop()
-
-
-def route(
-    name: str,
-    url: str,
-    *,
-    mode: str = "binary",
-    max_attempts: int = 3,
-    timeout: float = 5.0,
-    initial: float = 0.05,
-    max_backoff: float = 1.0,
-    max_in_flight: int = 16,
-    headers: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    sink: dict[str, Any] = {"kind": "webhook", "url": url, "mode": mode}
-    if headers:
-        sink["headers"] = headers
-    return {
-        "name": name,
-        "sink": sink,
-        "delivery": {
-            "max_attempts": max_attempts,
-            "timeout": timeout,
-            "max_in_flight": max_in_flight,
-            "backoff": {"initial": initial, "max": max_backoff, "multiplier": 2},
-        },
-    }
-
-
-def event(n: int | str, **overrides: Any) -> CloudEvent:
-    data = {"Key": n, "FullFormattedMessage": f"test-{n} on host-1 is powered off"}
-    fields: dict[str, Any] = {
-        "id": str(n),
-        "source": "https://vc01.example.com/sdk",
-        "type": "com.vmware.vsphere.VmPoweredOffEvent.v0",
-        "time": "2024-05-01T10:11:12.345678Z",
-        "subject": "VmPoweredOffEvent",
-        "extensions": {"eventclass": "event", "vsphereapiversion": "8.0.2.0"},
-        "data": json.dumps(data).encode(),
-    }
-    fields.update(overrides)
-    return CloudEvent(**fields)
-
-
-async def inject(
-    js: JetStreamContext, route_name: str, ev: CloudEvent, extra: dict[str, str] | None = None
-) -> None:
-    """Publish `ev` onto the route the way the filter does."""
-    headers = to_headers(ev, {MSG_ID: f"vc01:1:{ev.id}:{route_name}", **(extra or {})})
-    await publish(js, route_subject(route_name), ev.data, headers)
-
-
-async def start_dispatcher(
-    stack: Stack, nc: Client, routes: list[dict[str, Any]]
-) -> JetStreamContext:
-    """Write the config, create the streams as a deployment would, start the dispatcher."""
-    stack.write_config({"routes": routes})
-    js = nc.jetstream()
-    await ensure_streams(js, load_config(stack.config_path))
-    # stack.start blocks while it polls /readyz: keep the sinks in this loop answering
-    await asyncio.to_thread(stack.start, "dispatcher")
-    return js
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T | None]], what: str, stack: Stack, timeout: float = 30.0
-) -> T:
-    """Poll `probe` until it returns something, or fail with the dispatcher's log."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = await probe()
-        if result is not None:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{what} did not happen in {timeout}s\n{stack.logs()}")
-        await asyncio.sleep(0.1)
-
-
-async def dead_letters(js: JetStreamContext, route_name: str) -> list[DeadLetter]:
-    return [dl async for dl in iter_dead_letters(js, route=route_name)]
-
-
-def one_dead_letter(js: JetStreamContext, route_name: str) -> Callable[[], Awaitable[Any]]:
-    async def probe() -> DeadLetter | None:
-        found = await dead_letters(js, route_name)
-        assert len(found) <= 1, found
-        return found[0] if found else None
-
-    return probe
-
-
-def route_settled(js: JetStreamContext, route_name: str) -> Callable[[], Awaitable[Any]]:
-    """True once the route's consumer has nothing pending and nothing unacknowledged."""
-
-    async def probe() -> bool | None:
-        info = await js.consumer_info(ROUTES_STREAM, dispatcher_durable(route_name))
-        return True if info.num_pending == 0 and info.num_ack_pending == 0 else None
-
-    return probe
-
-
-def lower(headers: dict[str, str]) -> dict[str, str]:
-    return {k.lower(): v for k, v in headers.items()}
 
 
 def requests_for(sink: RecordingSink, event_id: str) -> list[Received]:
@@ -267,7 +147,7 @@ async def test_structured_mode_is_what_the_cloudevents_sdk_reads_and_writes(
 
 
 async def test_a_5xx_is_tried_max_attempts_times_then_dead_lettered(
-    stack: Stack, nc: Client, make_sink: Callable[..., Awaitable[ScriptedSink]]
+    stack: Stack, nc: Client, make_sink: Callable[..., Awaitable[RecordingSink]]
 ) -> None:
     failing = await make_sink(status=500)
     js = await start_dispatcher(stack, nc, [route("r5", failing.url, max_attempts=3)])
@@ -293,7 +173,7 @@ async def test_a_5xx_is_tried_max_attempts_times_then_dead_lettered(
 
 
 async def test_a_4xx_is_dead_lettered_after_one_attempt(
-    stack: Stack, nc: Client, make_sink: Callable[..., Awaitable[ScriptedSink]]
+    stack: Stack, nc: Client, make_sink: Callable[..., Awaitable[RecordingSink]]
 ) -> None:
     refusing = await make_sink(status=400)
     js = await start_dispatcher(stack, nc, [route("r4", refusing.url, max_attempts=5)])
@@ -306,9 +186,9 @@ async def test_a_4xx_is_dead_lettered_after_one_attempt(
 
 
 async def test_a_429_is_retried_after_its_retry_after(
-    stack: Stack, nc: Client, make_sink: Callable[..., Awaitable[ScriptedSink]]
+    stack: Stack, nc: Client, make_sink: Callable[..., Awaitable[RecordingSink]]
 ) -> None:
-    throttling = await make_sink(retry_after="1")
+    throttling = await make_sink(response_headers={"Retry-After": "1"})
     throttling.responder = lambda rec: 429 if len(throttling.received) == 1 else 200
     js = await start_dispatcher(
         stack, nc, [route("r429", throttling.url, initial=0.05, max_backoff=10)]
@@ -324,7 +204,7 @@ async def test_a_429_is_retried_after_its_retry_after(
 
 
 async def test_a_sink_slower_than_timeout_is_a_timeout(
-    stack: Stack, nc: Client, make_sink: Callable[..., Awaitable[ScriptedSink]]
+    stack: Stack, nc: Client, make_sink: Callable[..., Awaitable[RecordingSink]]
 ) -> None:
     slow = await make_sink(delay=2.0)
     js = await start_dispatcher(stack, nc, [route("slow", slow.url, timeout=0.3, max_attempts=2)])
@@ -361,7 +241,7 @@ async def test_an_invalid_message_is_dead_lettered_and_does_not_block_the_route(
 
 
 async def test_a_failing_route_does_not_hold_back_another(
-    stack: Stack, nc: Client, make_sink: Callable[..., Awaitable[ScriptedSink]]
+    stack: Stack, nc: Client, make_sink: Callable[..., Awaitable[RecordingSink]]
 ) -> None:
     bad = await make_sink(status=503, delay=0.5)  # slow and failing: its slots stay busy
     good = await make_sink()
@@ -395,7 +275,7 @@ async def test_a_failing_route_does_not_hold_back_another(
 
 
 async def test_sigterm_finishes_what_is_in_flight_and_exits_0(
-    stack: Stack, nc: Client, make_sink: Callable[..., Awaitable[ScriptedSink]]
+    stack: Stack, nc: Client, make_sink: Callable[..., Awaitable[RecordingSink]]
 ) -> None:
     slow = await make_sink(delay=1.5)
     js = await start_dispatcher(stack, nc, [route("r", slow.url, max_in_flight=4)])
@@ -409,6 +289,30 @@ async def test_sigterm_finishes_what_is_in_flight_and_exits_0(
     info = await js.consumer_info(ROUTES_STREAM, dispatcher_durable("r"))
     assert (info.num_pending, info.num_ack_pending, info.num_redelivered) == (0, 0, 0)
     assert sorted(slow.accepted_ids()) == ["0", "1", "2"]
+
+
+async def test_sigterm_also_delivers_the_messages_fetched_ahead(
+    stack: Stack, nc: Client, make_sink: Callable[..., Awaitable[RecordingSink]]
+) -> None:
+    slow = await make_sink(delay=0.5)
+    # 2 in flight and 2 more fetched ahead (prefetch = max_in_flight) when SIGTERM comes
+    js = await start_dispatcher(stack, nc, [route("ahead", slow.url, max_in_flight=2)])
+    for n in range(6):
+        await inject(js, "ahead", event(n))
+    assert await slow.wait_for(lambda: len(slow.received) == 2), stack.logs()
+    await asyncio.sleep(0.2)
+    info = await js.consumer_info(ROUTES_STREAM, dispatcher_durable("ahead"))
+    assert info.num_ack_pending == 4  # two being delivered, two waiting in the dispatcher
+
+    status = await asyncio.to_thread(stack.stop, "dispatcher")  # SIGTERM
+    assert status == 0, stack.logs()
+    # everything it had fetched was delivered and acknowledged; the rest waits on the route
+    delivered = sorted(slow.accepted_ids())
+    assert len(delivered) >= 4, stack.logs()
+    assert delivered == [str(n) for n in range(len(delivered))]
+    info = await js.consumer_info(ROUTES_STREAM, dispatcher_durable("ahead"))
+    assert (info.num_ack_pending, info.num_redelivered) == (0, 0)
+    assert info.num_pending == 6 - len(delivered)
 
 
 # ------------------------------------------------------------------------------ console

@@ -3,6 +3,13 @@
 The handler looks at one message and returns what to do with it (`Ack`, `Nak(delay)`,
 `Term`); the loop does it. A handler that raises is logged and its message nak'ed after a
 short delay: JetStream's delivery count then counts the failure as an attempt.
+
+With `prefetch`, up to that many messages more than `max_in_flight` are fetched ahead and
+wait in the worker, so that a handler that finishes is replaced at once instead of after a
+fetch round trip (a latency-bound handler, e.g. an HTTP call, keeps all its slots busy),
+and fetches ask for half the prefetch or more at a time instead of one by one.
+On stop, messages already fetched are handled too; a message that waited a second or
+more is reported in progress before its handler starts, so its ack_wait starts afresh.
 """
 
 from __future__ import annotations
@@ -10,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -46,6 +55,8 @@ Handler = Callable[[Msg], Awaitable[Disposition]]
 
 #: delay before a message whose handler raised is offered again
 CRASH_DELAY = 1.0
+#: a prefetched message that waited this long is reported in progress before it is handled
+PREFETCH_REFRESH = 1.0
 
 
 class PullWorker:
@@ -61,6 +72,7 @@ class PullWorker:
         max_in_flight: int,
         batch: int = 64,
         fetch_timeout: float = 1.0,
+        prefetch: int = 0,
     ) -> None:
         self._js = js
         self._stream = stream
@@ -69,7 +81,12 @@ class PullWorker:
         self._max_in_flight = max_in_flight
         self._batch = batch
         self._fetch_timeout = fetch_timeout
+        self._limit = max_in_flight + max(0, prefetch)
+        #: fetch again once this many fit: with prefetch, in batches rather than one by one
+        self._refill = max(1, prefetch // 2)
         self._in_flight = 0
+        self._ready: deque[tuple[Msg, float]] = deque()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._room = asyncio.Event()
         self._room.set()
         self.handled = 0
@@ -77,11 +94,13 @@ class PullWorker:
     async def run(self, stopping: asyncio.Event) -> None:
         """Fetch and handle until `stopping` is set, then wait for what is in flight."""
         psub = await self._js.pull_subscribe_bind(self._durable, self._stream)
-        tasks: set[asyncio.Task[None]] = set()
         try:
             while not stopping.is_set():
                 await self._room.wait()
-                want = min(self._batch, self._max_in_flight - self._in_flight)
+                want = min(self._batch, self._limit - self._in_flight - len(self._ready))
+                if want <= 0:
+                    self._room.clear()
+                    continue
                 try:
                     msgs = await psub.fetch(want, timeout=self._fetch_timeout)
                 except (TimeoutError, nats.errors.TimeoutError):
@@ -92,22 +111,39 @@ class PullWorker:
                     log.warning("%s: fetch failed (%r), retrying", self._durable, e)
                     await asyncio.sleep(0.5)
                     continue
-                for msg in msgs:
-                    self._in_flight += 1
-                    if self._in_flight >= self._max_in_flight:
-                        self._room.clear()
-                    task = asyncio.create_task(self._handle(msg))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
+                now = time.monotonic()
+                self._ready.extend((msg, now) for msg in msgs)
+                self._start_ready()
         finally:
-            if tasks:
-                log.info("%s: finishing %d in-flight message(s)", self._durable, len(tasks))
-                await asyncio.gather(*tasks, return_exceptions=True)
+            if self._tasks or self._ready:
+                log.info(
+                    "%s: finishing %d in-flight message(s)",
+                    self._durable, len(self._tasks) + len(self._ready),
+                )  # fmt: skip
+            while self._tasks or self._ready:
+                self._start_ready()
+                await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
             with contextlib.suppress(nats.errors.Error):
                 await psub.unsubscribe()
 
-    async def _handle(self, msg: Msg) -> None:
+    def _start_ready(self) -> None:
+        """Start handlers for fetched messages while there is room, and say if more fit."""
+        while self._ready and self._in_flight < self._max_in_flight:
+            msg, fetched = self._ready.popleft()
+            self._in_flight += 1
+            task = asyncio.create_task(self._handle(msg, fetched))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if self._in_flight + len(self._ready) <= self._limit - self._refill:
+            self._room.set()
+        else:
+            self._room.clear()
+
+    async def _handle(self, msg: Msg, fetched: float) -> None:
         try:
+            if time.monotonic() - fetched >= PREFETCH_REFRESH:
+                with contextlib.suppress(nats.errors.Error):
+                    await msg.in_progress()
             try:
                 outcome: Disposition = await self._handler(msg)
             except Exception:
@@ -120,7 +156,7 @@ class PullWorker:
             log.warning("%s: could not settle message: %r", self._durable, e)
         finally:
             self._in_flight -= 1
-            self._room.set()
+            self._start_ready()
 
 
 async def _settle(msg: Msg, outcome: Disposition) -> None:

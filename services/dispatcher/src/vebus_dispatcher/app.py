@@ -1,27 +1,29 @@
 """The dispatcher: delivers each route's events from VEBUS_ROUTES to the route's sink.
 
 Every route has its own durable pull consumer (`vebus-dispatch-<route>`, shared by all
-replicas) and its own worker with its own `max_in_flight`, so a slow or failing sink holds
-back only its own route. One aiohttp session (one keep-alive pool) serves every HTTP sink.
+replicas), its own worker with its own `max_in_flight`, and its own sink (for HTTP sinks,
+its own keep-alive connection pool), so a slow or failing sink holds back only its own
+route. A route with a `rate` shares one send schedule with every replica (ratelimit.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextlib
 import logging
 from importlib.metadata import version
 
-import aiohttp
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from vebus.config import Route
 from vebus.consumer import PullWorker
+from vebus.errors import ConfigError
 from vebus.service import ServiceContext, ServiceSettings, run_service
 from vebus.streams import ensure_consumer, ensure_streams
 from vebus.subjects import ROUTES_STREAM, dispatcher_durable, route_subject
-from vebus_dispatcher.delivery import RouteDelivery
-from vebus_dispatcher.sinks import build_sink
+from vebus_dispatcher.delivery import PausedSeconds, RouteDelivery, no_pause
+from vebus_dispatcher.ratelimit import RateLimiter, rate_bucket
+from vebus_dispatcher.sinks import SinkContext, build_sink
 
 __all__ = ["ACK_MARGIN", "main", "route_consumer_config"]
 
@@ -47,42 +49,52 @@ def route_consumer_config(route: Route) -> ConsumerConfig:
     )
 
 
-async def _body(ctx: ServiceContext, *, session: aiohttp.ClientSession) -> None:
+async def _body(ctx: ServiceContext, *, paused_seconds: PausedSeconds = no_pause) -> None:
     await ensure_streams(ctx.js, ctx.config)
+    routes = ctx.config.routes
+    kv = await rate_bucket(ctx.js, ctx.config) if any(r.delivery.rate for r in routes) else None
+    user_agent = f"vebus-dispatcher/{version('vebus-dispatcher')}"
     workers: list[PullWorker] = []
-    for route in ctx.config.routes:
-        await ensure_consumer(ctx.js, ROUTES_STREAM, route_consumer_config(route))
-        delivery = RouteDelivery(ctx.js, route, build_sink(route, session))
-        workers.append(
-            PullWorker(
-                ctx.js,
-                stream=ROUTES_STREAM,
-                durable=dispatcher_durable(route.name),
-                handler=delivery.handle,
-                max_in_flight=route.delivery.max_in_flight,
+    async with contextlib.AsyncExitStack() as sinks:
+        for route in routes:
+            await ensure_consumer(ctx.js, ROUTES_STREAM, route_consumer_config(route))
+            try:
+                sink = build_sink(
+                    SinkContext(route=route, nc=ctx.nc, js=ctx.js, user_agent=user_agent)
+                )
+            except ConfigError as e:
+                for line in e.errors:
+                    log.error("%s", line)
+                raise SystemExit(2) from None
+            sinks.push_async_callback(sink.close)
+            limiter = None
+            if route.delivery.rate is not None and kv is not None:
+                limiter = RateLimiter(kv, route.name, route.delivery.rate)
+            delivery = RouteDelivery(
+                ctx.js, route, sink, limiter=limiter, paused_seconds=paused_seconds
             )
-        )
-    ctx.ready = True
-    log.info(
-        "dispatching %d route(s): %s", len(workers), ", ".join(r.name for r in ctx.config.routes)
-    )
-    if not workers:
-        await ctx.stopping.wait()
-        return
-    async with asyncio.TaskGroup() as tg:
-        for worker in workers:
-            tg.create_task(worker.run(ctx.stopping))
+            workers.append(
+                PullWorker(
+                    ctx.js,
+                    stream=ROUTES_STREAM,
+                    durable=dispatcher_durable(route.name),
+                    handler=delivery.handle,
+                    max_in_flight=route.delivery.max_in_flight,
+                    # a slot that frees is refilled at once, not after a fetch round trip;
+                    # a rate-limited route's events would only wait longer
+                    prefetch=0 if limiter else route.delivery.max_in_flight,
+                )
+            )
+        ctx.ready = True
+        log.info("dispatching %d route(s): %s", len(workers), ", ".join(r.name for r in routes))
+        if not workers:
+            await ctx.stopping.wait()
+            return
+        async with asyncio.TaskGroup() as tg:
+            for worker in workers:
+                tg.create_task(worker.run(ctx.stopping))
 
 
 async def main(settings: ServiceSettings) -> int:
     """Run the dispatcher until SIGTERM; returns the exit status."""
-    ours = version("vebus-dispatcher")
-    # no pool limit: each route's max_in_flight already bounds its connections
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=None),  # each attempt has the route's timeout
-        headers={"User-Agent": f"vebus-dispatcher/{ours}"},
-    ) as session:
-        body = functools.partial(_body, session=session)
-        return await run_service(settings, body, version=ours)
+    return await run_service(settings, _body, version=version("vebus-dispatcher"))

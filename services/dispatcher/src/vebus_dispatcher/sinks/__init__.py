@@ -1,24 +1,68 @@
-"""The sinks events are delivered to, and `build_sink` to make one from a route."""
+"""The sinks events are delivered to, and `build_sink` to make one from a route.
+
+Each sink is a small module with one class and states its guarantee in its docstring:
+every sink is at-least-once except `console` and syslog over UDP (at-most-once), and
+`nats` to a subject no stream stores (at-most-once).
+"""
 
 from __future__ import annotations
 
 from typing import assert_never
 
-import aiohttp
-
 from vebus import config
-from vebus_dispatcher.sinks.base import Sink
-from vebus_dispatcher.sinks.console import ConsoleSink
-from vebus_dispatcher.sinks.webhook import WebhookSink
+from vebus_dispatcher.sinks.base import Sink, SinkContext
 
-__all__ = ["ConsoleSink", "Sink", "WebhookSink", "build_sink"]
+__all__ = ["Sink", "SinkContext", "build_sink"]
 
 
-def build_sink(route: config.Route, session: aiohttp.ClientSession) -> Sink:
-    """The sink for `route`; HTTP sinks share `session` (one connection pool per process)."""
-    sink = route.sink
+def build_sink(ctx: SinkContext) -> Sink:
+    """The sink of `ctx.route` (ConfigError if it cannot be made, e.g. a missing extra).
+
+    Sink modules with heavy clients (boto3, pyvmomi) are imported only when a route uses them.
+    """
+    sink = ctx.route.sink
     if isinstance(sink, config.WebhookSink):
-        return WebhookSink(sink, session)
+        from vebus_dispatcher.sinks.webhook import WebhookSink
+
+        return WebhookSink(sink, ctx)
     if isinstance(sink, config.ConsoleSink):
+        from vebus_dispatcher.sinks.console import ConsoleSink
+
         return ConsoleSink(sink)
+    if isinstance(sink, config.SlackSink):
+        from vebus_dispatcher.sinks.slack import SlackSink
+
+        return SlackSink(sink, ctx)
+    if isinstance(sink, config.TeamsSink):
+        from vebus_dispatcher.sinks.teams import TeamsSink
+
+        return TeamsSink(sink, ctx)
+    if isinstance(sink, config.PagerDutySink):
+        from vebus_dispatcher.sinks.pagerduty import PagerDutySink
+
+        return PagerDutySink(sink, ctx)
+    if isinstance(sink, config.HttpSink):
+        from vebus_dispatcher.sinks.http import HttpSink
+
+        return HttpSink(sink, ctx)
+    if isinstance(sink, config.EmailSink):
+        from vebus_dispatcher.sinks.smtp import EmailSink
+
+        return EmailSink(sink, ctx)
+    if isinstance(sink, config.EventBridgeSink):
+        from vebus_dispatcher.sinks.eventbridge import EventBridgeSink
+
+        return EventBridgeSink(sink, ctx)
+    if isinstance(sink, config.SyslogSink):
+        from vebus_dispatcher.sinks.syslog import SyslogSink
+
+        return SyslogSink(sink, ctx)
+    if isinstance(sink, config.NatsSink):
+        from vebus_dispatcher.sinks.natspub import NatsSink
+
+        return NatsSink(sink, ctx)
+    if isinstance(sink, config.VsphereSink):
+        from vebus_dispatcher.sinks.vsphere import VsphereSink
+
+        return VsphereSink(sink, ctx)
     assert_never(sink)

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
-from vebus.cloudevent import CloudEvent
+from nats.aio.client import Client
+from nats.js import JetStreamContext
 
-__all__ = ["Sink"]
+from vebus.cloudevent import CloudEvent
+from vebus.config import Route
+
+__all__ = ["Sink", "SinkContext"]
 
 
 class Sink(Protocol):
@@ -15,6 +20,8 @@ class Sink(Protocol):
 
     `headers` are the NATS message's headers (the sink takes `traceparent` from them).
     The caller bounds each call with the route's `timeout`; a sink needs no timer of its own.
+    Calls may overlap (up to the route's `max_in_flight`). `close` releases connections,
+    sessions and threads once the route has stopped.
     """
 
     @property
@@ -23,3 +30,15 @@ class Sink(Protocol):
         ...
 
     async def deliver(self, event: CloudEvent, headers: Mapping[str, str]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class SinkContext:
+    """What building a sink may use: its route, the NATS connection, the User-Agent."""
+
+    route: Route
+    nc: Client
+    js: JetStreamContext
+    user_agent: str = "vebus-dispatcher"

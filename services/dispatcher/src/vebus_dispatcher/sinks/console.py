@@ -45,6 +45,9 @@ class ConsoleSink:
                 f"cannot write to standard output: {e}", code=ErrorCode.SINK_ERROR
             ) from e
 
+    async def close(self) -> None:
+        """Nothing to release: standard output belongs to the process."""
+
 
 def format_line(event: CloudEvent) -> str:
     """`time type source id subject`, then the FullFormattedMessage of a vSphere event."""

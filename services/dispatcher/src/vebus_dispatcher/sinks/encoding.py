@@ -21,19 +21,30 @@ from vebus.cloudevent import CloudEvent
 from vebus.dlq import ErrorCode
 from vebus_dispatcher.errors import PermanentDeliveryError
 
-__all__ = ["STRUCTURED_CONTENT_TYPE", "binary", "structured", "structured_body"]
+__all__ = ["STRUCTURED_CONTENT_TYPE", "binary", "event_class", "structured", "structured_body"]
 
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 CONTENT_TYPE = "content-type"
 _JSON_TYPE = re.compile(r"^(application|text)/([a-zA-Z0-9\-.]+\+)?json(;.*)?$")
 #: printable ASCII except space, double quote and percent (HTTP binding, 3.1.3.2)
 _SAFE = "".join(c for c in map(chr, range(0x21, 0x7F)) if c not in ' "%')
+_NEEDS_QUOTING = re.compile(f"[^{re.escape(_SAFE)}]")
+_VSPHERE_TYPE = re.compile(r"^com\.vmware\.vsphere\.(?P<cls>.+?)\.v\d+$")
+
+
+def event_class(event: CloudEvent) -> str:
+    """The vSphere event class: `subject`, else the class in `type`, else `type`."""
+    if event.subject:
+        return event.subject
+    if m := _VSPHERE_TYPE.match(event.type):
+        return m.group("cls")
+    return event.type
 
 
 def binary(event: CloudEvent) -> tuple[dict[str, str], bytes]:
     """Headers and body in binary content mode: attributes as `ce-` headers, data as is."""
     headers = {
-        "ce-" + name: quote(value, safe=_SAFE)
+        "ce-" + name: quote(value, safe=_SAFE) if _NEEDS_QUOTING.search(value) else value
         for name, value in event.attributes().items()
         if name != "datacontenttype"
     }
