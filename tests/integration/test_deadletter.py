@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 
 import nats.errors
@@ -100,6 +101,12 @@ def check(dl: DeadLetter) -> None:
     assert dl.attempts == MAX_DELIVER
     assert dl.msg_id == f"vc01:1:1001:{ROUTE}"
     assert DURABLE in dl.error
+    assert dl.code == "POISON"
+    # when the message entered the route, and when it was found
+    assert dl.first_attempt is not None
+    assert dl.last_attempt is not None
+    first, last = (dt.datetime.fromisoformat(t) for t in (dl.first_attempt, dl.last_attempt))
+    assert first <= last
 
 
 async def test_max_deliveries_advisory_becomes_one_poison_dead_letter(

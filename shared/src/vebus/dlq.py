@@ -1,16 +1,28 @@
 """Dead letters: what could not be delivered, why, and how to send it again.
 
 A dead letter is the original message (its CloudEvent headers and body, unchanged) stored
-on `vebus.dlq.<route>` in VEBUS_DLQ with `vebus-dlq-*` headers that say what happened.
-Its id is its VEBUS_DLQ stream sequence. Replaying publishes the original event to a route
-again with a new Nats-Msg-Id (the CloudEvent id is kept) and then deletes the dead letter.
+on `vebus.dlq.<route>` in VEBUS_DLQ with `vebus-dlq-*` headers that say what happened
+(route, sink, code, error, HTTP status, attempts, exhausted condition, first and last
+attempt). Its id is its VEBUS_DLQ stream sequence.
+
+Replaying publishes the original event to a route again, waits for JetStream's ack, and
+only then deletes the dead letter. The replayed message keeps the CloudEvent id, gains the
+`vebusreplay` extension (the time of the replay) and gets the Nats-Msg-Id
+`<original Msg-Id>:replay:<dead-letter id>`: one per dead letter, so a replay repeated after
+a crash between the publish and the delete is dropped by JetStream as a duplicate (within
+the stream's duplicate window) and the dead letter is then deleted.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator, Mapping
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from enum import StrEnum
+from typing import Any, Literal
 
 import msgspec
 from nats.js import JetStreamContext
@@ -21,17 +33,25 @@ from vebus import subjects
 from vebus.cloudevent import CE_PREFIX, MSG_ID, CloudEvent, from_headers
 from vebus.errors import InvalidEventError, VebusError
 from vebus.publish import publish
+from vebus.timespec import format_time
 
 __all__ = [
+    "REPLAY_EXTENSION",
     "DeadLetter",
     "DeadLetterNotFoundError",
     "ErrorCode",
     "Exhausted",
+    "Pacer",
+    "ReplayOutcome",
+    "Replayed",
+    "Selection",
     "delete_dead_letter",
     "get_dead_letter",
     "iter_dead_letters",
     "publish_dead_letter",
     "replay_dead_letter",
+    "replay_msg_id",
+    "replay_selection",
 ]
 
 H = "vebus-dlq-"
@@ -39,6 +59,8 @@ H_ROUTE, H_SINK, H_CODE, H_ERROR = H + "route", H + "sink", H + "code", H + "err
 H_STATUS, H_ATTEMPTS, H_EXHAUSTED = H + "status", H + "attempts", H + "exhausted"
 H_FIRST, H_LAST, H_MSG_ID = H + "first-attempt", H + "last-attempt", H + "msg-id"
 REPLAY_EXTENSION = "vebusreplay"
+#: what separates an original Msg-Id from the dead letter it was replayed from
+REPLAY_MARK = ":replay:"
 #: JetStream's error code for a message delete that failed, e.g. "no message found"
 _MSG_DELETE_FAILED = 10057
 
@@ -71,6 +93,16 @@ class DeadLetterNotFoundError(VebusError):
     """No dead letter has that id."""
 
 
+def _parse_time(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     """One stored dead letter."""
 
@@ -98,6 +130,11 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
         except InvalidEventError:
             return None
 
+    @property
+    def stored(self) -> dt.datetime | None:
+        """When VEBUS_DLQ stored it."""
+        return _parse_time(self.stored_at)
+
     def summary(self) -> dict[str, object]:
         """The fields a person reads, for tables and --json."""
         ev = self.event()
@@ -118,17 +155,93 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
             "event_source": ev.source if ev else None,
         }
 
+    def data(self) -> tuple[str, Any]:
+        """The body as ("json", value), ("text", str) or ("base64", str)."""
+        if not self.body:
+            return "text", ""
+        try:
+            return "json", json.loads(self.body)
+        except ValueError:
+            pass
+        try:
+            return "text", self.body.decode("utf-8")
+        except UnicodeDecodeError:
+            return "base64", base64.b64encode(self.body).decode("ascii")
+
+    def detail(self) -> dict[str, Any]:
+        """Everything: the summary, the Msg-Id, the event's attributes, headers and data."""
+        ev = self.event()
+        kind, data = self.data()
+        out: dict[str, Any] = dict(self.summary())
+        out["msg_id"] = self.msg_id
+        out["event"] = ev.attributes() if ev else None
+        out["headers"] = dict(self.headers)
+        out["data" if kind != "base64" else "data_base64"] = data
+        return out
+
+
+class Selection(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Which dead letters an operation applies to: every condition given must hold.
+
+    `ids` picks dead letters by id; `route` and `code` match exactly; `since` (inclusive)
+    and `until` (exclusive) bound the time VEBUS_DLQ stored them. An empty Selection
+    matches every dead letter.
+    """
+
+    ids: list[int] | None = None
+    route: str | None = None
+    code: str | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+
+    def is_empty(self) -> bool:
+        """True when it selects everything."""
+        return not (self.ids or self.route or self.code or self.since or self.until)
+
+    def matches(self, dl: DeadLetter) -> bool:
+        """Whether `dl` is selected."""
+        if self.ids is not None and dl.id not in self.ids:
+            return False
+        if self.route is not None and dl.route != subjects.token(self.route):
+            return False
+        if self.code is not None and dl.code != self.code.upper():
+            return False
+        if self.since is not None or self.until is not None:
+            stored = dl.stored
+            if stored is None:
+                return False
+            if self.since is not None and stored < self.since:
+                return False
+            if self.until is not None and stored >= self.until:
+                return False
+        return True
+
+    def describe(self) -> str:
+        """`route r1, code HTTP_5XX, stored since ...` for messages; "every dead letter"."""
+        parts = []
+        if self.ids is not None:
+            parts.append("id " + ", ".join(map(str, self.ids)))
+        if self.route:
+            parts.append(f"route {self.route}")
+        if self.code:
+            parts.append(f"code {self.code.upper()}")
+        if self.since:
+            parts.append(f"stored since {format_time(self.since)}")
+        if self.until:
+            parts.append(f"stored before {format_time(self.until)}")
+        return "; ".join(parts) if parts else "every dead letter"
+
 
 def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+    return format_time(dt.datetime.now(dt.UTC))
 
 
 def _iso(ts: float | dt.datetime | None) -> str | None:
     if ts is None:
         return None
     if isinstance(ts, dt.datetime):
-        return ts.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
-    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat().replace("+00:00", "Z")
+        return format_time(ts)
+    return format_time(dt.datetime.fromtimestamp(ts, dt.UTC))
 
 
 async def publish_dead_letter(
@@ -208,12 +321,33 @@ async def get_dead_letter(js: JetStreamContext, dead_letter_id: int) -> DeadLett
 
 
 async def iter_dead_letters(
-    js: JetStreamContext, *, route: str | None = None, code: str | None = None
+    js: JetStreamContext,
+    *,
+    route: str | None = None,
+    code: str | None = None,
+    selection: Selection | None = None,
+    after: int = 0,
+    upto: int | None = None,
 ) -> AsyncIterator[DeadLetter]:
-    """Every stored dead letter, oldest first, optionally only one route's or one code's."""
-    subject = subjects.dlq_subject(route) if route else subjects.DLQ_SUBJECTS
-    seq = 1
-    while True:
+    """Stored dead letters, oldest first: those `selection` (and `route`, `code`) pick,
+    with an id above `after` and, if given, at most `upto`."""
+    sel = selection or Selection()
+    if route is not None or code is not None:
+        sel = msgspec.structs.replace(sel, route=route or sel.route, code=code or sel.code)
+    if sel.ids is not None:
+        for ident in sorted(set(sel.ids)):
+            if ident <= after or (upto is not None and ident > upto):
+                continue
+            try:
+                dl = await get_dead_letter(js, ident)
+            except DeadLetterNotFoundError:
+                continue
+            if sel.matches(dl):
+                yield dl
+        return
+    subject = subjects.dlq_subject(sel.route) if sel.route else subjects.DLQ_SUBJECTS
+    seq = after + 1
+    while upto is None or seq <= upto:
         try:
             raw = await js.get_msg(
                 subjects.DLQ_STREAM, seq=seq, subject=subject, next=True, direct=True
@@ -221,8 +355,10 @@ async def iter_dead_letters(
         except NotFoundError:
             return
         dl = _decode(raw)
+        if upto is not None and dl.id > upto:
+            return
         seq = dl.id + 1
-        if code is None or dl.code == code:
+        if sel.matches(dl):
             yield dl
 
 
@@ -236,26 +372,136 @@ async def delete_dead_letter(js: JetStreamContext, dead_letter_id: int) -> None:
         raise DeadLetterNotFoundError(f"no dead letter with id {dead_letter_id}") from None
 
 
+def replay_msg_id(dead_letter: DeadLetter) -> str:
+    """`<original Msg-Id>:replay:<dead-letter id>`; a letter that was itself replayed
+    before keeps the original part only."""
+    base = (dead_letter.msg_id or f"dlq-{dead_letter.id}").split(REPLAY_MARK)[0]
+    return f"{base}{REPLAY_MARK}{dead_letter.id}"
+
+
+class Replayed(msgspec.Struct, frozen=True, kw_only=True):
+    """What replaying one dead letter did."""
+
+    id: int
+    route: str
+    msg_id: str
+    #: JetStream had the message already (a repeat of a replay that was interrupted)
+    duplicate: bool
+
+
 async def replay_dead_letter(
     js: JetStreamContext, dead_letter: DeadLetter, *, to_route: str | None = None
-) -> str:
+) -> Replayed:
     """Send the original event to its route (or `to_route`) again, then delete the letter.
 
-    The CloudEvent id is kept; the message gets a new Nats-Msg-Id so JetStream does not drop
-    it as a duplicate (one per dead letter, so replaying the same letter twice within the
-    duplicate window, e.g. again after a failed delete, stores it once), and the
-    `vebusreplay` extension says when it was replayed. Returns the route it went to.
+    The CloudEvent id is kept; the message gets a new Nats-Msg-Id (`replay_msg_id`) so
+    JetStream does not drop it as a duplicate of the original, and the `vebusreplay`
+    extension says when it was replayed. The dead letter is deleted only after JetStream
+    acknowledged the replayed message. DeadLetterNotFoundError if someone else deleted it
+    meanwhile (the replayed message then is a duplicate within the duplicate window).
     """
     route = to_route or dead_letter.route
     if route == subjects.DLQ_INVALID_ROUTE:
         raise VebusError(
             f"dead letter {dead_letter.id} was never routed (invalid event); "
-            "give --to-route to send it to a route"
+            "give a route to send it to (--to-route)"
         )
     headers = dict(dead_letter.headers)
     headers[CE_PREFIX + REPLAY_EXTENSION] = _now()
-    base = dead_letter.msg_id or f"dlq-{dead_letter.id}"
-    headers[MSG_ID] = f"{base}:replay:{dead_letter.id}"
-    await publish(js, subjects.route_subject(route), dead_letter.body, headers)
+    msg_id = replay_msg_id(dead_letter)
+    headers[MSG_ID] = msg_id
+    ack = await publish(js, subjects.route_subject(route), dead_letter.body, headers)
     await delete_dead_letter(js, dead_letter.id)
-    return route
+    return Replayed(
+        id=dead_letter.id,
+        route=subjects.token(route),
+        msg_id=msg_id,
+        duplicate=bool(getattr(ack, "duplicate", False)),
+    )
+
+
+class Pacer:
+    """Spaces operations `1/rate` seconds apart (no limit when rate is 0).
+
+    A pacer that fell behind does not burst to catch up: the next slot is never earlier
+    than now.
+    """
+
+    def __init__(self, rate: float, *, clock: Callable[[], float] | None = None) -> None:
+        if rate < 0:
+            raise ValueError(f"rate: expected >= 0 events/s, got {rate}")
+        self._interval = 1.0 / rate if rate > 0 else 0.0
+        self._next = 0.0
+        self._clock = clock
+
+    def delay(self) -> float:
+        """Seconds to wait before the next operation (0 if it may go now); takes the slot."""
+        if not self._interval:
+            return 0.0
+        now = self._clock() if self._clock else asyncio.get_running_loop().time()
+        slot = max(self._next, now)
+        self._next = slot + self._interval
+        return slot - now
+
+    async def wait(self) -> None:
+        """Wait for the next slot."""
+        delay = self.delay()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+class ReplayOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    """What became of one selected dead letter during a replay."""
+
+    dead_letter: DeadLetter
+    #: replayed: on its route now, dead letter deleted; gone: someone else replayed or
+    #: purged it meanwhile; failed: it stays a dead letter (`error` says why)
+    status: Literal["replayed", "gone", "failed"]
+    replayed: Replayed | None = None
+    error: str | None = None
+
+
+OutcomeCallback = Callable[[ReplayOutcome], Awaitable[None]]
+
+
+async def replay_selection(
+    js: JetStreamContext,
+    selection: Selection,
+    *,
+    to_route: str | None = None,
+    rate: float = 0.0,
+    after: int = 0,
+    upto: int | None = None,
+    stopping: asyncio.Event | None = None,
+    on_outcome: OutcomeCallback | None = None,
+) -> None:
+    """Replay the selected dead letters one at a time, oldest first, at most `rate` per
+    second (0: no limit), until done or `stopping` is set.
+
+    Each dead letter is published, acknowledged and deleted before the next one starts, so
+    stopping (or dying) leaves at most the one in flight both replayed and not yet
+    deleted; replaying that one again is harmless (same Msg-Id). `upto` (the last id when
+    the replay was asked for) keeps dead letters that arrive meanwhile, e.g. the replayed
+    events failing again, out of it. `on_outcome` is awaited after each dead letter.
+    """
+    pacer = Pacer(rate)
+    stop = stopping or asyncio.Event()
+    async for dl in iter_dead_letters(js, selection=selection, after=after, upto=upto):
+        if stop.is_set():
+            return
+        delay = pacer.delay()
+        if delay > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+        if stop.is_set():
+            return
+        try:
+            done = await replay_dead_letter(js, dl, to_route=to_route)
+        except DeadLetterNotFoundError:
+            outcome = ReplayOutcome(dead_letter=dl, status="gone")
+        except VebusError as e:
+            outcome = ReplayOutcome(dead_letter=dl, status="failed", error=str(e))
+        else:
+            outcome = ReplayOutcome(dead_letter=dl, status="replayed", replayed=done)
+        if on_outcome is not None:
+            await on_outcome(outcome)

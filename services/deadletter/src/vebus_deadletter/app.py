@@ -1,5 +1,4 @@
-"""The deadletter service: messages that reached MaxDeliver on VEBUS_ROUTES become POISON
-dead letters.
+"""The deadletter service: POISON dead letters, the HTTP API, replay jobs, the alert.
 
 JetStream publishes a MAX_DELIVERIES advisory when a consumer gives up on a message, but a
 work-queue stream keeps that message: nobody acked it. Each advisory (shared by the
@@ -14,6 +13,11 @@ still in the stream that the consumer has moved past is one it gave up on. "Move
 is read from the consumer's state: at or below its ack floor, or at or below its last
 delivered sequence while nothing is pending. A message past MaxDeliver above the ack
 floor, while other messages are pending, is left for a later sweep.
+
+Besides, each replica serves the HTTP API (`api.py`, on `deadletter.api.listen`), runs the
+replay jobs asked for over it and takes over those whose replica died (`jobs.py`), and,
+when `deadletter.alert` is configured, tells the alert route when a route's dead letters
+pass the threshold (`alert.py`).
 """
 
 from __future__ import annotations
@@ -21,10 +25,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
+from importlib.metadata import version
 
 import msgspec
 import nats.errors
+from aiohttp import web
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo, DeliverPolicy
@@ -37,6 +44,10 @@ from vebus.dlq import ErrorCode, Exhausted, publish_dead_letter
 from vebus.errors import VebusError
 from vebus.service import ServiceContext, ServiceSettings, run_service
 from vebus.streams import ensure_streams
+from vebus_deadletter.alert import DeadLetterAlert
+from vebus_deadletter.api import ApiServer, build_app
+from vebus_deadletter.jobs import JobRunner
+from vebus_deadletter.state import StateStore
 
 __all__ = ["ADVISORY_SUBJECT", "QUEUE_GROUP", "Deadletter", "MaxDeliveriesAdvisory", "main"]
 
@@ -127,6 +138,9 @@ class Deadletter:
             route=route,
             sink=self._sink(route),
             code=ErrorCode.POISON,
+            # JetStream does not record the first delivery: the time the message entered
+            # the route is when attempts could start (the dispatcher records the same)
+            first_attempt=raw.time,
             error=(
                 f"consumer {consumer} delivered it {deliveries} time(s) (its MaxDeliver) "
                 "and never got an ack, nak or term: the dispatcher crashed or hung on it"
@@ -265,21 +279,66 @@ class Deadletter:
                 await asyncio.wait_for(stopping.wait(), SWEEP_INTERVAL)
 
 
-async def _body(ctx: ServiceContext) -> None:
+async def _start_api(ctx: ServiceContext, app: web.Application) -> web.AppRunner | None:
+    """Listen on deadletter.api.listen; None (logged) when it is off or cannot listen."""
+    listen = ctx.config.deadletter.api.listen
+    if not listen:
+        log.info("HTTP API off (deadletter.api.listen is empty)")
+        return None
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, int(port)).start()
+    except OSError as e:
+        # recording poison messages matters more than the API: go on without it
+        log.error("HTTP API cannot listen on %s: %s; running without it", listen, e)
+        await runner.cleanup()
+        return None
+    if not ctx.config.deadletter.api.token:
+        log.warning("HTTP API: no deadletter.api.token, so replay and purge are refused")
+    log.info("HTTP API on http://%s/ (OpenAPI document at /openapi.json)", listen)
+    return runner
+
+
+async def _body(ctx: ServiceContext, *, version: str) -> None:
     await ensure_streams(ctx.js, ctx.config)
+    store = await StateStore.open(ctx.js, replicas=ctx.config.nats.replicas)
     service = Deadletter(ctx.js, ctx.config)
+    jobs = JobRunner(
+        ctx.js, store, instance=f"deadletter-{ctx.settings.instance}", stopping=ctx.stopping
+    )
+    api = ApiServer(ctx.js, ctx.config, jobs, version=version)
+    runner = await _start_api(ctx, build_app(api))
     sub = await ctx.nc.subscribe(ADVISORY_SUBJECT, queue=QUEUE_GROUP, cb=service.on_advisory)
     await ctx.nc.flush()
     ctx.ready = True
     log.info("listening for MAX_DELIVERIES advisories on %s", ADVISORY_SUBJECT)
+    alert = ctx.config.deadletter.alert
     try:
-        await service.sweep_forever(ctx.stopping)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(service.sweep_forever(ctx.stopping))
+            tg.create_task(jobs.take_over_forever())
+            if alert is not None:
+                if alert.route not in {r.name for r in ctx.config.routes}:
+                    log.warning(
+                        "deadletter.alert.route: no route %r in the config; alerts go to "
+                        "vebus.routes.%s all the same",
+                        alert.route,
+                        alert.route,
+                    )
+                tg.create_task(DeadLetterAlert(ctx.js, store, alert).run(ctx.stopping))
     finally:
+        if runner is not None:
+            await runner.cleanup()  # no new replays from here on
         with contextlib.suppress(nats.errors.Error):
             await sub.unsubscribe()
+        await jobs.finish()
         await service.finish()
 
 
 async def main(settings: ServiceSettings) -> int:
     """Run the deadletter service until SIGTERM; returns the exit status."""
-    return await run_service(settings, _body)
+    ours = version("vebus-deadletter")
+    return await run_service(settings, functools.partial(_body, version=ours), version=ours)

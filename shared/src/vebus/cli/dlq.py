@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import base64
+import asyncio
 import contextlib
+import datetime as dt
 import json
+import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import click
@@ -23,16 +25,22 @@ from vebus.cli._common import (
     nats_url_option,
     run_async,
 )
+from vebus.cli._progress import progress
+from vebus.config import Config
 from vebus.dlq import (
     DeadLetter,
     DeadLetterNotFoundError,
     ErrorCode,
+    ReplayOutcome,
+    Selection,
     delete_dead_letter,
     get_dead_letter,
     iter_dead_letters,
     replay_dead_letter,
+    replay_selection,
 )
 from vebus.errors import VebusError
+from vebus.timespec import parse_time
 
 __all__ = ["dlq"]
 
@@ -50,7 +58,7 @@ def dlq() -> None:
 
     \b
     Example:
-      vebus dlq list --route vm-off-to-slack
+      vebus dlq list --route vm-off-to-slack --since 1h
       vebus dlq show 42
       vebus dlq replay 42
     """
@@ -60,9 +68,8 @@ def dlq() -> None:
 
 
 @contextlib.asynccontextmanager
-async def _session(config_path: str, nats_url: str | None) -> AsyncIterator[JetStreamContext]:
+async def _session(config: Config, nats_url: str | None) -> AsyncIterator[JetStreamContext]:
     """A JetStream context on a NATS that has VEBUS_DLQ; NATS failures become one line."""
-    config = load_or_default(config_path)
     url = nats_url or config.nats.url
     nc = await connect(config, nats_url)
     try:
@@ -84,11 +91,33 @@ async def _session(config_path: str, nats_url: str | None) -> AsyncIterator[JetS
             await nc.close()
 
 
-async def _select(
-    config_path: str, nats_url: str | None, route: str | None, code: str | None
-) -> list[DeadLetter]:
-    async with _session(config_path, nats_url) as js:
-        return [dl async for dl in iter_dead_letters(js, route=route, code=code)]
+def _time_option(name: str, help_: str) -> Callable[..., Any]:
+    def convert(_: click.Context, param: click.Parameter, value: str | None) -> dt.datetime | None:
+        if value is None:
+            return None
+        try:
+            return parse_time(value)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param=param) from None
+
+    return click.option(name, callback=convert, metavar="TIME", help=help_)
+
+
+_since = _time_option(
+    "--since", "Only dead letters stored at or after TIME (RFC 3339, or an age: 1h, 30m, 7d)."
+)
+_until = _time_option("--until", "Only dead letters stored before TIME (RFC 3339, or an age).")
+_code = click.option(
+    "--code",
+    type=click.Choice([c.value for c in ErrorCode], case_sensitive=False),
+    help="Only the dead letters with this error code.",
+)
+
+
+def _selection(
+    route: str | None, code: str | None, since: dt.datetime | None, until: dt.datetime | None
+) -> Selection:
+    return Selection(route=route, code=code.upper() if code else None, since=since, until=until)
 
 
 def _short_time(value: str | None) -> str:
@@ -105,29 +134,6 @@ def _short_time(value: str | None) -> str:
 def _shorten(text: str, width: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _choose(ident: int | None, route: str | None, all_: bool) -> None:
-    """Exactly one of ID, --route and --all (a usage error, exit 2, otherwise)."""
-    given = sum((ident is not None, route is not None, all_))
-    if given != 1:
-        raise click.UsageError("give exactly one of ID, --route ROUTE or --all")
-
-
-def _refuse_unconfirmed(verb: str, what: str, bulk: bool, yes: bool) -> None:
-    """A bulk operation without --yes needs a terminal to ask on: refuse (exit 2) if none."""
-    if bulk and not yes and not sys.stdin.isatty():
-        fail(f"refusing to {verb} {what} without confirmation: add --yes", 2)
-
-
-def _confirm(verb: str, letters: Sequence[DeadLetter], what: str, yes: bool) -> None:
-    """Ask before a bulk operation; "no" aborts (exit 1)."""
-    if not yes:
-        click.confirm(f"{verb.capitalize()} {len(letters)} dead letter(s) ({what})?", abort=True)
-
-
-def _scope(route: str | None) -> str:
-    return f"every dead letter of route {route}" if route else "every dead letter"
 
 
 def _describe(dl: DeadLetter) -> str:
@@ -186,32 +192,43 @@ def _print_rich(rows: list[list[str]]) -> bool:
     return True
 
 
+async def _select(config: Config, nats_url: str | None, sel: Selection) -> list[DeadLetter]:
+    async with _session(config, nats_url) as js:
+        return [dl async for dl in iter_dead_letters(js, selection=sel)]
+
+
 @dlq.command(name="list")
 @click.option("--route", help="Only the dead letters of this route.")
-@click.option(
-    "--code",
-    type=click.Choice([c.value for c in ErrorCode], case_sensitive=False),
-    help="Only the dead letters with this error code.",
-)
+@_code
+@_since
+@_until
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON array instead of a table.")
 @config_option
 @nats_url_option
 def list_(
-    route: str | None, code: str | None, as_json: bool, config_path: str, nats_url: str | None
+    route: str | None,
+    code: str | None,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+    as_json: bool,
+    config_path: str,
+    nats_url: str | None,
 ) -> None:
     """List the stored dead letters, oldest first.
 
     Shows each one's ID, when it was stored, its route, error code, last HTTP status,
     attempts, the event's type and id, and the error (shortened; `vebus dlq show ID` has
-    all of it).
+    all of it). Filters combine: every one given must hold.
 
     \b
     Example:
       vebus dlq list --route vm-off-to-slack --code HTTP_5XX
-      vebus dlq list --json | jq '.[].event_id'
+      vebus dlq list --since 2h --until 1h
+      vebus dlq list --since 2025-01-02T00:00:00Z --json | jq '.[].event_id'
     """
+    config = load_or_default(config_path)
     letters: list[DeadLetter] = run_async(
-        _select, config_path, nats_url, route, code.upper() if code else None
+        _select, config, nats_url, _selection(route, code, since, until)
     )
     if as_json:
         click.echo(json.dumps([dl.summary() for dl in letters], indent=2))
@@ -225,31 +242,6 @@ def list_(
 
 
 # ---------------------------------------------------------------------------- show
-
-
-def _data(dl: DeadLetter) -> tuple[str, Any]:
-    """The body as ("json", value), ("text", str) or ("base64", str)."""
-    if not dl.body:
-        return "text", ""
-    try:
-        return "json", json.loads(dl.body)
-    except ValueError:
-        pass
-    try:
-        return "text", dl.body.decode("utf-8")
-    except UnicodeDecodeError:
-        return "base64", base64.b64encode(dl.body).decode("ascii")
-
-
-def _as_json(dl: DeadLetter) -> dict[str, Any]:
-    ev = dl.event()
-    kind, data = _data(dl)
-    out: dict[str, Any] = dict(dl.summary())
-    out["msg_id"] = dl.msg_id
-    out["event"] = ev.attributes() if ev else None
-    out["headers"] = dl.headers
-    out["data" if kind != "base64" else "data_base64"] = data
-    return out
 
 
 def _print_show(dl: DeadLetter) -> None:
@@ -281,7 +273,7 @@ def _print_show(dl: DeadLetter) -> None:
         click.echo("headers")
         for name, value in other.items():
             line(name, value)
-    kind, data = _data(dl)
+    kind, data = dl.data()
     click.echo(f"data ({len(dl.body)} bytes{', base64' if kind == 'base64' else ''})")
     if kind == "json":
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
@@ -289,8 +281,8 @@ def _print_show(dl: DeadLetter) -> None:
         click.echo(data)
 
 
-async def _get(config_path: str, nats_url: str | None, ident: int) -> DeadLetter:
-    async with _session(config_path, nats_url) as js:
+async def _get(config: Config, nats_url: str | None, ident: int) -> DeadLetter:
+    async with _session(config, nats_url) as js:
         return await get_dead_letter(js, ident)
 
 
@@ -309,9 +301,9 @@ def show(ident: int, as_json: bool, config_path: str, nats_url: str | None) -> N
       vebus dlq show 42
       vebus dlq show 42 --json | jq .data
     """
-    dl: DeadLetter = run_async(_get, config_path, nats_url, ident)
+    dl: DeadLetter = run_async(_get, load_or_default(config_path), nats_url, ident)
     if as_json:
-        click.echo(json.dumps(_as_json(dl), indent=2, ensure_ascii=False))
+        click.echo(json.dumps(dl.detail(), indent=2, ensure_ascii=False))
     else:
         _print_show(dl)
 
@@ -319,47 +311,110 @@ def show(ident: int, as_json: bool, config_path: str, nats_url: str | None) -> N
 # ---------------------------------------------------------------------------- replay, purge
 
 
-async def _apply(
-    config_path: str,
-    nats_url: str | None,
-    ident: int | None,
-    route: str | None,
-    verb: str,
-    yes: bool,
-    action: Callable[[JetStreamContext, DeadLetter], Any],
-) -> tuple[int, int]:
-    """Run `action` on one dead letter or a selection; returns (done, failed)."""
-    async with _session(config_path, nats_url) as js:
-        if ident is not None:
-            await action(js, await get_dead_letter(js, ident))
-            return 1, 0
-        letters = [dl async for dl in iter_dead_letters(js, route=route)]
-        if not letters:
-            return 0, 0
-        _confirm(verb, letters, _scope(route), yes)
-        done = failed = 0
-        for dl in letters:
-            try:
-                await action(js, dl)
-                done += 1
-            except DeadLetterNotFoundError:
-                click.echo(f"{dl.id}: already gone (replayed or purged meanwhile)", err=True)
-            except VebusError as e:
-                click.echo(f"{dl.id}: {e}", err=True)
-                failed += 1
-        return done, failed
+def _choose(ident: int | None, sel: Selection, all_: bool) -> None:
+    """Exactly one of ID, filters and --all (a usage error, exit 2, otherwise)."""
+    given = sum((ident is not None, not sel.is_empty(), all_))
+    if given != 1:
+        raise click.UsageError(
+            "give exactly one of ID, filters (--route, --code, --since, --until) or --all"
+        )
+
+
+def _refuse_unconfirmed(verb: str, bulk: bool, yes: bool) -> None:
+    """A bulk operation without --yes needs a terminal to ask on: refuse (exit 2) if none."""
+    if bulk and not yes and not sys.stdin.isatty():
+        fail(f"refusing to {verb} dead letters in bulk without confirmation: add --yes", 2)
+
+
+def _confirm(verb: str, count: int, sel: Selection, yes: bool) -> None:
+    """Ask before a bulk operation; "no" aborts (exit 1)."""
+    if not yes:
+        click.confirm(f"{verb.capitalize()} {count} dead letter(s) ({sel.describe()})?", abort=True)
 
 
 def _selection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(
         [
             click.argument("ident", metavar="[ID]", required=False, type=click.IntRange(min=1)),
-            click.option("--route", help="Every dead letter of this route."),
+            click.option("--route", help="The dead letters of this route."),
+            _code,
+            _since,
+            _until,
             click.option("--all", "all_", is_flag=True, help="Every dead letter."),
         ]
     ):
         fn = option(fn)
     return fn
+
+
+@contextlib.contextmanager
+def _stop_on_interrupt() -> Iterator[asyncio.Event]:
+    """An event set by Ctrl-C (SIGINT): the work in flight finishes, then the loop stops."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def interrupted() -> None:
+        if not stopping.is_set():
+            click.echo("interrupted: stopping after the dead letter in flight", err=True)
+        stopping.set()
+
+    loop.add_signal_handler(signal.SIGINT, interrupted)
+    try:
+        yield stopping
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+
+
+async def _replay(
+    config: Config,
+    nats_url: str | None,
+    ident: int | None,
+    sel: Selection,
+    to_route: str | None,
+    rate: float,
+    yes: bool,
+) -> tuple[int, int, bool]:
+    """Replay one dead letter or a selection; returns (replayed, failed, interrupted)."""
+    async with _session(config, nats_url) as js:
+        if ident is not None:
+            done = await replay_dead_letter(js, await get_dead_letter(js, ident), to_route=to_route)
+            dl_line = f"replayed {ident} to route {done.route}"
+            click.echo(dl_line + (" (it was there already)" if done.duplicate else ""))
+            return 1, 0, False
+        info = await js.stream_info(subjects.DLQ_STREAM)
+        upto = int(info.state.last_seq or 0)
+        count = 0
+        async for _ in iter_dead_letters(js, selection=sel, upto=upto):
+            count += 1
+        if not count:
+            return 0, 0, False
+        _confirm("replay", count, sel, yes)
+        counts = {"replayed": 0, "failed": 0, "gone": 0}
+        with (
+            progress("replaying", count) as bar,
+            _stop_on_interrupt() as stopping,
+        ):
+
+            async def report(o: ReplayOutcome) -> None:
+                counts[o.status] += 1
+                bar.advance()
+                if o.replayed is not None:
+                    bar.echo(f"replayed {_describe(o.dead_letter)} to route {o.replayed.route}")
+                elif o.status == "gone":
+                    bar.echo(f"{o.dead_letter.id}: already gone (replayed or purged meanwhile)")
+                else:
+                    bar.echo(f"{o.dead_letter.id}: {o.error}", err=True)
+
+            await replay_selection(
+                js,
+                sel,
+                to_route=to_route,
+                rate=rate,
+                upto=upto,
+                stopping=stopping,
+                on_outcome=report,
+            )
+        return counts["replayed"], counts["failed"], stopping.is_set()
 
 
 @dlq.command(short_help="Send dead letters' events to their route again.")
@@ -368,52 +423,105 @@ def _selection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     "--to-route",
     help="Send the events to this route instead of the one they failed on.",
 )
-@click.option("--yes", "-y", is_flag=True, help="Do not ask before replaying --route or --all.")
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0),
+    help="Dead letters per second, 0 for no limit (default: the config's "
+    "deadletter.replay_rate, 50).",
+)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before replaying in bulk.")
 @config_option
 @nats_url_option
 def replay(
     ident: int | None,
     route: str | None,
+    code: str | None,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
     all_: bool,
     to_route: str | None,
+    rate: float | None,
     yes: bool,
     config_path: str,
     nats_url: str | None,
 ) -> None:
     """Send dead letters' events to their route again, then delete the dead letters.
 
-    Give one dead letter's ID, --route ROUTE or --all. The event keeps its CloudEvent id
-    and gets a `vebusreplay` extension with the time of the replay. A dead letter is
-    deleted only once JetStream has stored the replayed event. --route and --all ask
-    first; without a terminal to ask on they need --yes.
+    Give one dead letter's ID, filters (--route, --code, --since, --until: all must hold),
+    or --all. Each event keeps its CloudEvent id, gets the Msg-Id
+    `<original>:replay:<dead-letter id>` and a `vebusreplay` extension with the time of the
+    replay; its dead letter is deleted only once JetStream has stored it. Dead letters stored
+    after the command started (the replayed events failing again) are not replayed. Bulk
+    replays ask first (without a terminal to ask on they need --yes), go at --rate per
+    second, and show a progress bar on a terminal. Ctrl-C stops after the dead letter in
+    flight; if the command is killed instead, running it again within the stream's
+    duplicate window (2 minutes by default) does not store the one in flight twice.
 
     \b
     Example:
       vebus dlq replay 42
-      vebus dlq replay --route vm-off-to-slack --yes
+      vebus dlq replay --route vm-off-to-slack --since 1h --yes
+      vebus dlq replay --all --rate 10
       vebus dlq replay 42 --to-route vm-off-to-teams
     """
-    _choose(ident, route, all_)
-    _refuse_unconfirmed("replay", _scope(route), ident is None, yes)
-
-    async def action(js: JetStreamContext, dl: DeadLetter) -> None:
-        went = await replay_dead_letter(js, dl, to_route=to_route)
-        click.echo(f"replayed {_describe(dl)} to route {went}")
-
-    done, failed = run_async(_apply, config_path, nats_url, ident, route, "replay", yes, action)
+    sel = _selection(route, code, since, until)
+    _choose(ident, sel, all_)
+    _refuse_unconfirmed("replay", ident is None, yes)
+    config = load_or_default(config_path)
+    if to_route is not None:
+        known = [r.name for r in config.routes]
+        if subjects.token(to_route) != to_route:
+            raise click.BadParameter("expected a route name", param_hint="--to-route")
+        if known and to_route not in known:
+            fail(f"--to-route: {config_path} has no route {to_route!r} ({', '.join(known)})", 2)
+    pace = config.deadletter.replay_rate if rate is None else rate
+    done, failed, interrupted = run_async(
+        _replay, config, nats_url, ident, sel, to_route, pace, yes
+    )
     click.echo(f"replayed {done} dead letter(s)" + (f", {failed} failed" if failed else ""))
+    if interrupted:
+        sys.exit(130)
     if failed:
         sys.exit(1)
 
 
+async def _purge(
+    config: Config, nats_url: str | None, ident: int | None, sel: Selection, yes: bool
+) -> int:
+    """Delete one dead letter or a selection; returns how many."""
+    async with _session(config, nats_url) as js:
+        if ident is not None:
+            dl = await get_dead_letter(js, ident)
+            await delete_dead_letter(js, ident)
+            click.echo(f"purged {_describe(dl)}")
+            return 1
+        letters = [dl async for dl in iter_dead_letters(js, selection=sel)]
+        if not letters:
+            return 0
+        _confirm("purge", len(letters), sel, yes)
+        done = 0
+        for dl in letters:
+            try:
+                await delete_dead_letter(js, dl.id)
+            except DeadLetterNotFoundError:
+                click.echo(f"{dl.id}: already gone (replayed or purged meanwhile)", err=True)
+                continue
+            click.echo(f"purged {_describe(dl)}")
+            done += 1
+        return done
+
+
 @dlq.command(short_help="Delete dead letters without replaying them.")
 @_selection_options
-@click.option("--yes", "-y", is_flag=True, help="Do not ask before purging --route or --all.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before purging in bulk.")
 @config_option
 @nats_url_option
 def purge(
     ident: int | None,
     route: str | None,
+    code: str | None,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
     all_: bool,
     yes: bool,
     config_path: str,
@@ -421,22 +529,18 @@ def purge(
 ) -> None:
     """Delete dead letters for good, without replaying them.
 
-    Give one dead letter's ID, --route ROUTE or --all. --route and --all ask first;
-    without a terminal to ask on they need --yes.
+    Give one dead letter's ID, filters (--route, --code, --since, --until: all must hold),
+    or --all. Bulk purges ask first; without a terminal to ask on they need --yes.
 
     \b
     Example:
       vebus dlq purge 42
       vebus dlq purge --route vm-off-to-slack --yes
+      vebus dlq purge --until 7d --yes
     """
-    _choose(ident, route, all_)
-    _refuse_unconfirmed("purge", _scope(route), ident is None, yes)
-
-    async def action(js: JetStreamContext, dl: DeadLetter) -> None:
-        await delete_dead_letter(js, dl.id)
-        click.echo(f"purged {_describe(dl)}")
-
-    done, failed = run_async(_apply, config_path, nats_url, ident, route, "purge", yes, action)
-    click.echo(f"purged {done} dead letter(s)" + (f", {failed} failed" if failed else ""))
-    if failed:
-        sys.exit(1)
+    sel = _selection(route, code, since, until)
+    _choose(ident, sel, all_)
+    _refuse_unconfirmed("purge", ident is None, yes)
+    config = load_or_default(config_path)
+    done: int = run_async(_purge, config, nats_url, ident, sel, yes)
+    click.echo(f"purged {done} dead letter(s)")
