@@ -71,7 +71,8 @@ class CloudEvent(msgspec.Struct, frozen=True, kw_only=True):
             return None
         try:
             return _json.decode(self.data)
-        except msgspec.DecodeError as e:
+        except (msgspec.DecodeError, UnicodeDecodeError) as e:
+            # msgspec raises UnicodeDecodeError, not DecodeError, for invalid UTF-8
             raise InvalidEventError(f"event {self.id}: data is not valid JSON: {e}") from None
 
     def as_match_input(self) -> dict[str, Any]:
