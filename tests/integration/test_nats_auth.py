@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,6 +54,20 @@ def auth_nats(tmp_path: Path) -> Iterator[AuthNats]:
     proc.kill()
 
 
+def _wait_ready(proc: ManagedProcess, port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.output()[-3000:]
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"not ready in {timeout}s:\n{proc.output()[-3000:]}")
+
+
 def _write_config(path: Path, url: str, extra: dict[str, object]) -> Path:
     cfg = {"nats": {"url": url, "user": "${NATS_USER}", "password": "${NATS_PASSWORD}"}, **extra}
     path.write_text(yaml.safe_dump(cfg))
@@ -80,20 +95,21 @@ async def test_every_service_works_with_its_own_least_privilege_user(
             ],
         },
     )
+    ports = {name: free_port() for name in SERVICES}
     procs = [
         start_service(
             name,
             cfg,
-            health_port=free_port(),
+            health_port=ports[name],
             log_path=tmp_path / f"{name}.log",
             env=_service_env(name),
         )
         for name in SERVICES
     ]
     try:
-        await asyncio.sleep(3)  # all four create streams, consumers, buckets as themselves
-        for p in procs:
-            assert p.poll() is None, p.output()
+        # ready = each created its streams, consumers and buckets as its own user
+        for name, p in zip(SERVICES, procs, strict=True):
+            await asyncio.to_thread(_wait_ready, p, ports[name])
         name, _ = await _power_off_first_vm(vcsim)
         delivered = await sink.wait_for(lambda: len(sink.accepted) >= 1, timeout=60)
         assert delivered, "\n".join(p.output()[-2000:] for p in procs)

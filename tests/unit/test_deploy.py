@@ -82,7 +82,8 @@ def test_every_compose_service_runs_a_real_entry_point_with_a_valid_config() -> 
         assert target in targets, f"{svc}: no Dockerfile target {target}"
         assert f'"vebus_{svc}"' in targets[target], f"{svc}: image does not run vebus_{svc}"
         assert (REPO / spec["build"]["dockerfile"]).is_file()
-        assert "container_name" not in spec and "ports" not in spec, "must scale"
+        assert "container_name" not in spec, "a fixed name stops --scale"
+        assert "ports" not in spec, "a fixed host port stops --scale"
         settings = parse_settings(svc, spec["command"])  # argparse exits on a bad flag
         mounted = {c["target"]: configs[c["source"]] for c in spec["configs"]}
         config_file = mounted[settings.config_path]

@@ -22,17 +22,36 @@ from vebus.errors import ConfigError
 from vebus.subjects import RESERVED_SOURCES, token
 
 __all__ = [
+    "SERVICE_SECRETS",
     "Backoff",
+    "BasicAuth",
+    "BearerAuth",
     "Config",
     "ConsoleSink",
+    "DeadletterAlertConfig",
+    "DeadletterApiConfig",
+    "DeadletterConfig",
     "Delivery",
     "Duration",
+    "EmailSink",
+    "EventBridgeSink",
+    "HmacAuth",
+    "HttpAuth",
+    "HttpSink",
     "NatsConfig",
+    "NatsSink",
+    "PagerDutySink",
     "Route",
     "Sink",
+    "SlackSink",
     "StreamsConfig",
+    "SyslogSink",
+    "TeamsSink",
     "VCenterConfig",
+    "VsphereSink",
     "WebhookSink",
+    "WebhookSourceConfig",
+    "is_unresolved",
     "load_config",
     "parse_config",
     "parse_duration",
@@ -82,6 +101,8 @@ def _check_name(kind: str, name: str) -> None:
 
 
 def _check_http_url(field: str, url: str) -> None:
+    if is_unresolved(url):
+        return  # checked by the process that has the variable
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"{field}: expected an http(s) URL, got {url!r}")
@@ -90,12 +111,17 @@ def _check_http_url(field: str, url: str) -> None:
 class NatsConfig(_Base, frozen=True):
     """How to reach NATS."""
 
+    #: one URL, or several comma-separated (`nats://a:4222,nats://b:4222`)
     url: str = "nats://127.0.0.1:4222"
     user: str | None = None
     password: str | None = None
     #: JetStream stream replicas (1 embedded, 3 on a cluster)
     replicas: int = 1
     connect_timeout: Duration = Duration(5)
+
+    def servers(self) -> list[str]:
+        """The server URLs: `url` may list several, comma-separated (a cluster's nodes)."""
+        return [u.strip() for u in self.url.split(",") if u.strip()]
 
 
 class StreamsConfig(_Base, frozen=True):
@@ -115,15 +141,28 @@ class VCenterConfig(_Base, frozen=True):
     name: str
     url: str
     username: str
-    password: str
+    #: the password itself (usually `${ENV}`), or
+    password: str = ""
+    #: a file holding it (a mounted secret), read at each login so a rotated one is used
+    password_file: str | None = None
     #: skip TLS certificate verification (lab vCenters with self-signed certificates)
     insecure: bool = False
+    #: PEM file of the CA (or self-signed certificate) that vCenter's certificate chains to
+    ca_file: str | None = None
     #: events per EventHistoryCollector page while tailing
-    page_size: int = 100
+    page_size: int = 10
     #: where a collector with no checkpoint starts: new events only, or all history vCenter has
     start: Literal["latest", "earliest"] = "latest"
     #: how often the checkpoint is written (it is also written on shutdown)
     checkpoint_interval: Duration = Duration(1)
+    #: a catch-up reads no further back than this (0: as far as vCenter's history goes)
+    catchup_max_age: Duration = Duration(0)
+    #: a catch-up publishes at most this many events, the newest (0: no limit)
+    catchup_max_events: int = 0
+    #: vCenter has newer events than the last published for this long: reported as stalled
+    stall_after: Duration = Duration(60)
+    #: add the affected object's moref and a VM's instance and BIOS UUID as extensions
+    enrich: bool = False
 
     def __post_init__(self) -> None:
         _check_name("vcenter", self.name)
@@ -132,6 +171,50 @@ class VCenterConfig(_Base, frozen=True):
         _check_http_url("url", self.url)
         if not 1 <= self.page_size <= 1000:
             raise ValueError(f"page_size: expected 1 to 1000, got {self.page_size}")
+        if self.password and self.password_file:
+            raise ValueError("password_file: give either password or password_file, not both")
+        if not self.password and not self.password_file:
+            raise ValueError("password: required (or password_file)")
+        if self.insecure and self.ca_file:
+            raise ValueError("ca_file: insecure: true skips certificate checks, drop one of them")
+        if self.catchup_max_events < 0:
+            raise ValueError(f"catchup_max_events: expected >= 0, got {self.catchup_max_events}")
+        if self.stall_after <= 0:
+            raise ValueError("stall_after: expected a duration > 0")
+
+
+class WebhookSourceConfig(_Base, frozen=True):
+    """The collector's HTTP endpoint for CloudEvents from other systems."""
+
+    #: host:port to listen on
+    listen: str = "127.0.0.1:8280"
+    path: str = "/webhook"
+    #: `Authorization: Bearer <token>` accepted when set
+    bearer_token: str | None = None
+    #: `Authorization: Basic` with these accepted when set
+    username: str | None = None
+    password: str | None = None
+    #: no authentication at all (say so explicitly)
+    anonymous: bool = False
+    #: largest request body in bytes; 0: the NATS server's max_payload minus vebus's margin
+    max_body: int = 0
+
+    def __post_init__(self) -> None:
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"listen: expected host:port, got {self.listen!r}")
+        if not self.path.startswith("/"):
+            raise ValueError(f"path: expected a path starting with '/', got {self.path!r}")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username: basic auth needs both username and password")
+        authenticated = self.bearer_token is not None or self.username is not None
+        if not authenticated and not self.anonymous:
+            raise ValueError(
+                "bearer_token: give bearer_token and/or username/password, "
+                "or anonymous: true to accept unauthenticated requests"
+            )
+        if self.max_body < 0:
+            raise ValueError(f"max_body: expected >= 0, got {self.max_body}")
 
 
 class Backoff(_Base, frozen=True):
@@ -159,6 +242,12 @@ class Delivery(_Base, frozen=True):
     timeout: Duration = Duration(10)
     #: events of this route being delivered at once, per dispatcher replica
     max_in_flight: int = 16
+    #: give up (dead letter, exhausted max_age) on an event that entered the route longer
+    #: ago than this, not counting time the route spent paused; None: no age limit
+    max_age: Duration | None = None
+    #: events per second for the route as a whole, however many dispatcher replicas run;
+    #: None: as fast as the sink takes them
+    rate: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -167,6 +256,55 @@ class Delivery(_Base, frozen=True):
             raise ValueError(f"max_in_flight: expected >= 1, got {self.max_in_flight}")
         if self.timeout <= 0:
             raise ValueError("timeout: expected a duration > 0")
+        if self.max_age is not None and self.max_age <= 0:
+            raise ValueError("max_age: expected a duration > 0 (leave it out for no limit)")
+        if self.rate is not None and not 0 < self.rate <= 100_000:
+            raise ValueError(
+                f"rate: expected events per second, > 0 and <= 100000, got {self.rate}"
+            )
+
+
+def _check_template(field: str, source: str | None) -> None:
+    """Compile a sink text field now, so a broken template fails when the config loads."""
+    if source is None:
+        return
+    from vebus.templates import TemplateError, compile_template
+
+    try:
+        compile_template(source, path=field)
+    except TemplateError as e:
+        raise ValueError(str(e)) from None
+
+
+def _is_template(source: str) -> bool:
+    return "{{" in source or "{%" in source
+
+
+class BearerAuth(_Base, frozen=True, tag_field="kind", tag="bearer"):
+    """`Authorization: Bearer <token>` on every request."""
+
+    token: str
+
+
+class BasicAuth(_Base, frozen=True, tag_field="kind", tag="basic"):
+    """HTTP basic authentication on every request."""
+
+    username: str
+    password: str
+
+
+class HmacAuth(_Base, frozen=True, tag_field="kind", tag="hmac"):
+    """An HMAC-SHA256 of the request body, `sha256=<hex>`, in `header` (GitHub style)."""
+
+    secret: str
+    header: str = "X-Vebus-Signature-256"
+
+    def __post_init__(self) -> None:
+        if not self.secret:
+            raise ValueError("secret: expected a non-empty secret")
+
+
+HttpAuth = BearerAuth | BasicAuth | HmacAuth
 
 
 class WebhookSink(_Base, frozen=True, tag_field="kind", tag="webhook"):
@@ -176,6 +314,7 @@ class WebhookSink(_Base, frozen=True, tag_field="kind", tag="webhook"):
     #: binary: attributes in ce- headers; structured: the whole event as JSON
     mode: Literal["binary", "structured"] = "binary"
     headers: dict[str, str] = msgspec.field(default_factory=dict)
+    auth: HttpAuth | None = None
 
     def __post_init__(self) -> None:
         _check_http_url("url", self.url)
@@ -187,7 +326,261 @@ class ConsoleSink(_Base, frozen=True, tag_field="kind", tag="console"):
     format: Literal["line", "json"] = "line"
 
 
-Sink = WebhookSink | ConsoleSink
+#: the text chat and paging sinks send when the route gives none
+DEFAULT_TEXT = "{{ data.FullFormattedMessage | default(type, true) }}"
+
+
+class SlackSink(_Base, frozen=True, tag_field="kind", tag="slack"):
+    """A Slack incoming-webhook message whose text is the route's template."""
+
+    url: str
+    text: str = DEFAULT_TEXT
+
+    def __post_init__(self) -> None:
+        _check_http_url("url", self.url)
+        _check_template("text", self.text)
+
+
+class TeamsSink(_Base, frozen=True, tag_field="kind", tag="teams"):
+    """A Microsoft Teams incoming-webhook (Workflows) message: an Adaptive Card."""
+
+    url: str
+    text: str = DEFAULT_TEXT
+    title: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_http_url("url", self.url)
+        _check_template("text", self.text)
+        _check_template("title", self.title)
+
+
+PAGERDUTY_URL = "https://events.pagerduty.com/v2/enqueue"
+PAGERDUTY_SEVERITIES = ("critical", "error", "warning", "info")
+
+
+class PagerDutySink(_Base, frozen=True, tag_field="kind", tag="pagerduty"):
+    """A PagerDuty Events API v2 event: trigger, acknowledge or resolve an alert."""
+
+    routing_key: str
+    action: Literal["trigger", "acknowledge", "resolve"] = "trigger"
+    #: the alert's identity: a resolve must render the same key as its trigger
+    dedup_key: str = "{{ source }}/{{ id }}"
+    summary: str = DEFAULT_TEXT
+    #: critical | error | warning | info, or a template that renders one of them
+    severity: str = "warning"
+    #: the affected system (payload.source)
+    source: str = "{{ source }}"
+    component: str | None = None
+    group: str | None = None
+    class_: str | None = msgspec.field(default=None, name="class")
+    url: str = PAGERDUTY_URL
+
+    def __post_init__(self) -> None:
+        _check_http_url("url", self.url)
+        if not self.routing_key:
+            raise ValueError("routing_key: expected the integration key of a PagerDuty service")
+        if not _is_template(self.severity) and self.severity not in PAGERDUTY_SEVERITIES:
+            raise ValueError(
+                f"severity: expected one of {', '.join(PAGERDUTY_SEVERITIES)} (or a template "
+                f"that renders one), got {self.severity!r}"
+            )
+        for name in ("dedup_key", "summary", "severity", "source", "component", "group"):
+            _check_template(name, getattr(self, name))
+        _check_template("class", self.class_)
+
+
+class HttpSink(_Base, frozen=True, tag_field="kind", tag="http"):
+    """Any HTTP request built from templates (ServiceNow, Jira, a CMDB, ...)."""
+
+    #: a template: `https://jira.example.com/rest/api/2/issue/{{ data.Key }}/comment`
+    url: str
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
+    #: a template; none: the event's data as it is (no body for GET and DELETE)
+    body: str | None = None
+    content_type: str = "application/json"
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    auth: HttpAuth | None = None
+
+    def __post_init__(self) -> None:
+        head = self.url.split("{", 1)[0]
+        if not _is_template(self.url) or "://" not in self.url:
+            _check_http_url("url", self.url)
+        elif not head.lower().startswith(("http://", "https://")):
+            raise ValueError(f"url: expected an http(s) URL, got {self.url!r}")
+        _check_template("url", self.url)
+        _check_template("body", self.body)
+
+
+class EmailSink(_Base, frozen=True, tag_field="kind", tag="email"):
+    """One e-mail per event over SMTP (STARTTLS on 587 by default), with optional login."""
+
+    host: str
+    from_: str = msgspec.field(name="from")
+    to: list[str]
+    #: default 587 (starttls), 465 (tls) or 25 (none)
+    port: int | None = None
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    username: str | None = None
+    password: str | None = None
+    subject: str = "{{ subject | default(type, true) }}"
+    body: str = DEFAULT_TEXT
+    #: a PEM file of CA certificates to trust instead of the system's
+    ca_file: str | None = None
+    #: skip certificate verification (lab servers only)
+    insecure: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.host:
+            raise ValueError("host: expected the SMTP server's host name")
+        if self.port is not None and not 1 <= self.port <= 65535:
+            raise ValueError(f"port: expected 1 to 65535, got {self.port}")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username: username and password go together (give both or none)")
+        if self.password is not None and self.security == "none":
+            raise ValueError("security: a password would travel in clear text: use starttls or tls")
+        if not self.to:
+            raise ValueError("to: expected at least one recipient")
+        for address in (self.from_, *self.to):
+            if "@" not in address:
+                raise ValueError(f"to: expected e-mail addresses, got {address!r}")
+        _check_template("subject", self.subject)
+        _check_template("body", self.body)
+
+
+class EventBridgeSink(_Base, frozen=True, tag_field="kind", tag="eventbridge"):
+    """AWS EventBridge PutEvents: detail-type = the vSphere event class, detail = the event."""
+
+    #: none: the AWS_REGION / AWS_DEFAULT_REGION of the dispatcher's environment
+    region: str | None = None
+    event_bus: str = "default"
+    #: the entry's Source; none: the CloudEvent's source (the vCenter URL)
+    source: str | None = None
+    #: another endpoint (a VPC endpoint, or moto in tests)
+    endpoint_url: str | None = None
+    #: none: boto3's credential chain (environment, profile, instance role)
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError(
+                "access_key_id: access_key_id and secret_access_key go together "
+                "(give both, or neither to use boto3's credential chain)"
+            )
+        if self.endpoint_url is not None:
+            _check_http_url("endpoint_url", self.endpoint_url)
+        if self.source is not None and not 1 <= len(self.source) <= 256:
+            raise ValueError("source: expected 1 to 256 characters")
+
+
+SYSLOG_FACILITIES = (
+    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron",
+    "authpriv", "ftp", "ntp", "audit", "alert", "clock",
+    "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7",
+)  # fmt: skip
+SYSLOG_SEVERITIES = (
+    "emerg", "alert", "crit", "err", "warning", "notice", "info", "debug",
+)  # fmt: skip
+
+
+class SyslogSink(_Base, frozen=True, tag_field="kind", tag="syslog"):
+    """RFC 5424 messages over UDP (at-most-once), TCP or TLS (octet-counting framing)."""
+
+    host: str
+    #: default 514 (udp, tcp) or 6514 (tls)
+    port: int | None = None
+    transport: Literal["udp", "tcp", "tls"] = "tcp"
+    facility: str = "user"
+    severity: str = "notice"
+    app_name: str = "vebus"
+    #: HOSTNAME of each message; none: the host of the event's source (the vCenter)
+    hostname: str | None = None
+    #: a template for MSG; none: the event as one structured CloudEvents JSON object
+    message: str | None = None
+    ca_file: str | None = None
+    insecure: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.host:
+            raise ValueError("host: expected the syslog server's host name")
+        if self.port is not None and not 1 <= self.port <= 65535:
+            raise ValueError(f"port: expected 1 to 65535, got {self.port}")
+        if self.facility not in SYSLOG_FACILITIES:
+            raise ValueError(
+                f"facility: expected one of {', '.join(SYSLOG_FACILITIES)}, got {self.facility!r}"
+            )
+        if self.severity not in SYSLOG_SEVERITIES:
+            raise ValueError(
+                f"severity: expected one of {', '.join(SYSLOG_SEVERITIES)}, got {self.severity!r}"
+            )
+        _check_template("message", self.message)
+
+
+_SUBJECT = re.compile(r"^[^\s.*>]+(\.[^\s.*>]+)*$")
+
+
+class NatsSink(_Base, frozen=True, tag_field="kind", tag="nats"):
+    """Republish each event (CloudEvents NATS binding) to a subject on the same NATS."""
+
+    #: a subject, or a template for one: `vsphere.{{ subject }}`
+    subject: str
+    #: true: fail (and retry) unless a stream stores the subject; false: publish to a stream
+    #: when one stores the subject (publish ack), else as plain NATS (at-most-once)
+    require_stream: bool = False
+
+    def __post_init__(self) -> None:
+        if _is_template(self.subject):
+            _check_template("subject", self.subject)
+        elif not _SUBJECT.match(self.subject):
+            raise ValueError(
+                f"subject: expected a NATS subject without wildcards, got {self.subject!r}"
+            )
+        if self.subject == "vebus" or self.subject.startswith("vebus."):
+            raise ValueError(
+                f"subject: {self.subject!r} is inside vebus's own subjects (vebus.>): "
+                "republishing there would loop; pick another prefix"
+            )
+
+
+class VsphereSink(_Base, frozen=True, tag_field="kind", tag="vsphere"):
+    """Set a custom attribute or the annotation on the VM the event names (pyvmomi)."""
+
+    url: str
+    username: str
+    password: str
+    insecure: bool = False
+    action: Literal["attribute", "annotation"] = "attribute"
+    #: the custom attribute's name (action: attribute); created on first use if missing
+    attribute: str | None = None
+    #: a template for the attribute's value or the annotation's text
+    value: str = "{{ type }} at {{ time }}"
+    #: annotation only: add `value` as a new last line instead of replacing the annotation
+    append: bool = False
+
+    def __post_init__(self) -> None:
+        _check_http_url("url", self.url)
+        if self.action == "attribute" and not self.attribute:
+            raise ValueError("attribute: expected the custom attribute's name (action: attribute)")
+        if self.action == "annotation" and self.attribute is not None:
+            raise ValueError("attribute: only for action: attribute")
+        if self.append and self.action != "annotation":
+            raise ValueError("append: only for action: annotation")
+        _check_template("value", self.value)
+
+
+Sink = (
+    WebhookSink
+    | ConsoleSink
+    | SlackSink
+    | TeamsSink
+    | PagerDutySink
+    | HttpSink
+    | EmailSink
+    | EventBridgeSink
+    | SyslogSink
+    | NatsSink
+    | VsphereSink
+)
 
 
 class Route(_Base, frozen=True):
@@ -211,13 +604,67 @@ class Route(_Base, frozen=True):
                 raise ValueError(str(e)) from None
 
 
+class DeadletterApiConfig(_Base, frozen=True):
+    """The deadletter service's HTTP API: list, show, replay and purge dead letters."""
+
+    #: host:port to listen on (loopback by default); "" turns the API off
+    listen: str = "127.0.0.1:8085"
+    #: `Authorization: Bearer <token>` that replay and purge require; unset or "": refused
+    token: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.listen:
+            host, sep, port = self.listen.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+                raise ValueError(
+                    f'listen: expected host:port (or "" for no API), got {self.listen!r}'
+                )
+        if self.token and not is_unresolved(self.token) and len(self.token) < 16:
+            raise ValueError("token: expected at least 16 characters (use a random secret)")
+
+
+class DeadletterAlertConfig(_Base, frozen=True):
+    """A CloudEvent sent to a route when one route's dead letters reach a threshold."""
+
+    #: the route that receives the alert (give it a match that no other event has)
+    route: str
+    #: dead letters of one route at which the alert fires
+    threshold: int = 100
+    #: how often the deadletter service counts
+    interval: Duration = Duration(30)
+
+    def __post_init__(self) -> None:
+        _check_name("route", self.route)
+        if self.threshold < 1:
+            raise ValueError(f"threshold: expected >= 1, got {self.threshold}")
+        if self.interval <= 0:
+            raise ValueError("interval: expected a duration > 0")
+
+
+class DeadletterConfig(_Base, frozen=True):
+    """The deadletter service: its HTTP API, replay rate, and the dead-letter alert."""
+
+    api: DeadletterApiConfig = msgspec.field(default_factory=DeadletterApiConfig)
+    #: dead letters replayed per second unless a replay says otherwise; 0: no limit
+    replay_rate: float = 50.0
+    alert: DeadletterAlertConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.replay_rate < 0:
+            raise ValueError(f"replay_rate: expected >= 0 (0: no limit), got {self.replay_rate}")
+
+
 class Config(_Base, frozen=True):
     """The whole vebus.yaml."""
 
     nats: NatsConfig = msgspec.field(default_factory=NatsConfig)
     streams: StreamsConfig = msgspec.field(default_factory=StreamsConfig)
     vcenters: list[VCenterConfig] = msgspec.field(default_factory=list)
+    #: the webhook event source (off unless configured)
+    webhook: WebhookSourceConfig | None = None
     routes: list[Route] = msgspec.field(default_factory=list)
+    #: the deadletter service (HTTP API, replays, alert)
+    deadletter: DeadletterConfig = msgspec.field(default_factory=DeadletterConfig)
 
     def route(self, name: str) -> Route:
         """The route called `name` (KeyError if there is none)."""
@@ -230,8 +677,33 @@ class Config(_Base, frozen=True):
 # ---------------------------------------------------------------------------- loading
 
 
-def _resolve_env(value: Any, path: str, env: Mapping[str, str], errors: list[str]) -> Any:
+#: the top-level sections whose `${ENV}` references each service resolves; elsewhere a
+#: variable the process lacks stays an unresolved reference (secrets are resolved only
+#: by the process that uses them: the filter needs no sink token, nor the vCenter password)
+SERVICE_SECRETS: dict[str, frozenset[str]] = {
+    "collector": frozenset({"nats", "vcenters", "webhook"}),
+    "filter": frozenset({"nats"}),
+    "dispatcher": frozenset({"nats", "routes"}),
+    "deadletter": frozenset({"nats", "deadletter"}),
+    "cli": frozenset({"nats"}),
+}
+
+
+def is_unresolved(value: str) -> bool:
+    """True for a value that still holds a `${NAME}` reference (validated where resolved)."""
+    return _ENV_REF.search(value) is not None
+
+
+def _resolve_env(
+    value: Any,
+    path: str,
+    env: Mapping[str, str],
+    errors: list[str],
+    sections: frozenset[str] | None = None,
+) -> Any:
     if isinstance(value, str):
+        section = re.split(r"[.\[]", path, maxsplit=1)[0]
+        needed = sections is None or section in sections
 
         def sub(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
@@ -239,17 +711,21 @@ def _resolve_env(value: Any, path: str, env: Mapping[str, str], errors: list[str
                 return env[name]
             if default is not None:
                 return default
+            if not needed:
+                return m.group(0)
             errors.append(
                 f"{path}: environment variable {name} is not set "
                 f"(referenced as ${{{name}}}; set it, or give a default: ${{{name}:-value}})"
             )
-            return ""
+            return m.group(0)  # left unresolved: no second error from the field's check
 
         return _ENV_REF.sub(sub, value)
     if isinstance(value, dict):
-        return {k: _resolve_env(v, _join(path, str(k)), env, errors) for k, v in value.items()}
+        return {
+            k: _resolve_env(v, _join(path, str(k)), env, errors, sections) for k, v in value.items()
+        }
     if isinstance(value, list):
-        return [_resolve_env(v, f"{path}[{i}]", env, errors) for i, v in enumerate(value)]
+        return [_resolve_env(v, f"{path}[{i}]", env, errors, sections) for i, v in enumerate(value)]
     return value
 
 
@@ -277,8 +753,9 @@ def _describe(err: msgspec.ValidationError, prefix: str) -> tuple[str, str | Non
         return f"{path}: expected {exp}, got {e.group('got')}", None
     if mm := _MISSING.match(msg):
         return f"{_join(path, mm.group('field'))}: required key is missing", None
-    if msg.startswith("Invalid value") and path.endswith(".kind"):
-        kinds = ", ".join(t.__struct_config__.tag for t in _SINKS)  # type: ignore[misc]
+    if msg.startswith("Invalid value") and path.endswith(("sink.kind", "auth.kind")):
+        union = _SINKS if path.endswith("sink.kind") else _AUTHS
+        kinds = ", ".join(t.__struct_config__.tag for t in union)  # type: ignore[misc]
         return f"{path}: {msg[0].lower()}{msg[1:]} (expected one of: {kinds})", None
     if f := _FIELD_MSG.match(msg):
         return f"{_join(path, f.group('field'))}: {f.group('rest')}", None
@@ -286,7 +763,20 @@ def _describe(err: msgspec.ValidationError, prefix: str) -> tuple[str, str | Non
 
 
 _FIELD_MSG = re.compile(r"^(?P<field>[a-z_]+): (?P<rest>.*)$", re.S)
-_SINKS: tuple[type[msgspec.Struct], ...] = (WebhookSink, ConsoleSink)
+_AUTHS: tuple[type[msgspec.Struct], ...] = (BearerAuth, BasicAuth, HmacAuth)
+_SINKS: tuple[type[msgspec.Struct], ...] = (
+    WebhookSink,
+    ConsoleSink,
+    SlackSink,
+    TeamsSink,
+    PagerDutySink,
+    HttpSink,
+    EmailSink,
+    EventBridgeSink,
+    SyslogSink,
+    NatsSink,
+    VsphereSink,
+)
 
 
 def _struct_types(typ: Any) -> list[type[msgspec.Struct]]:
@@ -312,7 +802,7 @@ def _drop_unknown(raw: Any, typ: Any, path: str, errors: list[str]) -> Any:
         struct = tags.get(raw.get("kind"), struct)
         if raw.get("kind") not in tags:
             return raw  # the tag error itself is reported by the decoder
-    fields = {f.name: f.type for f in msgspec.structs.fields(struct)}
+    fields = {f.encode_name: f.type for f in msgspec.structs.fields(struct)}
     tag_field = struct.__struct_config__.tag_field
     out: dict[str, Any] = {}
     for key, value in raw.items():
@@ -344,15 +834,22 @@ def _convert(raw: Any, typ: type[Any], path: str, errors: list[str]) -> Any:
     return value if len(errors) == before else None
 
 
-def parse_config(raw: Any, env: Mapping[str, str] | None = None) -> Config:
-    """A Config from already-parsed YAML; raises ConfigError listing every problem found."""
+def parse_config(
+    raw: Any, env: Mapping[str, str] | None = None, *, service: str | None = None
+) -> Config:
+    """A Config from already-parsed YAML; raises ConfigError listing every problem found.
+
+    With `service`, only the sections that service takes secrets from must have their
+    `${ENV}` references set (SERVICE_SECRETS); without it, all must.
+    """
     env = os.environ if env is None else env
     errors: list[str] = []
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError([f"(top level): expected a mapping, got {type(raw).__name__}"])
-    raw = _resolve_env(raw, "", env, errors)
+    sections = SERVICE_SECRETS.get(service) if service else None
+    raw = _resolve_env(raw, "", env, errors, sections)
     fields = {f.name: f for f in msgspec.structs.fields(Config)}
     parts: dict[str, Any] = {}
     for key, value in raw.items():
@@ -385,13 +882,22 @@ def parse_config(raw: Any, env: Mapping[str, str] | None = None) -> Config:
     return Config(**{k: v for k, v in parts.items() if v is not None})
 
 
-def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
-    """Read and validate a vebus.yaml; raises ConfigError with one line per problem."""
+def load_config(
+    path: str | Path, env: Mapping[str, str] | None = None, *, service: str | None = None
+) -> Config:
+    """Read and validate a vebus.yaml; raises ConfigError with one line per problem.
+
+    `service` limits which `${ENV}` references must be set (see parse_config).
+    """
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError([f"{p}: cannot read the config file: {e.strerror}"]) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            [f"{p}: not UTF-8 text (byte {e.start}): save the config file as UTF-8"]
+        ) from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -399,4 +905,4 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(e, "problem", None) or str(e)
         raise ConfigError([f"{p}: not valid YAML{where}: {problem}"]) from None
-    return parse_config(raw, env)
+    return parse_config(raw, env, service=service)

@@ -20,6 +20,7 @@ import sys
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import nats
 import nats.errors
@@ -28,7 +29,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from vebus.config import Config, load_config
-from vebus.errors import ConfigError
+from vebus.errors import ConfigError, VebusError
 
 __all__ = ["ServiceContext", "ServiceSettings", "parse_settings", "run_service"]
 
@@ -61,6 +62,8 @@ class ServiceContext:
     stopping: asyncio.Event
     ready: bool = False
     health_port: int = 0
+    #: extra /readyz fields: a value, or a callable giving it at request time
+    health_details: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_settings(service: str, argv: Sequence[str] | None = None) -> ServiceSettings:
@@ -119,7 +122,13 @@ async def _start_health(ctx: ServiceContext) -> web.AppRunner:
 
     async def readyz(_: web.Request) -> web.Response:
         ok = ctx.ready and ctx.nc.is_connected and not ctx.stopping.is_set()
-        body = {"ready": ok, "nats": ctx.nc.is_connected, "service": ctx.settings.service}
+        body: dict[str, Any] = {
+            "ready": ok,
+            "nats": ctx.nc.is_connected,
+            "service": ctx.settings.service,
+        }
+        for key, value in ctx.health_details.items():
+            body[key] = value() if callable(value) else value
         return web.json_response(body, status=200 if ok else 503)
 
     app = web.Application()
@@ -135,13 +144,36 @@ async def _start_health(ctx: ServiceContext) -> web.AppRunner:
     return runner
 
 
+class NatsAuthError(VebusError):
+    """NATS refused the credentials: retrying cannot help."""
+
+
+def _is_auth_error(e: BaseException) -> bool:
+    text = str(e).lower()
+    return "authorization violation" in text or "authentication" in text
+
+
 async def _connect(config: Config, name: str, stopping: asyncio.Event) -> Client | None:
-    """Connect to NATS, trying again every few seconds until connected or told to stop."""
+    """Connect to NATS, trying again every few seconds until connected or told to stop.
+
+    Wrong credentials are not retried: NatsAuthError says so at once.
+    """
+    servers = config.nats.servers()
     delay = 0.5
+    refused = asyncio.Event()
+    reason: list[str] = []
+
+    async def on_error(e: Exception) -> None:
+        if _is_auth_error(e):
+            reason.append(str(e))
+            refused.set()
+        else:
+            log.warning("NATS: %r", e)
+
     while not stopping.is_set():
-        try:
-            return await nats.connect(
-                config.nats.url,
+        attempt = asyncio.create_task(
+            nats.connect(
+                servers=servers,
                 name=name,
                 user=config.nats.user,
                 password=config.nats.password,
@@ -149,8 +181,28 @@ async def _connect(config: Config, name: str, stopping: asyncio.Event) -> Client
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=1,
                 allow_reconnect=True,
+                error_cb=on_error,
             )
+        )
+        watch = asyncio.create_task(refused.wait())
+        await asyncio.wait({attempt, watch}, return_when=asyncio.FIRST_COMPLETED)
+        watch.cancel()
+        if refused.is_set():
+            attempt.cancel()
+            with contextlib.suppress(BaseException):
+                await attempt
+            who = f"user {config.nats.user!r}" if config.nats.user else "no credentials"
+            raise NatsAuthError(
+                f"NATS at {config.nats.url} refused {who} ({reason[0]}): check nats.user and "
+                "nats.password in the config and the server's accounts"
+            )
+        try:
+            return attempt.result()
         except (TimeoutError, OSError, nats.errors.Error) as e:
+            if _is_auth_error(e):
+                raise NatsAuthError(
+                    f"NATS at {config.nats.url} refused the credentials: {e}"
+                ) from e
             log.warning(
                 "cannot reach NATS at %s (%r); trying again in %.0fs", config.nats.url, e, delay
             )
@@ -167,7 +219,7 @@ async def run_service(settings: ServiceSettings, body: Body, *, version: str = "
     """Run `body` as the service described by `settings`; returns the exit status."""
     _setup_logging(settings)
     try:
-        config = load_config(settings.config_path)
+        config = load_config(settings.config_path, service=settings.service)
     except ConfigError as e:
         for line in e.errors:
             print(f"vebus {settings.service}: {line}", file=sys.stderr)
@@ -177,7 +229,12 @@ async def run_service(settings: ServiceSettings, body: Body, *, version: str = "
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
 
-    nc = await _connect(config, f"vebus-{settings.service}-{settings.instance}", stopping)
+    try:
+        nc = await _connect(config, f"vebus-{settings.service}-{settings.instance}", stopping)
+    except NatsAuthError as e:
+        log.error("%s", e)
+        print(f"vebus {settings.service}: {e}", file=sys.stderr)
+        return 2
     if nc is None:
         return 0
     ctx = ServiceContext(

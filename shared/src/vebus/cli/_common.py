@@ -53,7 +53,8 @@ def load_or_default(config_path: str, *, required: bool = False) -> Config:
     if not os.path.exists(config_path) and not required:
         return Config()
     try:
-        return load_config(config_path)
+        # a command needs only NATS's secrets: sink tokens stay with the dispatcher
+        return load_config(config_path, service="cli")
     except ConfigError as e:
         for line in e.errors:
             click.echo(f"{config_path}: {line}", err=True)
@@ -65,7 +66,7 @@ async def connect(config: Config, nats_url: str | None) -> Client:
     url = nats_url or config.nats.url
     try:
         return await nats.connect(
-            url,
+            servers=[u.strip() for u in url.split(",") if u.strip()],
             user=config.nats.user,
             password=config.nats.password,
             connect_timeout=float(config.nats.connect_timeout),
