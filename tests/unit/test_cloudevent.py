@@ -73,3 +73,18 @@ def test_subjects_have_four_tokens_and_safe_characters() -> None:
     assert len(event_subject("a b", "c>*d").split(".")) == 4
     assert token("") == "_"
     assert route_subject("vm-off") == "vebus.routes.vm-off"
+
+
+def test_text_data_is_matched_as_text_and_other_types_not_at_all() -> None:
+    text = CloudEvent(id="1", source="s", type="t", datacontenttype="text/plain; charset=utf-8",
+                      data=b"disk almost full")  # fmt: skip
+    assert text.as_match_input()["data"] == "disk almost full"
+    binary = CloudEvent(id="2", source="s", type="t", datacontenttype="application/octet-stream",
+                        data=b"\xff\x00")  # fmt: skip
+    assert binary.as_match_input()["data"] is None
+    cloud = CloudEvent(id="3", source="s", type="t", datacontenttype="application/cloudevents+json",
+                       data=b'{"a": 1}')  # fmt: skip
+    assert cloud.as_match_input()["data"] == {"a": 1}
+    with pytest.raises(InvalidEventError, match="not UTF-8"):
+        CloudEvent(id="4", source="s", type="t", datacontenttype="text/plain",
+                   data=b"\xff").as_match_input()  # fmt: skip

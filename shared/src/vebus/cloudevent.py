@@ -75,10 +75,27 @@ class CloudEvent(msgspec.Struct, frozen=True, kw_only=True):
             # msgspec raises UnicodeDecodeError, not DecodeError, for invalid UTF-8
             raise InvalidEventError(f"event {self.id}: data is not valid JSON: {e}") from None
 
+    def is_json(self) -> bool:
+        """True when `data` is JSON: no content type (as in VEBA), or a JSON one."""
+        ct = (self.datacontenttype or "application/json").split(";")[0].strip().lower()
+        return ct in ("application/json", "text/json") or ct.endswith("+json")
+
     def as_match_input(self) -> dict[str, Any]:
-        """The dict routes match against: the attributes, plus `data` decoded."""
+        """The dict routes match against: the attributes, plus `data` decoded.
+
+        JSON data is decoded (InvalidEventError if it is not JSON); `text/*` data is the
+        text; any other content type leaves `data` out of matching (None).
+        """
         doc: dict[str, Any] = dict(self.attributes())
-        doc["data"] = self.json_data()
+        if self.is_json():
+            doc["data"] = self.json_data()
+        elif (self.datacontenttype or "").lower().startswith("text/"):
+            try:
+                doc["data"] = self.data.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InvalidEventError(f"event {self.id}: text data is not UTF-8: {e}") from None
+        else:
+            doc["data"] = None
         return doc
 
 
