@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
 import click
 import nats
 import nats.errors
 from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.errors import APIError, NotFoundError
 
 from vebus.config import Config, load_config
 from vebus.errors import ConfigError, VebusError
@@ -21,8 +25,10 @@ __all__ = [
     "connect",
     "fail",
     "load_or_default",
+    "nats_session",
     "nats_url_option",
     "run_async",
+    "time_param",
 ]
 
 T = TypeVar("T")
@@ -86,3 +92,45 @@ def run_async(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         fail(str(e))
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+@contextlib.asynccontextmanager
+async def nats_session(
+    config: Config, nats_url: str | None, *, stream: str
+) -> AsyncIterator[JetStreamContext]:
+    """JetStream on a NATS that has `stream`; any NATS failure inside becomes one line.
+
+    A missing stream means no vebus service has run against this server yet, which is
+    what a user needs to hear instead of "stream not found".
+    """
+    url = nats_url or config.nats.url
+    nc = await connect(config, nats_url)
+    try:
+        js = nc.jetstream()
+        try:
+            await js.stream_info(stream)
+        except NotFoundError:
+            raise VebusError(
+                f"NATS at {url} has no {stream} stream: no vebus service has "
+                "run against it yet (or --nats-url points at another server)"
+            ) from None
+        yield js
+    except (nats.errors.Error, TimeoutError) as e:
+        if isinstance(e, APIError) and e.description:
+            raise VebusError(f"NATS at {url}: {e.description}") from None
+        raise VebusError(f"NATS request to {url} failed: {e!r}") from None
+    finally:
+        with contextlib.suppress(nats.errors.Error):
+            await nc.close()
+
+
+def time_param(_: click.Context, param: click.Parameter, value: str | None) -> dt.datetime | None:
+    """A click callback: RFC 3339 or an age (`1h`) as a datetime, or a usage error."""
+    from vebus.timespec import parse_time
+
+    if value is None:
+        return None
+    try:
+        return parse_time(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param=param) from None

@@ -12,18 +12,17 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import click
-import nats.errors
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, NotFoundError
 
 from vebus import subjects
 from vebus.cli._common import (
     config_option,
-    connect,
     fail,
     load_or_default,
+    nats_session,
     nats_url_option,
     run_async,
+    time_param,
 )
 from vebus.cli._progress import progress
 from vebus.config import Config
@@ -39,8 +38,6 @@ from vebus.dlq import (
     replay_dead_letter,
     replay_selection,
 )
-from vebus.errors import VebusError
-from vebus.timespec import parse_time
 
 __all__ = ["dlq"]
 
@@ -70,37 +67,12 @@ def dlq() -> None:
 @contextlib.asynccontextmanager
 async def _session(config: Config, nats_url: str | None) -> AsyncIterator[JetStreamContext]:
     """A JetStream context on a NATS that has VEBUS_DLQ; NATS failures become one line."""
-    url = nats_url or config.nats.url
-    nc = await connect(config, nats_url)
-    try:
-        js = nc.jetstream()
-        try:
-            await js.stream_info(subjects.DLQ_STREAM)
-        except NotFoundError:
-            raise VebusError(
-                f"NATS at {url} has no {subjects.DLQ_STREAM} stream: no vebus service has "
-                "run against it yet (or --nats-url points at another server)"
-            ) from None
+    async with nats_session(config, nats_url, stream=subjects.DLQ_STREAM) as js:
         yield js
-    except (nats.errors.Error, TimeoutError) as e:
-        if isinstance(e, APIError) and e.description:
-            raise VebusError(f"NATS at {url}: {e.description}") from None
-        raise VebusError(f"NATS request to {url} failed: {e!r}") from None
-    finally:
-        with contextlib.suppress(nats.errors.Error):
-            await nc.close()
 
 
 def _time_option(name: str, help_: str) -> Callable[..., Any]:
-    def convert(_: click.Context, param: click.Parameter, value: str | None) -> dt.datetime | None:
-        if value is None:
-            return None
-        try:
-            return parse_time(value)
-        except ValueError as e:
-            raise click.BadParameter(str(e), param=param) from None
-
-    return click.option(name, callback=convert, metavar="TIME", help=help_)
+    return click.option(name, callback=time_param, metavar="TIME", help=help_)
 
 
 _since = _time_option(

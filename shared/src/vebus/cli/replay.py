@@ -31,24 +31,24 @@ import click
 import nats.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import APIError, NotFoundError
 
 from vebus import subjects
 from vebus.cli._common import (
     config_option,
-    connect,
     fail,
     load_or_default,
+    nats_session,
     nats_url_option,
     run_async,
+    time_param,
 )
 from vebus.cli._progress import Progress, progress
 from vebus.cloudevent import CE_PREFIX, MSG_ID, from_headers
 from vebus.config import Config, Route
 from vebus.dlq import REPLAY_EXTENSION, Pacer
-from vebus.errors import InvalidEventError, PublishError, RouteFullError, VebusError
+from vebus.errors import InvalidEventError, PublishError, RouteFullError
 from vebus.publish import publish
-from vebus.timespec import format_time, parse_time, utcnow
+from vebus.timespec import format_time, utcnow
 
 __all__ = ["replay"]
 
@@ -180,16 +180,8 @@ async def _run(
     bar: Progress,
 ) -> None:
     router = _router(config.routes)
-    nc = await connect(config, nats_url)
-    try:
-        js = nc.jetstream()
-        try:
-            info = await js.stream_info(subjects.EVENTS_STREAM)
-        except NotFoundError:
-            raise VebusError(
-                f"NATS has no {subjects.EVENTS_STREAM} stream: no vebus service has run "
-                "against it yet (or --nats-url points at another server)"
-            ) from None
+    async with nats_session(config, nats_url, stream=subjects.EVENTS_STREAM) as js:
+        info = await js.stream_info(subjects.EVENTS_STREAM)
         last = int(info.state.last_seq or 0)
         if not info.state.messages:
             return
@@ -236,22 +228,6 @@ async def _run(
         finally:
             with contextlib.suppress(nats.errors.Error):
                 await psub.unsubscribe()
-    except (nats.errors.Error, TimeoutError) as e:
-        if isinstance(e, APIError) and e.description:
-            raise VebusError(f"NATS: {e.description}") from None
-        raise VebusError(f"NATS request failed: {e!r}") from None
-    finally:
-        with contextlib.suppress(nats.errors.Error):
-            await nc.close()
-
-
-def _time(_: click.Context, param: click.Parameter, value: str | None) -> dt.datetime | None:
-    if value is None:
-        return None
-    try:
-        return parse_time(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param=param) from None
 
 
 def _print(summary: Summary) -> None:
@@ -286,14 +262,14 @@ def _print(summary: Summary) -> None:
     "--from",
     "start",
     required=True,
-    callback=_time,
+    callback=time_param,
     metavar="TIME",
     help="Start of the window, inclusive: RFC 3339 (2025-01-02T03:04:05Z) or an age (2h).",
 )
 @click.option(
     "--to",
     "end",
-    callback=_time,
+    callback=time_param,
     metavar="TIME",
     help="End of the window, exclusive (default: now).",
 )
