@@ -6,16 +6,14 @@ import logging
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import (
-    BucketNotFoundError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
     NotFoundError,
 )
 from nats.js.kv import KeyValue
 
-from vebus import subjects
+from vebus import kv, subjects
 from vebus_collector.errors import CheckpointConflictError
 from vebus_collector.events import H_EPOCH, H_KEY
 from vebus_collector.position import Position
@@ -27,18 +25,12 @@ log = logging.getLogger(__name__)
 
 async def ensure_bucket(js: JetStreamContext, replicas: int) -> KeyValue:
     """The checkpoint bucket, created when missing."""
-    try:
-        return await js.key_value(subjects.CHECKPOINT_BUCKET)
-    except BucketNotFoundError:
-        return await js.create_key_value(
-            KeyValueConfig(
-                bucket=subjects.CHECKPOINT_BUCKET,
-                history=1,
-                storage=StorageType.FILE,
-                replicas=replicas,
-                description="vebus collector checkpoints: last published event per vCenter",
-            )
-        )
+    return await kv.ensure_bucket(
+        js,
+        subjects.CHECKPOINT_BUCKET,
+        replicas=replicas,
+        description="vebus collector checkpoints: last published event per vCenter",
+    )
 
 
 class CheckpointStore:

@@ -22,9 +22,7 @@ import time
 import msgspec
 import nats.errors
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import (
-    BucketNotFoundError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
     NotFoundError,
@@ -32,6 +30,7 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 
 from vebus import subjects
+from vebus.kv import ensure_bucket
 from vebus_collector.errors import LeaseLostError
 
 __all__ = ["LEASE_BUCKET", "LEASE_TTL", "Lease", "LeaseInfo", "ensure_lease_bucket"]
@@ -59,19 +58,13 @@ class LeaseInfo(msgspec.Struct, frozen=True, kw_only=True):
 
 async def ensure_lease_bucket(js: JetStreamContext, replicas: int) -> tuple[KeyValue, float]:
     """The lease bucket (created when missing) and its TTL in seconds."""
-    try:
-        kv = await js.key_value(LEASE_BUCKET)
-    except BucketNotFoundError:
-        kv = await js.create_key_value(
-            KeyValueConfig(
-                bucket=LEASE_BUCKET,
-                history=1,
-                ttl=LEASE_TTL,
-                storage=StorageType.FILE,
-                replicas=replicas,
-                description="vebus collector leases: which replica follows each vCenter",
-            )
-        )
+    kv = await ensure_bucket(
+        js,
+        LEASE_BUCKET,
+        replicas=replicas,
+        ttl=LEASE_TTL,
+        description="vebus collector leases: which replica follows each vCenter",
+    )
     status = await kv.status()
     ttl = float(status.ttl or 0)
     if ttl <= 2 * SAFETY_MARGIN:

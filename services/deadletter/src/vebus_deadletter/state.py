@@ -10,9 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import (
-    BucketNotFoundError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
     NotFoundError,
@@ -20,6 +18,7 @@ from nats.js.errors import (
 from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
 from vebus.errors import VebusError
+from vebus.kv import ensure_bucket
 
 __all__ = ["STATE_BUCKET", "StaleRevisionError", "StateStore"]
 
@@ -42,19 +41,13 @@ class StateStore:
     @classmethod
     async def open(cls, js: JetStreamContext, *, replicas: int) -> StateStore:
         """The bucket, created when missing."""
-        try:
-            kv = await js.key_value(STATE_BUCKET)
-        except BucketNotFoundError:
-            kv = await js.create_key_value(
-                KeyValueConfig(
-                    bucket=STATE_BUCKET,
-                    history=1,
-                    ttl=STATE_TTL,
-                    storage=StorageType.FILE,
-                    replicas=replicas,
-                    description="vebus deadletter: replay jobs and dead-letter alert states",
-                )
-            )
+        kv = await ensure_bucket(
+            js,
+            STATE_BUCKET,
+            replicas=replicas,
+            ttl=STATE_TTL,
+            description="vebus deadletter: replay jobs and dead-letter alert states",
+        )
         return cls(js, kv)
 
     async def get(self, key: str) -> tuple[bytes, int] | None:

@@ -28,10 +28,10 @@ from collections.abc import Awaitable, Callable
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
 from vebus.config import Config
+from vebus.kv import ensure_bucket
 from vebus.subjects import token
 
 __all__ = ["RATE_BUCKET", "RateLimiter", "RateLimiterUnavailableError", "rate_bucket"]
@@ -47,18 +47,12 @@ class RateLimiterUnavailableError(Exception):
 
 async def rate_bucket(js: JetStreamContext, config: Config) -> KeyValue:
     """The KV bucket holding every rate-limited route's schedule, created if missing."""
-    try:
-        return await js.key_value(RATE_BUCKET)
-    except nats.js.errors.BucketNotFoundError:
-        return await js.create_key_value(
-            KeyValueConfig(
-                bucket=RATE_BUCKET,
-                description="vebus dispatcher: each rate-limited route's next send time",
-                history=1,
-                storage=StorageType.FILE,
-                replicas=config.nats.replicas,
-            )
-        )
+    return await ensure_bucket(
+        js,
+        RATE_BUCKET,
+        replicas=config.nats.replicas,
+        description="vebus dispatcher: each rate-limited route's next send time",
+    )
 
 
 class RateLimiter:
