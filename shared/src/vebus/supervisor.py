@@ -1,6 +1,8 @@
 """`vebus up`: nats-server, the simulator when no vCenter is configured, and the four
 services as separate processes on one machine; a service that dies is restarted with
-backoff; Ctrl-C stops everything in order.
+backoff; Ctrl-C stops everything in order. The config file's routes are applied
+(stored in NATS KV) before the services start: in an embedded run the file is the source
+of truth, and `vebus routes apply` changes the routes live until the next `vebus up`.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import nats.errors
 import yaml
 
 from vebus import embedded
-from vebus.config import parse_config
+from vebus.config import Config, parse_config
 
 __all__ = ["SERVICES", "UpOptions", "run_up"]
 
@@ -234,6 +237,10 @@ def _start_nats_nodes(opts: UpOptions, data: Path, logs: Path) -> list[tuple[_No
     return nodes
 
 
+async def _quiet(_: Exception) -> None:
+    """A NATS error callback for a connect that is retried by its caller."""
+
+
 async def _wait_for_jetstream(url: str, timeout: float = 60.0) -> None:
     """Wait until JetStream answers (a cluster first elects its meta leader)."""
     import nats
@@ -246,8 +253,11 @@ async def _wait_for_jetstream(url: str, timeout: float = 60.0) -> None:
             nc = await nats.connect(
                 servers=url.split(","),
                 connect_timeout=2,
-                max_reconnect_attempts=0,
+                # 0 would mean "retry forever" in nats-py's first connect
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.2,
                 allow_reconnect=False,
+                error_cb=_quiet,
             )
             try:
                 await nc.jetstream().account_info()
@@ -301,7 +311,14 @@ async def run_up(opts: UpOptions, raw: dict[str, Any]) -> int:
             _say(f"vCenter simulator {vcsim_url}  (user {VCSIM_USER}, password {VCSIM_PASSWORD})")
 
         cfg = effective_config(raw, opts, vcsim_url)
-        parse_config(cfg)  # fail here, once, rather than in four services
+        checked = parse_config(cfg)  # fail here, once, rather than in four services
+        try:
+            revision = await _apply_routes(checked, cfg.get("routes") or [], opts.config_path)
+            _say(
+                f"routes           revision {revision} ({len(checked.routes)} route(s)) in NATS KV"
+            )
+        except (OSError, TimeoutError, nats.errors.Error) as e:
+            _say(f"routes           not stored in NATS KV ({e!r}): services read the config file")
         cfg_path = data / "vebus.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         _say(f"config           {cfg_path}")
@@ -342,6 +359,36 @@ async def run_up(opts: UpOptions, raw: dict[str, Any]) -> int:
     finally:
         for node in reversed(nodes):
             node.proc.stop()
+
+
+async def _apply_routes(config: Config, raw_routes: list[Any], source: Path | None) -> int:
+    """Store the config file's routes as the running route set: in an embedded run the file
+    is the source of truth, and `vebus routes apply` changes them until the next start.
+
+    An unchanged route set keeps its revision (no new revision at every start).
+    """
+    import msgspec
+    import nats
+
+    from vebus.routestore import open_route_store
+
+    nc = await nats.connect(
+        servers=config.nats.servers(),
+        user=config.nats.user,
+        password=config.nats.password,
+        connect_timeout=float(config.nats.connect_timeout),
+        max_reconnect_attempts=3,
+    )
+    try:
+        store = await open_route_store(nc.jetstream(), replicas=config.nats.replicas)
+        current = await store.get()
+        if current is not None and msgspec.json.encode(current[0].routes) == msgspec.json.encode(
+            raw_routes
+        ):
+            return current[1]
+        return await store.put(raw_routes, source=str(source or ""))
+    finally:
+        await nc.close()
 
 
 def _vcsim_cache() -> Path:

@@ -4,6 +4,11 @@ Every route has its own durable pull consumer (`vebus-dispatch-<route>`, shared 
 replicas), its own worker with its own `max_in_flight`, and its own sink (for HTTP sinks,
 its own keep-alive connection pool), so a slow or failing sink holds back only its own
 route. A route with a `rate` shares one send schedule with every replica (ratelimit.py).
+
+Routes come from the set stored in NATS KV (`vebus routes apply`) when there is one, else
+from the config file; the dispatcher follows the stored set and the paused routes live
+(Dispatcher below) and answers `vebus routes apply` with the revision it runs and any
+`${ENV}` variable a route needs that this process lacks.
 """
 
 from __future__ import annotations
@@ -11,21 +16,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import time
 from importlib.metadata import version
+from typing import Any
 
+import nats.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.kv import KeyValue
 
 from vebus.config import Route
 from vebus.consumer import PullWorker
-from vebus.errors import ConfigError
+from vebus.errors import ConfigError, VebusError
+from vebus.routestore import (
+    PauseBook,
+    PauseRecord,
+    ReplicaStatus,
+    RouteSet,
+    missing_env,
+    open_route_store,
+    parse_routes,
+    route_name,
+    serve_status,
+    watch_routes,
+)
 from vebus.service import ServiceContext, ServiceSettings, run_service
 from vebus.streams import ensure_consumer, ensure_streams
 from vebus.subjects import ROUTES_STREAM, dispatcher_durable, route_subject
-from vebus_dispatcher.delivery import PausedSeconds, RouteDelivery, no_pause
+from vebus_dispatcher.delivery import PausedSeconds, RouteDelivery
 from vebus_dispatcher.ratelimit import RateLimiter, rate_bucket
-from vebus_dispatcher.sinks import SinkContext, build_sink
+from vebus_dispatcher.sinks import Sink, SinkContext, build_sink
 
-__all__ = ["ACK_MARGIN", "main", "route_consumer_config"]
+__all__ = ["ACK_MARGIN", "Dispatcher", "main", "route_consumer_config"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +55,11 @@ log = logging.getLogger(__name__)
 ACK_MARGIN = 10.0
 #: JetStream stops redelivering this many deliveries past max_attempts (see DESIGN: poison)
 MAX_DELIVER_EXTRA = 2
+#: a removed route's worker stops once its queue was empty at this many checks in a row
+#: (one a second: the filter replicas swap within milliseconds of the change)...
+DRAIN_QUIET = 3
+#: ...or after this long, whatever it still holds (it stays in VEBUS_ROUTES)
+DRAIN_MAX = 60.0
 
 
 def route_consumer_config(route: Route) -> ConsumerConfig:
@@ -49,50 +76,273 @@ def route_consumer_config(route: Route) -> ConsumerConfig:
     )
 
 
-async def _body(ctx: ServiceContext, *, paused_seconds: PausedSeconds = no_pause) -> None:
-    await ensure_streams(ctx.js, ctx.config)
-    routes = ctx.config.routes
-    kv = await rate_bucket(ctx.js, ctx.config) if any(r.delivery.rate for r in routes) else None
-    user_agent = f"vebus-dispatcher/{version('vebus-dispatcher')}"
-    workers: list[PullWorker] = []
-    async with contextlib.AsyncExitStack() as sinks:
-        for route in routes:
-            await ensure_consumer(ctx.js, ROUTES_STREAM, route_consumer_config(route))
+class _Running:
+    """One route's worker in this replica: its consumer loop, sink and stop switch."""
+
+    def __init__(self, route: Route, sink: Sink, worker: PullWorker) -> None:
+        self.route = route
+        self.sink = sink
+        self.worker = worker
+        self.stop = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def finish(self) -> None:
+        """Stop fetching, finish what is in flight, close the sink."""
+        self.stop.set()
+        if self.task is not None:
+            with contextlib.suppress(Exception):
+                await self.task
+        with contextlib.suppress(Exception):
+            await self.sink.close()
+
+
+class Dispatcher:
+    """The routes this replica delivers, changed live as the stored route set changes.
+
+    `desired` is what should run (the current revision's routes that resolved in this
+    process, plus the previous version of a route whose new version lacks a variable);
+    `reconcile` makes the workers match it: a new route gets a worker, a changed one
+    (sink or delivery) is stopped gracefully and started again, a paused one is stopped
+    (its events wait in VEBUS_ROUTES), and a removed one drains: it keeps delivering until
+    its queue stays empty (what the filter routed to it before it swapped) or DRAIN_MAX.
+    """
+
+    def __init__(self, ctx: ServiceContext, pauses: PauseBook, paused_seconds: PausedSeconds):
+        self.ctx = ctx
+        self.pauses = pauses
+        self._paused_seconds = paused_seconds
+        self.user_agent = f"vebus-dispatcher/{version('vebus-dispatcher')}"
+        self.desired: dict[str, Route] = {}
+        self.running: dict[str, _Running] = {}
+        self.draining: dict[str, _Running] = {}
+        self.revision = 0
+        self.missing: dict[str, list[str]] = {}
+        self.errors: list[str] = []
+        self._route_errors: dict[str, str] = {}
+        self._lock = asyncio.Lock()
+        self._rate_kv: KeyValue | None = None
+        self._drains: set[asyncio.Task[None]] = set()
+
+    # ---------------------------------------------------------------- route sets
+
+    def resolve(self, raw_routes: list[Any], revision: int) -> dict[str, Route]:
+        """The routes of a stored revision, `${ENV}` resolved from this process's environment.
+
+        A route whose variables this process lacks is not run in its new form (its events
+        wait in VEBUS_ROUTES for a replica that has them); its previous form keeps running.
+        """
+        missing: dict[str, list[str]] = {}
+        errors: list[str] = []
+        desired: dict[str, Route] = {}
+        for i, raw in enumerate(raw_routes):
+            name = route_name(raw)
+            lacking = missing_env(raw, os.environ)
+            if lacking:
+                for var in lacking:
+                    missing.setdefault(var, []).append(name)
+                log.error(
+                    "revision %d: route %s needs environment variable(s) %s, not set here; "
+                    "it is not started in this form",
+                    revision, name, ", ".join(lacking),
+                )  # fmt: skip
+                if name in self.desired:
+                    desired[name] = self.desired[name]
+                continue
             try:
-                sink = build_sink(
-                    SinkContext(route=route, nc=ctx.nc, js=ctx.js, user_agent=user_agent)
-                )
+                (route,) = parse_routes([raw], service="dispatcher")
             except ConfigError as e:
-                for line in e.errors:
-                    log.error("%s", line)
-                raise SystemExit(2) from None
-            sinks.push_async_callback(sink.close)
-            limiter = None
-            if route.delivery.rate is not None and kv is not None:
-                limiter = RateLimiter(kv, route.name, route.delivery.rate)
-            delivery = RouteDelivery(
-                ctx.js, route, sink, limiter=limiter, paused_seconds=paused_seconds
-            )
-            workers.append(
-                PullWorker(
-                    ctx.js,
-                    stream=ROUTES_STREAM,
-                    durable=dispatcher_durable(route.name),
-                    handler=delivery.handle,
-                    max_in_flight=route.delivery.max_in_flight,
-                    # a slot that frees is refilled at once, not after a fetch round trip;
-                    # a rate-limited route's events would only wait longer
-                    prefetch=0 if limiter else route.delivery.max_in_flight,
-                )
-            )
-        ctx.ready = True
-        log.info("dispatching %d route(s): %s", len(workers), ", ".join(r.name for r in routes))
-        if not workers:
-            await ctx.stopping.wait()
-            return
-        async with asyncio.TaskGroup() as tg:
-            for worker in workers:
-                tg.create_task(worker.run(ctx.stopping))
+                errors += [f"revision {revision}: {line.replace('routes[0]', f'routes[{i}]')}"
+                           for line in e.errors]  # fmt: skip
+                if name in self.desired:
+                    desired[name] = self.desired[name]
+                continue
+            desired[route.name] = route
+        self.missing, self.errors = missing, errors
+        for line in errors:
+            log.error("%s", line)
+        return desired
+
+    async def apply(
+        self, desired: dict[str, Route], revision: int, *, strict: bool = False
+    ) -> None:
+        """Run `desired` from now on, then report `revision`.
+
+        A route that cannot start is reported in the status (`strict`: raised, for the
+        config file's routes at start, where it is the user's mistake to fix).
+        """
+        async with self._lock:
+            self.desired = desired
+            await self._reconcile(strict=strict)
+            self.revision = revision
+        log.info(
+            "routes revision %d: dispatching %s", revision,
+            ", ".join(sorted(self.running)) or "no route",
+        )  # fmt: skip
+
+    async def set_pauses(self, records: dict[str, PauseRecord]) -> None:
+        async with self._lock:
+            before = {n for n in self.pauses.records if self.pauses.is_paused(n)}
+            self.pauses.records = dict(records)
+            after = {n for n in records if self.pauses.is_paused(n)}
+            for name in sorted(after - before):
+                log.info("route %s paused: its events wait in %s", name, ROUTES_STREAM)
+            for name in sorted(before - after):
+                log.info("route %s resumed", name)
+            await self._reconcile()
+
+    async def _reconcile(self, *, strict: bool = False) -> None:
+        stops: list[_Running] = []
+        for name, run in list(self.running.items()):
+            want = self.desired.get(name)
+            if want is None:
+                del self.running[name]
+                self._drain(run)
+            elif want != run.route or self.pauses.is_paused(name):
+                del self.running[name]
+                stops.append(run)
+        for name in self.desired:
+            if name in self.draining:  # back before its drain ended: stop that worker first
+                stops.append(self.draining.pop(name))
+        await asyncio.gather(*(run.finish() for run in stops))
+        self._route_errors = {}
+        for name, route in self.desired.items():
+            if name in self.running or self.pauses.is_paused(name):
+                continue
+            try:
+                self.running[name] = await self._start(route)
+            except (ConfigError, VebusError, nats.errors.Error) as e:
+                if strict:
+                    raise
+                text = "; ".join(e.errors) if isinstance(e, ConfigError) else str(e)
+                self._route_errors[name] = f"route {name}: not started: {text}"
+                log.error("route %s: not started: %s", name, text)
+
+    async def _start(self, route: Route) -> _Running:
+        await ensure_consumer(self.ctx.js, ROUTES_STREAM, route_consumer_config(route))
+        sink = build_sink(
+            SinkContext(route=route, nc=self.ctx.nc, js=self.ctx.js, user_agent=self.user_agent)
+        )
+        limiter = None
+        if route.delivery.rate is not None:
+            if self._rate_kv is None:
+                self._rate_kv = await rate_bucket(self.ctx.js, self.ctx.config)
+            limiter = RateLimiter(self._rate_kv, route.name, route.delivery.rate)
+        delivery = RouteDelivery(
+            self.ctx.js, route, sink, limiter=limiter, paused_seconds=self._paused_seconds
+        )
+        worker = PullWorker(
+            self.ctx.js,
+            stream=ROUTES_STREAM,
+            durable=dispatcher_durable(route.name),
+            handler=delivery.handle,
+            max_in_flight=route.delivery.max_in_flight,
+            # a slot that frees is refilled at once, not after a fetch round trip;
+            # a rate-limited route's events would only wait longer
+            prefetch=0 if limiter else route.delivery.max_in_flight,
+        )
+        run = _Running(route, sink, worker)
+        run.task = asyncio.create_task(worker.run(run.stop), name=f"route-{route.name}")
+        return run
+
+    def _drain(self, run: _Running) -> None:
+        """Keep a removed route's worker until its queue has stayed empty, then stop it."""
+        name = run.route.name
+        self.draining[name] = run
+
+        async def drain() -> None:
+            deadline = time.monotonic() + DRAIN_MAX
+            quiet = 0
+            while not run.stop.is_set() and time.monotonic() < deadline:
+                try:
+                    info = await self.ctx.js.consumer_info(ROUTES_STREAM, dispatcher_durable(name))
+                    empty = info.num_pending == 0 and info.num_ack_pending == 0
+                except (nats.errors.Error, VebusError):
+                    empty = False
+                quiet = quiet + 1 if empty else 0
+                if quiet >= DRAIN_QUIET:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(run.stop.wait(), 1.0)
+            await run.finish()
+            if self.draining.get(name) is run:
+                del self.draining[name]
+            log.info("removed route %s: its worker stopped", name)
+
+        log.info("route %s removed: delivering what it holds, then stopping", name)
+        task = asyncio.create_task(drain())
+        self._drains.add(task)
+        task.add_done_callback(self._drains.discard)
+
+    async def close(self) -> None:
+        """Stop every worker (each finishes what it has in flight)."""
+        runs = list(self.running.values()) + list(self.draining.values())
+        self.running.clear()
+        for run in runs:
+            run.stop.set()
+        await asyncio.gather(*(run.finish() for run in runs))
+        if self._drains:
+            await asyncio.gather(*self._drains, return_exceptions=True)
+
+    def status(self) -> ReplicaStatus:
+        return ReplicaStatus(
+            service="dispatcher",
+            instance=self.ctx.settings.instance,
+            revision=self.revision,
+            routes=sorted(self.running),
+            paused=sorted(n for n in self.pauses.records if self.pauses.is_paused(n)),
+            missing_env=self.missing,
+            errors=self.errors + list(self._route_errors.values()),
+        )
+
+
+async def _body(ctx: ServiceContext, *, paused_seconds: PausedSeconds | None = None) -> None:
+    await ensure_streams(ctx.js, ctx.config)
+    store = await open_route_store(ctx.js, replicas=ctx.config.nats.replicas)
+    pauses = PauseBook(await store.pauses())
+    dispatcher = Dispatcher(ctx, pauses, paused_seconds or pauses.paused_seconds)
+    stored = await store.get()
+    if stored is None:
+        # the config file's routes, as before routes could be stored: a sink that cannot
+        # be built is the user's config mistake, reported at start
+        try:
+            await dispatcher.apply({r.name: r for r in ctx.config.routes}, 0, strict=True)
+        except ConfigError as e:
+            await dispatcher.close()
+            for line in e.errors:
+                log.error("%s", line)
+            raise SystemExit(2) from None
+    else:
+        route_set, revision = stored
+        await dispatcher.apply(dispatcher.resolve(route_set.routes, revision), revision)
+    status_sub = await serve_status(ctx.nc, dispatcher.status)
+
+    async def on_routes(route_set: RouteSet | None, revision: int) -> None:
+        if route_set is None:
+            log.info("stored routes deleted: dispatching the config file's routes")
+            dispatcher.missing, dispatcher.errors = {}, []
+            await dispatcher.apply({r.name: r for r in ctx.config.routes}, 0)
+        else:
+            await dispatcher.apply(dispatcher.resolve(route_set.routes, revision), revision)
+
+    ctx.ready = True
+    watch = asyncio.create_task(
+        watch_routes(
+            store,
+            ctx.stopping,
+            on_routes=on_routes,
+            on_pauses=dispatcher.set_pauses,
+            known_revision=dispatcher.revision,
+        )
+    )
+    try:
+        await ctx.stopping.wait()
+    finally:
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await watch
+        with contextlib.suppress(Exception):
+            await status_sub.unsubscribe()
+        await dispatcher.close()
 
 
 async def main(settings: ServiceSettings) -> int:

@@ -8,6 +8,7 @@ route is full becomes a ROUTE_FULL dead letter of that route; the other routes g
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from nats.aio.msg import Msg
@@ -18,8 +19,23 @@ from vebus import subjects
 from vebus.cloudevent import MSG_ID, from_headers
 from vebus.consumer import Ack, Disposition, Nak, PullWorker
 from vebus.dlq import ErrorCode, Exhausted, publish_dead_letter
-from vebus.errors import InvalidEventError, PublishError, RouteFullError
+from vebus.errors import (
+    ConfigError,
+    InvalidEventError,
+    MessageTooLargeError,
+    PublishError,
+    RouteFullError,
+)
+from vebus.patterns import PatternError
 from vebus.publish import publish
+from vebus.routestore import (
+    ReplicaStatus,
+    RouteSet,
+    open_route_store,
+    parse_routes,
+    serve_status,
+    watch_routes,
+)
 from vebus.service import ServiceContext, ServiceSettings, run_service
 from vebus_filter.router import Router
 
@@ -42,7 +58,16 @@ class Filter:
         self._js = js
         self._router = router
 
+    @property
+    def router(self) -> Router:
+        return self._router
+
+    def swap(self, router: Router) -> None:
+        """Match every message that starts from now on against `router`."""
+        self._router = router
+
     async def handle(self, msg: Msg) -> Disposition:
+        router = self._router  # one route set for the whole message, even across a swap
         headers = msg.headers or {}
         try:
             event = from_headers(headers, msg.data)
@@ -61,14 +86,14 @@ class Filter:
                 exhausted=Exhausted.NOT_RETRYABLE,
             )
             return Ack()
-        routes = self._router.match(doc)
+        routes = router.match(doc)
         if not routes:
             return Ack()  # filtered out: nothing to store
         base_id = headers.get(MSG_ID) or f"{subjects.EVENTS_STREAM}:{msg.metadata.sequence.stream}"
         copies = (
             publish(
                 self._js,
-                self._router.subjects[r.name],
+                router.subjects[r.name],
                 msg.data,
                 {**headers, MSG_ID: f"{base_id}:{r.name}"},
             )
@@ -84,14 +109,27 @@ class Filter:
             results = await asyncio.gather(*copies, return_exceptions=True)
         retry = False
         for route, result in zip(routes, results, strict=True):
-            if isinstance(result, RouteFullError):
-                log.warning("route %s is full: event %s dead-lettered", route.name, event.id)
+            if isinstance(result, RouteFullError | MessageTooLargeError):
+                full = isinstance(result, RouteFullError)
+                seq = msg.metadata.sequence.stream
+                log.warning(
+                    "event %s %s: dead-lettered",
+                    event.id,
+                    f"to route {route.name}: the route is full"
+                    if full
+                    else f"is too large to route (it stays in {subjects.EVENTS_STREAM} at "
+                    f"sequence {seq})",
+                    extra={"route": route.name, "event_id": event.id},
+                )
                 await publish_dead_letter(
                     self._js,
                     route=route.name,
                     sink=route.sink.__struct_config__.tag or "",  # type: ignore[arg-type]
-                    code=ErrorCode.ROUTE_FULL,
-                    error=str(result),
+                    code=ErrorCode.ROUTE_FULL if full else ErrorCode.TOO_LARGE,
+                    error=str(result)
+                    if full
+                    else f"{result}; the event stays in {subjects.EVENTS_STREAM} at sequence "
+                    f"{seq} while retention keeps it",
                     headers={**headers, MSG_ID: f"{base_id}:{route.name}"},
                     body=msg.data,
                     attempts=0,
@@ -122,8 +160,14 @@ async def _body(ctx: ServiceContext) -> None:
             max_ack_pending=MAX_IN_FLIGHT * 8,
         ),
     )
-    router = Router(ctx.config.routes)
+    store = await open_route_store(ctx.js, replicas=ctx.config.nats.replicas)
+    state = _RouteState(ctx)
+    stored = await store.get()
+    router = state.load(*stored) if stored else None
+    if router is None:
+        router = Router(ctx.config.routes)
     handler = Filter(ctx.js, router)
+    state.filter = handler
     worker = PullWorker(
         ctx.js,
         stream=subjects.EVENTS_STREAM,
@@ -132,9 +176,69 @@ async def _body(ctx: ServiceContext) -> None:
         max_in_flight=MAX_IN_FLIGHT,
         batch=128,
     )
+    status_sub = await serve_status(ctx.nc, state.status)
+
+    async def on_routes(route_set: RouteSet | None, revision: int) -> None:
+        if route_set is None:
+            state.revision, state.errors = 0, []
+            handler.swap(Router(ctx.config.routes))
+            log.info("stored routes deleted: filtering with the config file's routes")
+            return
+        new = state.load(route_set, revision)
+        if new is not None:
+            handler.swap(new)
+            log.info("routes revision %d: filtering with %d route(s)", revision, len(new))
+
     ctx.ready = True
-    log.info("filtering with %d route(s)", len(router))
-    await worker.run(ctx.stopping)
+    log.info("filtering with %d route(s) (revision %d)", len(router), state.revision)
+    watch = asyncio.create_task(
+        watch_routes(store, ctx.stopping, on_routes=on_routes, known_revision=state.revision)
+    )
+    try:
+        await worker.run(ctx.stopping)
+    finally:
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await watch
+        with contextlib.suppress(Exception):
+            await status_sub.unsubscribe()
+
+
+class _RouteState:
+    """Which route set this replica runs, for its status answers."""
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self.revision = 0
+        self.errors: list[str] = []
+        self.filter: Filter | None = None
+
+    def load(self, route_set: RouteSet, revision: int) -> Router | None:
+        """A Router for a stored revision; None (errors kept for status) if it does not load.
+
+        The routes were validated by `vebus routes apply`; a revision this replica cannot
+        load (written by a newer vebus, or by hand) leaves the running routes in place.
+        """
+        try:
+            router = Router(parse_routes(route_set.routes, service="filter"))
+        except (ConfigError, PatternError) as e:
+            lines = e.errors if isinstance(e, ConfigError) else [str(e)]
+            self.errors = [f"revision {revision}: {line}" for line in lines]
+            for line in self.errors:
+                log.error("stored routes not loaded: %s", line)
+            return None
+        self.revision, self.errors = revision, []
+        return router
+
+    def status(self) -> ReplicaStatus:
+        routes = self.filter.router.routes if self.filter else ()
+        return ReplicaStatus(
+            service="filter",
+            instance=self.ctx.settings.instance,
+            revision=self.revision,
+            routes=[r.name for r in routes],
+            errors=self.errors,
+        )
 
 
 async def main(settings: ServiceSettings) -> int:

@@ -1,4 +1,9 @@
-"""`vebus routes test`: does a route's pattern match an event, and which field decided it."""
+"""`vebus routes`: test a pattern; apply, list, pause and resume the running routes.
+
+`apply`, `pause` and `resume` change the route set stored in NATS KV (routestore.py)
+and then wait until every running filter and dispatcher replica reports the change, so
+that when they return the change is in force everywhere (or they say where it is not).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,14 @@ from typing import Any
 import click
 import yaml
 
-from vebus.cli._common import config_option, fail
+from vebus.cli._common import (
+    config_option,
+    connect,
+    fail,
+    load_or_default,
+    nats_url_option,
+    run_async,
+)
 from vebus.cloudevent import CloudEvent
 from vebus.errors import InvalidEventError
 from vebus.patterns import Pattern, PatternError, compile_pattern
@@ -28,7 +40,17 @@ _KNOWN = ("time", "subject", "dataschema", "datacontenttype")
 
 @click.group()
 def routes() -> None:
-    """Work with routes: try a pattern against an event before deploying it."""
+    """Work with routes: test a pattern, change the running routes, pause a route.
+
+    \b
+    Routes live in NATS KV once applied; until then every service runs its config
+    file's routes. `vebus up` applies its config file's routes when it starts.
+    \b
+      vebus routes test --route NAME --event FILE   does the route match this event?
+      vebus routes apply vebus.yaml                 change the running routes, no restart
+      vebus routes list                             what is stored, its revision, pauses
+      vebus routes pause NAME / resume NAME         hold a route's events (sink maintenance)
+    """
 
 
 def _read(file: str) -> str:
@@ -191,3 +213,349 @@ def test(
     click.echo(f"no match: {label}")
     click.echo(f"  {explanation.reason}")
     sys.exit(NOT_MATCHED)
+
+
+# ---------------------------------------------------------------- live route changes
+
+#: exit statuses of apply / pause / resume (INVALID = 2 as above: nothing was changed)
+APPLIED, NOT_EVERYWHERE = 0, 1
+#: how long one discovery round waits for answers
+ROUND = 0.75
+
+timeout_option = click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for every filter and dispatcher replica to report the change.",
+)
+
+
+def _read_routes_file(file: str) -> list[Any]:
+    """The validated `routes:` list of FILE, as written; exit 2 naming every problem."""
+    from vebus.errors import ConfigError
+    from vebus.routestore import check_routes
+
+    try:
+        text = Path(file).read_text(encoding="utf-8")
+    except OSError as e:
+        fail(f"{file}: cannot read the routes file: {e.strerror}", INVALID)
+    except UnicodeDecodeError:
+        fail(f"{file}: not UTF-8 text: save the file as UTF-8", INVALID)
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        fail(f"{file}: not valid YAML{where}: {getattr(e, 'problem', None) or e}", INVALID)
+    try:
+        return check_routes(raw, file)
+    except ConfigError as e:
+        for line in e.errors:
+            click.echo(f"{file}: {line}", err=True)
+        click.echo(f"vebus: {file}: not applied; the running routes are unchanged", err=True)
+        sys.exit(INVALID)
+
+
+def _has_nats_section(file: str) -> bool:
+    try:
+        raw = yaml.safe_load(Path(file).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(raw, dict) and "nats" in raw
+
+
+class _Replica:
+    def __init__(self, service: str, instance: str) -> None:
+        self.service, self.instance = service, instance
+        self.status: Any = None  # ReplicaStatus, once it answered
+        self.last_seen = 0
+
+
+async def _wait_for_replicas(nc: Any, done: Any, timeout: float) -> list[_Replica]:
+    """Find every filter and dispatcher replica and wait until `done(replica)` holds for all.
+
+    Replicas are found with `$SRV.PING` each round, so one that cannot answer the status
+    request (an older vebus) is noticed; one that stops answering pings for two rounds
+    (it stopped) is no longer waited for. Returns the live replicas, filters first.
+    """
+    import asyncio
+    import time
+
+    from vebus.routestore import collect_statuses, instance_of, ping
+
+    seen: dict[tuple[str, str], _Replica] = {}
+    deadline = time.monotonic() + timeout
+    round_ = 0
+    while True:
+        round_ += 1
+        filters, dispatchers, statuses = await asyncio.gather(
+            ping(nc, "filter", ROUND), ping(nc, "dispatcher", ROUND), collect_statuses(nc, ROUND)
+        )
+        for service, answers in (("filter", filters), ("dispatcher", dispatchers)):
+            for answer in answers:
+                key = (service, instance_of(answer))
+                seen.setdefault(key, _Replica(*key)).last_seen = round_
+        for status in statuses:
+            key = (status.service, status.instance)
+            if key in seen:
+                seen[key].status = status
+        live = [r for r in seen.values() if r.last_seen >= round_ - 1]
+        # two rounds at least: a replica busy enough to miss one round's ping is still found
+        if (round_ >= 2 and all(done(r) for r in live)) or time.monotonic() >= deadline:
+            live.sort(key=lambda r: (r.service != "filter", r.service, r.instance))
+            return live
+
+
+def _replica_line(r: _Replica, problem: str | None) -> str:
+    head = f"{r.service:<11} {r.instance:<10}"
+    if r.status is None:
+        return f"{head} no answer to the routes status request (an older vebus?)"
+    text = f"{head} revision {r.status.revision}"
+    if r.service == "dispatcher":
+        text += f", {len(r.status.routes)} route(s) running"
+        if r.status.paused:
+            text += f", paused: {', '.join(r.status.paused)}"
+    return f"{text}  {problem or 'ok'}"
+
+
+def _missing_text(status: Any) -> str:
+    return "; ".join(
+        f"lacks ${{{var}}} (route {', '.join(names)})"
+        for var, names in sorted(status.missing_env.items())
+    )
+
+
+@routes.command("apply")
+@click.argument("file", type=click.Path(dir_okay=False))
+@timeout_option
+@config_option
+@nats_url_option
+def apply(file: str, timeout: float, config_path: str, nats_url: str | None) -> None:
+    """Make FILE's routes the running routes of every filter and dispatcher, live.
+
+    FILE is a vebus.yaml, or a file holding only `routes:`. The routes are validated as
+    `vebus config check` does (exit 2 naming each problem; nothing is changed), stored
+    in NATS KV with their ${ENV} references as written (secrets never go into NATS: each
+    dispatcher resolves them from its own environment), and then every running filter
+    and dispatcher replica is waited for until it reports the new revision.
+
+    When apply succeeds, every event published after it returned is matched against
+    the new routes. Events already routed to a removed route are still delivered.
+    NATS settings come from --config; without it, from FILE when FILE has `nats:`.
+
+    \b
+    Exit status:
+      0  every replica runs the new revision
+      1  some replica did not report it within --timeout, lacks a variable a route
+         references (that route keeps its previous form there), or could not load it;
+         the new routes are stored and the replicas that took them run them
+      2  the file is invalid: nothing was changed
+    """
+    raw_routes = _read_routes_file(file)
+    ctx = click.get_current_context()
+    if ctx.get_parameter_source("config_path") is click.core.ParameterSource.DEFAULT and (
+        not Path(config_path).exists() or _has_nats_section(file)
+    ):
+        config_path = file  # a whole vebus.yaml says where NATS is
+    config = load_or_default(config_path)
+    status = run_async(_apply, config, nats_url, raw_routes, str(Path(file).resolve()), timeout)
+    sys.exit(status)
+
+
+async def _apply(
+    config: Any, nats_url: str | None, raw_routes: list[Any], file: str, timeout: float
+) -> int:
+    import msgspec
+
+    from vebus.routestore import open_route_store
+
+    nc = await connect(config, nats_url)
+    try:
+        store = await open_route_store(nc.jetstream(), replicas=config.nats.replicas)
+        current = await store.get()
+        if current is not None and msgspec.json.encode(current[0].routes) == msgspec.json.encode(
+            raw_routes
+        ):
+            revision = current[1]
+            click.echo(f"routes unchanged: revision {revision} ({len(raw_routes)} route(s))")
+        else:
+            revision = await store.put(raw_routes, source=file)
+            click.echo(f"stored revision {revision} ({len(raw_routes)} route(s))")
+
+        def problem(r: _Replica) -> str | None:
+            s = r.status
+            if s is None or s.revision < revision:
+                return "did not report the new revision"
+            issues = [_missing_text(s)] if s.missing_env else []
+            return "; ".join(issues + list(s.errors)) or None
+
+        def done(r: _Replica) -> bool:
+            return r.status is not None and r.status.revision >= revision
+
+        replicas = await _wait_for_replicas(nc, done, timeout)
+    finally:
+        await nc.close()
+    if not replicas:
+        click.echo("no filter or dispatcher replica is running: they load it when they start")
+        return APPLIED
+    bad = []
+    for r in replicas:
+        p = problem(r)
+        click.echo(_replica_line(r, p))
+        if p:
+            bad.append(f"{r.service} {r.instance} ({p})")
+    if bad:
+        click.echo(
+            f"vebus: revision {revision} is not in force everywhere: " + "; ".join(bad), err=True
+        )
+        return NOT_EVERYWHERE
+    return APPLIED
+
+
+@routes.command("list")
+@config_option
+@nats_url_option
+def list_routes(config_path: str, nats_url: str | None) -> None:
+    """Show the stored routes: revision, who applied them, each route's sink and pause.
+
+    When nothing was applied yet, the services run their config file's routes, and
+    this says so.
+    """
+    config = load_or_default(config_path)
+    run_async(_list, config, nats_url)
+
+
+async def _list(config: Any, nats_url: str | None) -> None:
+    import datetime as dt
+
+    from vebus.routestore import open_route_store
+
+    nc = await connect(config, nats_url)
+    try:
+        store = await open_route_store(nc.jetstream(), replicas=config.nats.replicas)
+        current = await store.get()
+        pauses = await store.pauses()
+    finally:
+        await nc.close()
+    if current is None:
+        click.echo("no routes stored: each filter and dispatcher runs its config file's routes")
+        names = [r.name for r in config.routes]
+        kinds = {r.name: r.sink.__struct_config__.tag for r in config.routes}
+    else:
+        route_set, revision = current
+        click.echo(
+            f"revision {revision}, applied {route_set.applied_at or '?'} by "
+            f"{route_set.applied_by or '?'}"
+            + (f" from {route_set.source}" if route_set.source else "")
+        )
+        names = [str(r.get("name")) for r in route_set.routes if isinstance(r, dict)]
+        kinds = {
+            str(r.get("name")): str((r.get("sink") or {}).get("kind", "?"))
+            for r in route_set.routes
+            if isinstance(r, dict)
+        }
+    for name in names:
+        record = pauses.get(name)
+        state = "active"
+        if record is not None and record.since is not None:
+            since = dt.datetime.fromtimestamp(record.since, dt.UTC).isoformat(timespec="seconds")
+            state = f"PAUSED since {since}"
+        click.echo(f"  {name:<30} {kinds.get(name, '?'):<12} {state}")
+    if not names:
+        click.echo("  (no routes)")
+
+
+def _pause_command(paused: bool) -> Any:
+    verb = "pause" if paused else "resume"
+
+    @click.argument("name")
+    @timeout_option
+    @config_option
+    @nats_url_option
+    def command(name: str, timeout: float, config_path: str, nats_url: str | None) -> None:
+        config = load_or_default(config_path)
+        sys.exit(run_async(_set_paused, config, nats_url, name, paused, timeout))
+
+    command.__doc__ = (
+        """Stop delivering route NAME: its events wait in VEBUS_ROUTES until resumed.
+
+    For sink maintenance: the filter keeps routing events to NAME (up to the route's
+    limit, `streams.route_max_msgs`; past it they are dead-lettered ROUTE_FULL and can be
+    replayed), the dispatchers stop fetching them, and the time paused does not count
+    toward the route's max_age. The pause is stored in NATS KV: it survives restarts.
+    Waits until every dispatcher replica reports the route paused.
+
+    \b
+    Exit status: 0 done; 1 some dispatcher did not report it within --timeout;
+    2 no route is called NAME.
+    """
+        if paused
+        else """Deliver route NAME again, starting with the events that waited while paused.
+
+    Waits until every dispatcher replica reports the route running again.
+
+    \b
+    Exit status: 0 done; 1 some dispatcher did not report it within --timeout;
+    2 no route is called NAME.
+    """
+    )
+    return routes.command(verb)(command)
+
+
+async def _set_paused(
+    config: Any, nats_url: str | None, name: str, paused: bool, timeout: float
+) -> int:
+    import datetime as dt
+
+    from vebus.routestore import open_route_store
+
+    nc = await connect(config, nats_url)
+    try:
+        store = await open_route_store(nc.jetstream(), replicas=config.nats.replicas)
+        current = await store.get()
+        if current is None:
+            names = [r.name for r in config.routes]
+        else:
+            names = [str(r.get("name")) for r in current[0].routes if isinstance(r, dict)]
+        if name not in names:
+            where = "stored routes" if current is not None else "config file's routes"
+            fail(
+                f"no route named {name!r} in the {where} (routes: {', '.join(names) or 'none'})",
+                INVALID,
+            )
+        changed = await store.set_paused(name, paused)
+        if not changed:
+            record = (await store.pauses()).get(name)
+            if paused and record is not None and record.since is not None:
+                since = dt.datetime.fromtimestamp(record.since, dt.UTC)
+                click.echo(f"route {name} was already paused (since {since:%Y-%m-%dT%H:%M:%SZ})")
+            else:
+                click.echo(f"route {name} was not paused")
+        else:
+            click.echo(f"route {name} {'paused' if paused else 'resumed'}")
+
+        def done(r: _Replica) -> bool:
+            if r.service != "dispatcher":
+                return True
+            return r.status is not None and (name in r.status.paused) == paused
+
+        replicas = await _wait_for_replicas(nc, done, timeout)
+    finally:
+        await nc.close()
+    bad = []
+    for r in replicas:
+        if r.service != "dispatcher":
+            continue
+        p = None if done(r) else f"does not report {name} {'paused' if paused else 'running'}"
+        click.echo(_replica_line(r, p))
+        if p:
+            bad.append(f"dispatcher {r.instance}")
+    if bad:
+        click.echo(f"vebus: not yet in force on {', '.join(bad)}", err=True)
+        return NOT_EVERYWHERE
+    return APPLIED
+
+
+pause = _pause_command(True)
+resume = _pause_command(False)
