@@ -6,6 +6,9 @@ each message once it and every message before it are stored: the caller's positi
 so its checkpoint) only ever covers a stored prefix. A message whose ack does not come in
 time, or comes as an error, is published again with `vebus.publish.publish` (retries with
 backoff); the same Nats-Msg-Id makes a second copy harmless.
+
+Inside the service, each event's PRODUCER span (the start of its trace, see
+`vebus.telemetry`) starts at the publish and ends with its ack.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import nats.errors
 from nats.js import JetStreamContext
 
+from vebus import telemetry
 from vebus.publish import OutgoingMessage, publish
 from vebus_collector.errors import LeaseLostError
 
@@ -66,18 +70,23 @@ class JetStreamPublisher(Generic[T_contra]):
         on_ack: Callable[[T], None],
     ) -> None:
         pending: deque[tuple[OutgoingMessage, T, asyncio.Future[Any]]] = deque()
+        tel = telemetry.current()
         try:
             for msg, tag in items:
                 if self.allowed is not None and not self.allowed():
                     raise LeaseLostError("lease lost while publishing")
                 while len(pending) >= self.window:
                     await self._settle(*pending.popleft(), on_ack)
+                if tel is not None:
+                    msg.span = tel.start_producer(msg.subject, msg.headers, len(msg.body))
                 fut = await self.js.publish_async(msg.subject, msg.body, headers=dict(msg.headers))
                 pending.append((msg, tag, fut))
             while pending:
                 await self._settle(*pending.popleft(), on_ack)
         finally:
-            for _, _, fut in pending:
+            for msg, _, fut in pending:
+                if msg.span is not None:
+                    msg.span.end()
                 fut.cancel()
                 with contextlib.suppress(BaseException):
                     await fut
@@ -96,8 +105,14 @@ class JetStreamPublisher(Generic[T_contra]):
             if not fut.done():
                 raise TimeoutError
             fut.result()
+            if (tel := telemetry.current()) is not None:
+                tel.published(msg.subject, msg.headers)
         except (TimeoutError, nats.errors.Error):
             # not acknowledged (or refused): the synchronous path retries with backoff
-            # and raises PublishError when JetStream keeps failing
+            # and raises PublishError when JetStream keeps failing (it counts and traces)
             await publish(self.js, msg.subject, msg.body, msg.headers, timeout=self.ack_timeout)
+        finally:
+            if msg.span is not None:
+                msg.span.end()
+                msg.span = None
         on_ack(tag)

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dlq": ("vebus.cli.dlq", "dlq"),
     "replay": ("vebus.cli.replay", "replay"),
     "stats": ("vebus.cli.stats", "stats"),
+    "status": ("vebus.cli.status", "status"),
 }
 
 

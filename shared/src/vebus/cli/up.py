@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import click
@@ -52,6 +53,13 @@ __all__ = ["up"]
 )
 @click.option("--vcsim-port", type=int, default=8989, show_default=True)
 @click.option("--quiet", is_flag=True, help="Do not echo the services' output (logs only).")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=lambda: os.environ.get("VEBUS_LOG_FORMAT", "text"),
+    show_default="text, or $VEBUS_LOG_FORMAT",
+    help="The services' log lines: text, or JSON objects (event_id, route, sink, trace_id).",
+)
 def up(
     config_path: Path | None,
     data_dir: Path,
@@ -60,6 +68,7 @@ def up(
     scale: tuple[str, ...],
     vcsim_port: int,
     quiet: bool,
+    log_format: str,
 ) -> None:
     """Run vebus on this machine: nats-server with JetStream, and the collector, filter,
     dispatcher and deadletter services, each its own process (restarted if it dies).
@@ -75,6 +84,8 @@ def up(
       vebus up --nats-cluster 3 --scale dispatcher=2 --scale filter=2
     """
     from vebus.supervisor import SERVICES, UpOptions, load_raw, run_up
+
+    os.environ["VEBUS_LOG_FORMAT"] = log_format  # the services inherit our environment
 
     replicas: dict[str, int] = {}
     for item in scale:

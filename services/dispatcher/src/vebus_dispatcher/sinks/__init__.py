@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import assert_never
 
-from vebus import config
+from vebus import config, telemetry
 from vebus_dispatcher.sinks.base import Sink, SinkContext
 
 __all__ = ["Sink", "SinkContext", "build_sink"]
@@ -19,7 +19,17 @@ def build_sink(ctx: SinkContext) -> Sink:
     """The sink of `ctx.route` (ConfigError if it cannot be made, e.g. a missing extra).
 
     Sink modules with heavy clients (boto3, pyvmomi) are imported only when a route uses them.
+    Inside a service the sink comes wrapped in `ObservedSink` (spans, attempt metrics).
     """
+    sink = _build(ctx)
+    if (tel := telemetry.current()) is None:
+        return sink
+    from vebus_dispatcher.sinks.observed import ObservedSink
+
+    return ObservedSink(sink, ctx.route.name, tel)
+
+
+def _build(ctx: SinkContext) -> Sink:
     sink = ctx.route.sink
     if isinstance(sink, config.WebhookSink):
         from vebus_dispatcher.sinks.webhook import WebhookSink
