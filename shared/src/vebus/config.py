@@ -26,8 +26,11 @@ __all__ = [
     "Backoff",
     "BasicAuth",
     "BearerAuth",
+    "Check",
+    "CheckScope",
     "Config",
     "ConsoleSink",
+    "DatastoreUsageCheck",
     "DeadletterAlertConfig",
     "DeadletterApiConfig",
     "DeadletterConfig",
@@ -44,10 +47,12 @@ __all__ = [
     "Route",
     "Sink",
     "SlackSink",
+    "SnapshotAgeCheck",
     "StreamsConfig",
     "SyslogSink",
     "TeamsSink",
     "VCenterConfig",
+    "VmPoweredOffCheck",
     "VsphereSink",
     "WebhookSink",
     "WebhookSourceConfig",
@@ -654,6 +659,93 @@ class DeadletterConfig(_Base, frozen=True):
             raise ValueError(f"replay_rate: expected >= 0 (0: no limit), got {self.replay_rate}")
 
 
+# ---------------------------------------------------------------------------- checks
+
+
+class CheckScope(_Base, frozen=True):
+    """Which objects a scheduled check looks at; an empty list means all of them."""
+
+    #: names from `vcenters:`; empty: every vCenter
+    vcenters: list[str] = msgspec.field(default_factory=list)
+    #: datacenter names; empty: every datacenter
+    datacenters: list[str] = msgspec.field(default_factory=list)
+    #: shell-style patterns (`prod-*`, case-sensitive) on the VM or datastore name; empty: all
+    names: list[str] = msgspec.field(default_factory=list)
+    #: patterns of names left out even when `names` matches them
+    exclude: list[str] = msgspec.field(default_factory=list)
+
+
+def _check_check_name(name: str) -> None:
+    try:
+        _check_name("check", name)
+    except ValueError as e:
+        raise ValueError(f"name: {e}") from None
+
+
+def _check_interval(interval: float) -> None:
+    if interval < 1:
+        raise ValueError(f"interval: expected a duration of at least 1s, got {interval:g}s")
+
+
+class SnapshotAgeCheck(_Base, frozen=True, tag_field="kind", tag="snapshot_age"):
+    """Every VM snapshot older than `threshold`: com.vebus.check.SnapshotAgeExceeded.v0."""
+
+    name: str
+    #: how old a snapshot may get
+    threshold: Duration = Duration(7 * 86400)
+    interval: Duration = Duration(3600)
+    scope: CheckScope = msgspec.field(default_factory=CheckScope)
+
+    def __post_init__(self) -> None:
+        _check_check_name(self.name)
+        _check_interval(self.interval)
+        if self.threshold <= 0:
+            raise ValueError("threshold: expected a duration > 0 (the age a snapshot may reach)")
+
+
+class DatastoreUsageCheck(_Base, frozen=True, tag_field="kind", tag="datastore_usage"):
+    """Datastores more than `threshold` percent full: ...DatastoreUsageExceeded.v0."""
+
+    name: str
+    #: used capacity in percent (0-100) at which the condition starts
+    threshold: float = 85.0
+    #: the condition clears when usage drops below this (default: `threshold`); a lower
+    #: value keeps a datastore that hovers around the threshold from flapping
+    clear_below: float | None = None
+    interval: Duration = Duration(300)
+    scope: CheckScope = msgspec.field(default_factory=CheckScope)
+
+    def __post_init__(self) -> None:
+        _check_check_name(self.name)
+        _check_interval(self.interval)
+        if not 0 <= self.threshold <= 100:
+            raise ValueError(f"threshold: expected a percentage, 0 to 100, got {self.threshold}")
+        if self.clear_below is not None and not 0 <= self.clear_below <= self.threshold:
+            raise ValueError(
+                f"clear_below: expected a percentage from 0 up to threshold "
+                f"({self.threshold:g}), got {self.clear_below}"
+            )
+
+
+class VmPoweredOffCheck(_Base, frozen=True, tag_field="kind", tag="vm_powered_off"):
+    """VMs powered off for longer than `threshold`: ...VmPoweredOffTooLong.v0."""
+
+    name: str
+    #: how long a VM may stay powered off
+    threshold: Duration = Duration(30 * 86400)
+    interval: Duration = Duration(3600)
+    scope: CheckScope = msgspec.field(default_factory=CheckScope)
+
+    def __post_init__(self) -> None:
+        _check_check_name(self.name)
+        _check_interval(self.interval)
+        if self.threshold <= 0:
+            raise ValueError("threshold: expected a duration > 0 (how long a VM may stay off)")
+
+
+Check = SnapshotAgeCheck | DatastoreUsageCheck | VmPoweredOffCheck
+
+
 class Config(_Base, frozen=True):
     """The whole vebus.yaml."""
 
@@ -665,6 +757,8 @@ class Config(_Base, frozen=True):
     routes: list[Route] = msgspec.field(default_factory=list)
     #: the deadletter service (HTTP API, replays, alert)
     deadletter: DeadletterConfig = msgspec.field(default_factory=DeadletterConfig)
+    #: scheduled checks the collector runs against its vCenters (docs/checks.md)
+    checks: list[Check] = msgspec.field(default_factory=list)
 
     def route(self, name: str) -> Route:
         """The route called `name` (KeyError if there is none)."""
@@ -681,7 +775,7 @@ class Config(_Base, frozen=True):
 #: variable the process lacks stays an unresolved reference (secrets are resolved only
 #: by the process that uses them: the filter needs no sink token, nor the vCenter password)
 SERVICE_SECRETS: dict[str, frozenset[str]] = {
-    "collector": frozenset({"nats", "vcenters", "webhook"}),
+    "collector": frozenset({"nats", "vcenters", "webhook", "checks"}),
     "filter": frozenset({"nats"}),
     "dispatcher": frozenset({"nats", "routes"}),
     "deadletter": frozenset({"nats", "deadletter"}),
@@ -700,8 +794,11 @@ def _resolve_env(
     env: Mapping[str, str],
     errors: list[str],
     sections: frozenset[str] | None = None,
+    whole: set[str] | None = None,
 ) -> Any:
     if isinstance(value, str):
+        if whole is not None and _ENV_REF.fullmatch(value):
+            whole.add(path)  # all of it from the environment: may become a number (_typed)
         section = re.split(r"[.\[]", path, maxsplit=1)[0]
         needed = sections is None or section in sections
 
@@ -722,10 +819,31 @@ def _resolve_env(
         return _ENV_REF.sub(sub, value)
     if isinstance(value, dict):
         return {
-            k: _resolve_env(v, _join(path, str(k)), env, errors, sections) for k, v in value.items()
+            k: _resolve_env(v, _join(path, str(k)), env, errors, sections, whole)
+            for k, v in value.items()
         }
     if isinstance(value, list):
-        return [_resolve_env(v, f"{path}[{i}]", env, errors, sections) for i, v in enumerate(value)]
+        return [
+            _resolve_env(v, f"{path}[{i}]", env, errors, sections, whole)
+            for i, v in enumerate(value)
+        ]
+    return value
+
+
+def _typed(value: Any, typ: Any) -> Any:
+    """A value that is one whole `${ENV}` reference, as the number or boolean its field
+    takes (`port: ${SMTP_PORT:-587}`): environment variables are always text. A value
+    written in the file itself is never converted (`max_attempts: "3"` is an error)."""
+    if not isinstance(value, str):
+        return value
+    accepted = set(getattr(typ, "__args__", None) or (typ,))
+    text = value.strip()
+    if int in accepted and re.fullmatch(r"[-+]?\d+", text):
+        return int(text)
+    if float in accepted and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", text):
+        return float(text)
+    if bool in accepted and text.lower() in ("true", "false"):
+        return text.lower() == "true"
     return value
 
 
@@ -753,6 +871,9 @@ def _describe(err: msgspec.ValidationError, prefix: str) -> tuple[str, str | Non
         return f"{path}: expected {exp}, got {e.group('got')}", None
     if mm := _MISSING.match(msg):
         return f"{_join(path, mm.group('field'))}: required key is missing", None
+    if msg.startswith("Invalid value") and re.fullmatch(r"checks\[\d+\]\.kind", path):
+        kinds = ", ".join(t.__struct_config__.tag for t in _CHECKS)  # type: ignore[misc]
+        return f"{path}: {msg[0].lower()}{msg[1:]} (expected one of: {kinds})", None
     if msg.startswith("Invalid value") and path.endswith(("sink.kind", "auth.kind")):
         union = _SINKS if path.endswith("sink.kind") else _AUTHS
         kinds = ", ".join(t.__struct_config__.tag for t in union)  # type: ignore[misc]
@@ -764,6 +885,11 @@ def _describe(err: msgspec.ValidationError, prefix: str) -> tuple[str, str | Non
 
 _FIELD_MSG = re.compile(r"^(?P<field>[a-z_]+): (?P<rest>.*)$", re.S)
 _AUTHS: tuple[type[msgspec.Struct], ...] = (BearerAuth, BasicAuth, HmacAuth)
+_CHECKS: tuple[type[msgspec.Struct], ...] = (
+    SnapshotAgeCheck,
+    DatastoreUsageCheck,
+    VmPoweredOffCheck,
+)
 _SINKS: tuple[type[msgspec.Struct], ...] = (
     WebhookSink,
     ConsoleSink,
@@ -789,7 +915,9 @@ def _struct_types(typ: Any) -> list[type[msgspec.Struct]]:
     return []
 
 
-def _drop_unknown(raw: Any, typ: Any, path: str, errors: list[str]) -> Any:
+def _drop_unknown(
+    raw: Any, typ: Any, path: str, errors: list[str], whole: set[str] | None = None
+) -> Any:
     """A copy of `raw` without keys `typ` does not know, each reported; recurses into structs."""
     if not isinstance(raw, dict):
         return raw
@@ -803,6 +931,7 @@ def _drop_unknown(raw: Any, typ: Any, path: str, errors: list[str]) -> Any:
         if raw.get("kind") not in tags:
             return raw  # the tag error itself is reported by the decoder
     fields = {f.encode_name: f.type for f in msgspec.structs.fields(struct)}
+    optional = {f.encode_name for f in msgspec.structs.fields(struct) if not f.required}
     tag_field = struct.__struct_config__.tag_field
     out: dict[str, Any] = {}
     for key, value in raw.items():
@@ -815,17 +944,33 @@ def _drop_unknown(raw: Any, typ: Any, path: str, errors: list[str]) -> Any:
             )
         elif isinstance(value, list) and (item := getattr(fields[key], "__args__", None)):
             out[key] = [
-                _drop_unknown(v, item[0], f"{sub}[{i}]", errors) for i, v in enumerate(value)
+                _drop_unknown(v, item[0], f"{sub}[{i}]", errors, whole) for i, v in enumerate(value)
             ]
+        elif whole is not None and sub in whole:
+            typed = _typed(value, fields[key])
+            text_field = str in set(getattr(fields[key], "__args__", None) or (fields[key],))
+            if (
+                isinstance(typed, str)
+                and is_unresolved(typed)
+                and key in optional
+                and not text_field
+            ):
+                # another service's variable, unset here (this process's own are reported
+                # as unset): the field's default stands in, so that `port: ${SMTP_PORT}` in
+                # a route does not stop the collector, which has no SMTP_PORT
+                continue
+            out[key] = typed
         else:
-            out[key] = _drop_unknown(value, fields[key], sub, errors)
+            out[key] = _drop_unknown(value, fields[key], sub, errors, whole)
     return out
 
 
-def _convert(raw: Any, typ: type[Any], path: str, errors: list[str]) -> Any:
+def _convert(
+    raw: Any, typ: type[Any], path: str, errors: list[str], whole: set[str] | None = None
+) -> Any:
     """Decode `raw` into `typ`, reporting every unknown key and then the first other error."""
     before = len(errors)
-    raw = _drop_unknown(raw, typ, path, errors)
+    raw = _drop_unknown(raw, typ, path, errors, whole)
     try:
         value = msgspec.convert(raw, typ, dec_hook=_dec_hook)
     except msgspec.ValidationError as e:
@@ -849,7 +994,8 @@ def parse_config(
     if not isinstance(raw, dict):
         raise ConfigError([f"(top level): expected a mapping, got {type(raw).__name__}"])
     sections = SERVICE_SECRETS.get(service) if service else None
-    raw = _resolve_env(raw, "", env, errors, sections)
+    whole: set[str] = set()  # paths whose value was one ${ENV} reference
+    raw = _resolve_env(raw, "", env, errors, sections, whole)
     fields = {f.name: f for f in msgspec.structs.fields(Config)}
     parts: dict[str, Any] = {}
     for key, value in raw.items():
@@ -858,18 +1004,22 @@ def parse_config(
                 f"{key}: unknown key {key!r} (expected one of: {', '.join(sorted(fields))})"
             )
             continue
-        if key in ("vcenters", "routes"):
-            item_type = VCenterConfig if key == "vcenters" else Route
+        if key in ("vcenters", "routes", "checks"):
+            item_type: Any = {"vcenters": VCenterConfig, "routes": Route, "checks": Check}[key]
             if value is None:
                 value = []
             if not isinstance(value, list):
                 errors.append(f"{key}: expected a list, got {type(value).__name__}")
                 continue
-            items = [_convert(v, item_type, f"{key}[{i}]", errors) for i, v in enumerate(value)]
+            items = [
+                _convert(v, item_type, f"{key}[{i}]", errors, whole) for i, v in enumerate(value)
+            ]
             parts[key] = items
         else:
-            parts[key] = _convert({} if value is None else value, fields[key].type, key, errors)
-    for key in ("vcenters", "routes"):
+            parts[key] = _convert(
+                {} if value is None else value, fields[key].type, key, errors, whole
+            )
+    for key in ("vcenters", "routes", "checks"):
         seen: set[str] = set()
         for i, item in enumerate(parts.get(key) or []):
             if item is None:
@@ -877,9 +1027,23 @@ def parse_config(
             if token(item.name) in seen:
                 errors.append(f"{key}[{i}].name: {item.name!r} is used twice")
             seen.add(token(item.name))
+    _check_scopes(parts, errors)
     if errors:
         raise ConfigError(errors)
     return Config(**{k: v for k, v in parts.items() if v is not None})
+
+
+def _check_scopes(parts: dict[str, Any], errors: list[str]) -> None:
+    """Every vCenter a check's scope names must be configured."""
+    names = {vc.name for vc in parts.get("vcenters") or [] if vc is not None}
+    for i, check in enumerate(parts.get("checks") or []):
+        for j, name in enumerate(check.scope.vcenters if check is not None else []):
+            if name not in names:
+                known = ", ".join(sorted(names)) or "none configured"
+                errors.append(
+                    f"checks[{i}].scope.vcenters[{j}]: no vCenter named {name!r} "
+                    f"(expected one of: {known})"
+                )
 
 
 def load_config(

@@ -10,6 +10,7 @@ from typing import Any
 from vebus.service import ServiceContext, ServiceSettings, run_service
 from vebus.streams import ensure_streams
 from vebus_collector.checkpoint import ensure_bucket
+from vebus_collector.checks import checks_for, ensure_checks_bucket
 from vebus_collector.lease import ensure_lease_bucket
 from vebus_collector.publisher import DEFAULT_WINDOW
 from vebus_collector.runner import VCenterRunner
@@ -26,6 +27,9 @@ async def _body(ctx: ServiceContext) -> None:
     await ensure_streams(ctx.js, config)
     checkpoints = await ensure_bucket(ctx.js, config.nats.replicas)
     leases, ttl = await ensure_lease_bucket(ctx.js, config.nats.replicas)
+    check_state = (
+        await ensure_checks_bucket(ctx.js, config.nats.replicas) if config.checks else None
+    )
     statuses = [VCenterStatus(vc.name) for vc in config.vcenters]
 
     def refresh() -> None:
@@ -63,6 +67,8 @@ async def _body(ctx: ServiceContext) -> None:
             stopping=ctx.stopping,
             max_payload=ctx.nc.max_payload,
             publish_window=DEFAULT_WINDOW,
+            checks=checks_for(config, vc.name),
+            check_state=check_state,
         )
         for vc, status in zip(config.vcenters, statuses, strict=True)
     ]

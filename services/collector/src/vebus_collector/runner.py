@@ -14,13 +14,15 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from vebus.config import VCenterConfig
+from vebus.config import Check, VCenterConfig
 from vebus_collector.checkpoint import CheckpointStore, last_published
+from vebus_collector.checks import CheckRunner
 from vebus_collector.enrich import Enricher
 from vebus_collector.errors import LeaseLostError
 from vebus_collector.follower import Follower
@@ -58,6 +60,8 @@ class VCenterRunner:
         stopping: asyncio.Event,
         max_payload: int,
         publish_window: int,
+        checks: Sequence[Check] = (),
+        check_state: KeyValue | None = None,
     ) -> None:
         self.cfg = cfg
         self.js = js
@@ -67,6 +71,9 @@ class VCenterRunner:
         self.stopping = stopping
         self.max_payload = max_payload
         self.publish_window = publish_window
+        #: the scheduled checks this vCenter runs while this replica holds its lease
+        self.checks = list(checks)
+        self.check_state = check_state
 
     async def run(self) -> None:
         """Until stopping: acquire the lease, follow, step down when it is lost."""
@@ -135,6 +142,12 @@ class VCenterRunner:
         )
         following = asyncio.create_task(follower.run(), name=f"follow-{self.cfg.name}")
         renewing = asyncio.create_task(self.lease.keep(), name=f"lease-{self.cfg.name}")
+        checking: asyncio.Task[None] | None = None
+        if self.checks and self.check_state is not None:
+            checks = CheckRunner(
+                self.cfg, self.checks, js=self.js, kv=self.check_state, allowed=self.lease.held
+            )
+            checking = asyncio.create_task(checks.run(), name=f"checks-{self.cfg.name}")
         handed_off = False
         try:
             while not handed_off:
@@ -159,6 +172,9 @@ class VCenterRunner:
                 if not task.done():
                     task.cancel()
             results = await asyncio.gather(following, renewing, return_exceptions=True)
+            if checking is not None:
+                checking.cancel()
+                await asyncio.gather(checking, return_exceptions=True)
             await self._close(client, executor)
         if self.stopping.is_set():
             await self.lease.release()
