@@ -83,3 +83,98 @@ def write_results(name: str, data: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(doc, indent=2, default=str))
     return path
+
+
+def machine() -> dict[str, Any]:
+    """The machine and moment of a run: nproc, load average, date, git commit."""
+    import os
+    import subprocess
+
+    def git(*args: str) -> str:
+        cwd = RESULTS.parent.parent
+        out = subprocess.run(["git", *args], capture_output=True, text=True, check=False, cwd=cwd)
+        return out.stdout.strip()
+
+    return {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "nproc": os.cpu_count(),
+        "loadavg": list(os.getloadavg()),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "git_commit": git("rev-parse", "--short", "HEAD"),
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+    }
+
+
+async def jetstream_settings(nc: Any, monitor_port: int | None) -> dict[str, Any]:
+    """The JetStream storage and sync settings a run used: server version, the server's
+    JetStream config (store, sync_interval) from /varz, and the vebus streams' configs."""
+    import urllib.request
+
+    version = nc.connected_server_version
+    out: dict[str, Any] = {"server_version": str(version) if version else None}
+    if monitor_port:
+
+        def get() -> Any:
+            with urllib.request.urlopen(f"http://127.0.0.1:{monitor_port}/varz", timeout=5) as r:
+                return json.loads(r.read())
+
+        import asyncio
+
+        varz = await asyncio.to_thread(get)
+        out["jetstream_config"] = varz.get("jetstream", {}).get("config", {})
+        out["sync_interval"] = out["jetstream_config"].get("sync_interval", "default (2m)")
+        out["sync_always"] = out["jetstream_config"].get("sync_always", False)
+    js = nc.jetstream()
+    streams = {}
+    for name in ("VEBUS_EVENTS", "VEBUS_ROUTES"):
+        try:
+            info = await js.stream_info(name)
+        except Exception:  # a scenario may not create every stream
+            continue
+        c = info.config
+        streams[name] = {
+            "storage": _enum(c.storage),
+            "retention": _enum(c.retention),
+            "replicas": c.num_replicas,
+            "max_msgs_per_subject": c.max_msgs_per_subject,
+            "discard": _enum(c.discard),
+            "duplicate_window_s": c.duplicate_window,
+            "compression": str(getattr(c, "compression", None)),
+        }
+    out["streams"] = streams
+    return out
+
+
+def _enum(value: Any) -> str:
+    """An enum's value, or the string nats-py left it as."""
+    return str(getattr(value, "value", value))
+
+
+def chart(name: str, title: str, series: dict[str, dict[str, float]], ylabel: str) -> Path:
+    """A grouped bar chart, `loadtest/results/<name>.png`: one group per x label, one bar
+    per series (matplotlib, Agg backend: no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels: list[str] = []
+    for values in series.values():
+        labels += [k for k in values if k not in labels]
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    width = 0.8 / max(1, len(series))
+    for i, (who, values) in enumerate(series.items()):
+        xs = [j + i * width for j in range(len(labels))]
+        ax.bar(xs, [values.get(k, 0.0) for k in labels], width, label=who)
+    ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(len(labels))], labels)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    if len(series) > 1:
+        ax.legend()
+    fig.tight_layout()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path

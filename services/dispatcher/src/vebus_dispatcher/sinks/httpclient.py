@@ -114,6 +114,8 @@ async def request(
 
 async def _read(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     """The answer's body up to `limit` bytes; read to its end, the connection is reused."""
+    if resp.content_length is not None and resp.content_length <= limit:
+        return await resp.read()  # the usual short answer: one call, no buffer to grow
     body = bytearray()
     while len(body) < limit:
         chunk = await resp.content.read(limit - len(body))

@@ -1,0 +1,500 @@
+"""The runner's five scenarios: latency, throughput, scale-out, backlog, routes.
+
+Each is `async def <name>(workdir, short) -> dict` returning its results: `rows` (the table
+printed), `chart` (series for the PNG), `goal` (what the issue asks, met or not, the
+figure) and `settings` (the JetStream storage and sync settings the run used). Baselines are
+measured in the same run, next to what they are compared with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from loadtest import dispatcher as dbench
+from loadtest import filter as fbench
+from loadtest.collector import _connect, _vc_state
+from loadtest.pipeline import Bench, ms, rate_of, routes_yaml, vm_hwm_mb
+from vebus.embedded import start_vcsim, vcsim_binary
+
+REPO = Path(__file__).resolve().parents[1]
+#: events queued in the backlog scenario (the runner's --backlog changes the full one)
+BACKLOG = {"short": 5000, "full": 1_000_000}
+
+__all__ = ["SCENARIOS"]
+
+
+def _goal(text: str, met: bool, figure: str) -> dict[str, Any]:
+    return {"goal": text, "met": met, "figure": figure}
+
+
+# ------------------------------------------------------------------------------ 1 latency
+
+
+def post_steady(url: str, rate: float, count: int) -> dict[int, float]:
+    """Post `count` GeneralUserEvents to vcsim at `rate` per second from two threads, each
+    post at its due time (a late post does not shift the ones after it); n -> post time."""
+    from pyVmomi import vim
+
+    threads = 2
+    sessions = [_connect(url) for _ in range(threads)]
+    t0 = time.perf_counter() + 0.2
+    posted: dict[int, float] = {}
+
+    def worker(t: int) -> None:
+        em = sessions[t].content.eventManager
+        for n in range(t, count, threads):
+            wait = t0 + n / rate - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            posted[n] = time.time()
+            em.PostEvent(
+                vim.event.GeneralUserEvent(
+                    message=f"lt-{n}",
+                    createdTime=dt.datetime.now(dt.UTC),
+                    key=0,
+                    chainId=0,
+                    userName="",
+                )
+            )
+
+    pool = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
+    for th in pool:
+        th.start()
+    for th in pool:
+        th.join()
+    return posted
+
+
+def raw_reader_lag(url: str, rate: float, count: int, workdir: Path) -> dict[str, float]:
+    """The baseline of the collector hop: the plainest pyvmomi reader (WaitForUpdatesEx on
+    latestPage, loadtest/collector.py) following the same steady posts; ms from the post
+    to the reader seeing the event. Run before the collector starts: vcsim sends property
+    updates to one session only."""
+    out = workdir / f"raw-{rate}.json"
+    reader = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "loadtest.collector",
+            "--raw-reader",
+            url,
+            "100",
+            str(count),
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        assert reader.stdout is not None
+        assert reader.stdout.readline().strip() == "ready"
+        posted = post_steady(url, rate, count)
+        reader.wait(60)
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+    seen = {int(k): v for k, v in json.loads(out.read_text() or "{}").items()}
+    return {"n": len(seen), **ms([seen[n] - posted[n] for n in seen if n in posted])}
+
+
+async def latency(workdir: Path, short: bool) -> dict[str, Any]:
+    """vcsim -> collector -> filter -> dispatcher -> sink at steady rates; latency from
+    vCenter's createdTime to the sink, and per hop from the times a core NATS subscriber in
+    this process sees each event on vebus.events.> (stored by the collector) and on
+    vebus.routes.> (stored by the filter)."""
+    seconds = 2 if short else 30
+    binary = vcsim_binary(REPO / "build")
+    vcsim, vc_url = start_vcsim(binary, log_path=workdir / "vcsim.log")
+    rows, chart, runs = [], {}, []
+    try:
+        async with Bench(workdir / "pipe") as b:
+            b.write_config(
+                f"nats: {{url: '{b.nats_url}'}}\n"
+                f"vcenters:\n  - {{name: vc01, url: '{vc_url}', username: user, password: pass,"
+                f" start: latest}}\n"
+                f"routes:\n  - name: all\n    sink: {{kind: webhook, url: '{b.sink.url}'}}\n"
+            )
+            await b.ensure_streams()
+            await b.start("dispatcher")
+            await b.start("filter")
+            raw = {}
+            for rate in (20, 100):
+                raw[rate] = await asyncio.to_thread(
+                    raw_reader_lag, vc_url, rate, rate * min(seconds, 10), workdir
+                )
+            port = await _start_collector(b)
+            assert b.nc is not None
+            seen: dict[str, dict[str, float]] = {"events": {}, "routes": {}}
+
+            def recorder(hop: str) -> Any:
+                async def cb(msg: Any) -> None:
+                    seen[hop].setdefault((msg.headers or {}).get("ce-id", ""), time.time())
+
+                return cb
+
+            await b.nc.subscribe("vebus.events.>", cb=recorder("events"))
+            await b.nc.subscribe("vebus.routes.>", cb=recorder("routes"))
+            # warm-up: connections, the first page
+            await asyncio.to_thread(post_steady, vc_url, 10, 5)
+            await b.wait_sink(5, 60, "warm-up")
+            for rate in (20, 100):
+                before = int((await asyncio.to_thread(b.sink.stats))["count"])
+                count = rate * seconds
+                # where the CPU goes on the vCenter side: the simulator, and the collector
+                # decoding vcsim's updates (each carries the whole latestPage)
+                cpu0 = {
+                    "collector": b.cpu("collector"),
+                    "vcsim": dbench.cpu_seconds(vcsim.pid),
+                }
+                t0 = time.monotonic()
+                await asyncio.to_thread(post_steady, vc_url, rate, count)
+                await b.wait_sink(before + count, 60 + seconds, f"latency at {rate}/s")
+                wall = time.monotonic() - t0
+                cpu_share = {
+                    "collector": (b.cpu("collector") - cpu0["collector"]) / wall,
+                    "vcsim": (dbench.cpu_seconds(vcsim.pid) - cpu0["vcsim"]) / wall,
+                }
+                await asyncio.sleep(0.2)
+                samples = await asyncio.to_thread(b.sink.samples, before)
+                e2e, hops = [], {"collector": [], "filter": [], "dispatcher": []}  # type: ignore[var-annotated]
+                for ce_id, ce_time, at in samples:
+                    created = fbench._stamp(ce_time)
+                    e2e.append(at - created)
+                    t_ev, t_rt = seen["events"].get(ce_id), seen["routes"].get(ce_id)
+                    if t_ev is not None and t_rt is not None:
+                        hops["collector"].append(t_ev - created)
+                        hops["filter"].append(t_rt - t_ev)
+                        hops["dispatcher"].append(at - t_rt)
+                run = {
+                    "rate": rate,
+                    "events": len(samples),
+                    "e2e_ms": ms(e2e),
+                    "hops_ms": {h: ms(v) for h, v in hops.items()},
+                    # CPU seconds per wall second (1.0 = one core busy) while posting
+                    "cpu_cores": cpu_share,
+                }
+                runs.append(run)
+                rows.append({"rate/s": rate, "hop": "end to end", "n": len(e2e), **run["e2e_ms"]})
+                for h, v in run["hops_ms"].items():
+                    rows.append({"rate/s": rate, "hop": h, "n": len(hops[h]), **v})
+                # the same run's baseline for the collector hop (post time, not createdTime)
+                run["raw_pyvmomi_reader_ms"] = raw[rate]
+                rows.append({"rate/s": rate, "hop": "baseline: raw pyvmomi reader", **raw[rate]})
+                chart[f"{rate}/s"] = run["e2e_ms"]
+            state = _vc_state(port, "vc01")
+            settings = await b.settings()
+    finally:
+        vcsim.stop()
+    at100 = runs[-1]["e2e_ms"]
+    return {
+        "runs": runs,
+        "rows": rows,
+        "collector_state": state,
+        "chart": {
+            "series": {f"{p}": {r: v[p] for r, v in chart.items()} for p in ("p50", "p95", "p99")},
+            "ylabel": "ms from createdTime to the sink",
+        },
+        "goal": _goal(
+            "p50 <= 50 ms and p99 <= 200 ms at 100 events/s",
+            at100["p50"] <= 50 and at100["p99"] <= 200,
+            f"p50 {at100['p50']:.0f} ms, p99 {at100['p99']:.0f} ms",
+        ),
+        "settings": settings,
+    }
+
+
+async def _start_collector(b: Bench) -> int:
+    """Start the collector and wait until it tails vc01; its health port."""
+    proc = await b.start("collector")
+    port = int(proc.args[proc.args.index("--health-port") + 1])
+    deadline = time.monotonic() + 60
+    while _vc_state(port, "vc01").get("state") != "tailing":
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the collector is not tailing vc01:\n{proc.output()[-3000:]}")
+        await asyncio.sleep(0.1)
+    return port
+
+
+# ------------------------------------------------------------------------------ 2 throughput
+
+
+async def _pipeline_run(
+    workdir: Path, count: int, routes: int, *, paced_s: float = 0.0
+) -> dict[str, Any]:
+    """A backlog of `count` events in VEBUS_EVENTS through the filter and one dispatcher to
+    a sink that answers at once: events/s at the sink, CPU per event of each service; with
+    `paced_s`, then e2e latency of events injected at half that rate for that long."""
+    async with Bench(workdir) as b:
+        b.write_config(routes_yaml(b.nats_url, b.sink.url, routes))
+        await b.ensure_streams()
+        t_start = time.perf_counter()
+        await b.start("dispatcher")
+        dispatcher_start = time.perf_counter() - t_start
+        await b.inject(0, count, routes)
+        cpu0 = {n: 0.0 for n in ("filter", "dispatcher")}
+        await b.start("filter")
+        cpu0 = {n: b.cpu(n) for n in cpu0}
+        nats0 = dbench.cpu_seconds(b.nats_proc.pid)
+        await b.wait_sink(count, max(120.0, count / 100), "pipeline")
+        _, recv = b.latencies()
+        out: dict[str, Any] = {
+            "routes": routes,
+            "events": count,
+            "events_per_s": rate_of(recv),
+            "cpu_us_per_event": {n: (b.cpu(n) - c) / count * 1e6 for n, c in cpu0.items()},
+            "nats_cpu_us_per_event": (dbench.cpu_seconds(b.nats_proc.pid) - nats0) / count * 1e6,
+            "dispatcher_start_s": dispatcher_start,
+        }
+        if paced_s:
+            rate = out["events_per_s"] / 2
+            n = int(rate * paced_s)
+            await b.inject_paced(count, n, rate, routes)
+            await b.wait_sink(count + n, 60, "paced")
+            lat, _ = b.latencies(count)
+            out["paced"] = {"rate": rate, "events": n, "e2e_ms": ms(lat)}
+        out["settings"] = await b.settings()
+        return out
+
+
+async def throughput(workdir: Path, short: bool) -> dict[str, Any]:
+    """The pipeline (filter + dispatcher) against a raw nats-py consume -> republish -> ack
+    loop and a raw aiohttp POST loop, alternated (the machine's load drifts)."""
+    n = 1500 if short else 20000
+    rounds = 1 if short else 3
+    runs: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    settings: dict[str, Any] = {}
+    for i in range(rounds):
+        hop, hop_cpu = await fbench.one_run(workdir, "raw", n, None)
+        async with Bench(workdir / f"post{i}") as b:
+            post = await dbench.raw_post_loop(b.sink.url, n)
+        pipe = await _pipeline_run(workdir / f"pipe{i}", n, 1, paced_s=2 if short else 10)
+        settings = pipe.pop("settings")
+        runs.append({"raw_hop": hop, "raw_hop_per_cpu_s": hop_cpu, "raw_post": post, **pipe})
+        rows += [
+            {
+                "round": i + 1,
+                "what": "raw nats-py consume->republish->ack",
+                "events/s": hop,
+                "cpu_us/ev": 1e6 / hop_cpu if hop_cpu else "-",
+                "p50_ms": "-",
+                "p99_ms": "-",
+            },
+            {
+                "round": i + 1,
+                "what": "raw aiohttp POST loop (16 in flight)",
+                "events/s": post,
+                "cpu_us/ev": "-",
+                "p50_ms": "-",
+                "p99_ms": "-",
+            },
+            {
+                "round": i + 1,
+                "what": "pipeline: filter + dispatcher",
+                "events/s": pipe["events_per_s"],
+                "cpu_us/ev": " + ".join(
+                    f"{k} {v:.0f}" for k, v in pipe["cpu_us_per_event"].items()
+                ),
+                "p50_ms": pipe["paced"]["e2e_ms"]["p50"],
+                "p99_ms": pipe["paced"]["e2e_ms"]["p99"],
+            },
+        ]
+    med = {
+        k: statistics.median(r[k] for r in runs) for k in ("raw_hop", "raw_post", "events_per_s")
+    }
+    vs_hop = med["events_per_s"] / med["raw_hop"]
+    return {
+        "events": n,
+        "runs": runs,
+        "rows": rows,
+        "medians": med,
+        "pipeline_vs_raw_hop": vs_hop,
+        "pipeline_vs_raw_post": med["events_per_s"] / med["raw_post"],
+        "chart": {
+            "series": {
+                "events/s (median)": {
+                    "raw nats hop": med["raw_hop"],
+                    "raw POST": med["raw_post"],
+                    "pipeline": med["events_per_s"],
+                }
+            },
+            "ylabel": "events/s",
+        },
+        "goal": _goal(
+            ">= 5,000 events/s and >= 1/3 of the raw nats-py hop",
+            med["events_per_s"] >= 5000 and vs_hop >= 1 / 3,
+            f"{med['events_per_s']:,.0f} events/s, {vs_hop:.2f} of the raw hop "
+            f"({med['raw_hop']:,.0f}/s), {med['events_per_s'] / med['raw_post']:.2f} of the "
+            f"raw POST loop ({med['raw_post']:,.0f}/s)",
+        ),
+        "settings": settings,
+    }
+
+
+# ------------------------------------------------------------------------------ 3 scale-out
+
+
+async def scaleout(workdir: Path, short: bool) -> dict[str, Any]:
+    """1, 2, 4 dispatcher replicas against a sink answering after 20 ms (16 in flight each:
+    one replica is bounded at 800 events/s)."""
+    per: dict[int, dict[str, Any]] = {}
+    async with Bench(workdir, sink_delay=0.02) as b:
+        for replicas in (1, 2, 4):
+            count = (300 if short else 4000) * replicas
+            per[replicas] = await dbench.dispatcher_run(
+                workdir, b.nats_url, b.sink, replicas, count, (b.nats_proc.pid, b.sink.proc.pid)
+            )
+        settings = await b.settings()
+    ratio = per[4]["events_per_s"] / per[1]["events_per_s"]
+    rows = [{**r, "x_one": r["events_per_s"] / per[1]["events_per_s"]} for r in per.values()]
+    return {
+        "runs": list(per.values()),
+        "rows": rows,
+        "ratio_4_1": ratio,
+        "chart": {
+            "series": {"events/s": {f"{k} replica(s)": v["events_per_s"] for k, v in per.items()}},
+            "ylabel": "events/s (sink answers after 20 ms)",
+        },
+        "goal": _goal("4 replicas >= 3.2x one", ratio >= 3.2, f"{ratio:.2f}x"),
+        "settings": settings,
+    }
+
+
+# ------------------------------------------------------------------------------ 4 backlog
+
+
+async def backlog(workdir: Path, short: bool) -> dict[str, Any]:
+    """A steady drain of a small backlog, then `big` events queued (routed by the filter)
+    while the dispatcher is stopped, then drained; drain rate against the steady one, and
+    the peak RSS of each process."""
+    big = BACKLOG["short" if short else "full"]
+    steady = 1000 if short else 20_000
+    async with Bench(workdir) as b:
+        b.write_config(routes_yaml(b.nats_url, b.sink.url, 1))
+        await b.ensure_streams()
+        await b.start("filter")
+        # steady: the dispatcher runs while a small backlog arrives at once
+        await b.start("dispatcher")
+        await b.inject(0, steady, 1)
+        await b.wait_sink(steady, 120, "steady")
+        _, recv = b.latencies()
+        steady_rate = rate_of(recv)
+        b.stop("dispatcher")
+        # the backlog: queued while no dispatcher runs
+        t0 = time.perf_counter()
+        await b.inject(steady, big, 1)
+        inject_s = time.perf_counter() - t0
+        deadline = time.monotonic() + max(120.0, big / 200)
+        while (await b.js.stream_info("VEBUS_ROUTES")).state.messages < big:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the filter did not route the backlog in time")
+            await asyncio.sleep(0.5)
+        routed_s = time.perf_counter() - t0
+        filter_rss = vm_hwm_mb(b.services["filter"].pid)
+        nats_rss_queued = vm_hwm_mb(b.nats_proc.pid)
+        stored = (await b.js.stream_info("VEBUS_ROUTES")).state.bytes
+        await b.start("dispatcher")
+        before = steady
+        cpu0 = b.cpu("dispatcher")
+        await b.wait_sink(steady + big, max(300.0, big / 100), "drain")
+        stats = await asyncio.to_thread(b.sink.stats)
+        dispatcher_cpu = (b.cpu("dispatcher") - cpu0) / big * 1e6
+        # receipt times of the drain (the sink keeps samples of the first 400k)
+        _, recv = b.latencies(before)
+        drain_rate = rate_of(recv) if len(recv) == big else (big / (stats["last"] - min(recv)))
+        rss = {
+            "filter": filter_rss,
+            "dispatcher": vm_hwm_mb(b.services["dispatcher"].pid),
+            "nats-server (queued)": nats_rss_queued,
+            "nats-server (end)": vm_hwm_mb(b.nats_proc.pid),
+        }
+        settings = await b.settings()
+    ratio = drain_rate / steady_rate
+    services_max = max(rss["filter"], rss["dispatcher"])
+    rows = [
+        {"what": f"steady: {steady:,} events, dispatcher running", "events/s": steady_rate},
+        {"what": f"backlog: {big:,} injected (filter routing)", "events/s": big / routed_s},
+        {"what": f"drain: {big:,} queued, dispatcher started", "events/s": drain_rate},
+    ] + [{"what": f"peak RSS MB: {k}", "events/s": v} for k, v in rss.items()]
+    return {
+        "backlog": big,
+        "steady_events": steady,
+        "steady_per_s": steady_rate,
+        "inject_s": inject_s,
+        "routed_s": routed_s,
+        "routes_stream_bytes": stored,
+        "drain_per_s": drain_rate,
+        "drain_dispatcher_cpu_us": dispatcher_cpu,
+        "drain_vs_steady": ratio,
+        "peak_rss_mb": rss,
+        "rows": rows,
+        "chart": {"series": {"peak RSS MB": rss}, "ylabel": "MB (VmHWM)"},
+        "goal": _goal(
+            "peak RSS per service < 150 MB with the backlog queued; drain >= 0.8 of steady",
+            services_max < 150 and ratio >= 0.8,
+            f"filter {rss['filter']:.0f} MB, dispatcher {rss['dispatcher']:.0f} MB; "
+            f"drain {drain_rate:,.0f}/s = {ratio:.2f} of steady {steady_rate:,.0f}/s "
+            f"({big:,} events)",
+        ),
+        "settings": settings,
+    }
+
+
+# ------------------------------------------------------------------------------ 5 routes
+
+
+async def routes(workdir: Path, short: bool) -> dict[str, Any]:
+    """Pipeline throughput with 1, 100 and 1,000 routes (short: 1, 10, 100), each event
+    matching one."""
+    n = 1000 if short else 20000
+    per: dict[int, dict[str, Any]] = {}
+    settings: dict[str, Any] = {}
+    counts = (1, 10, 100) if short else (1, 100, 1000)
+    for count in counts:
+        per[count] = await _pipeline_run(workdir / f"routes{count}", n, count)
+        settings = per[count].pop("settings")
+    most = counts[-1]
+    ratio = per[most]["events_per_s"] / per[1]["events_per_s"]
+    rows = [
+        {
+            "routes": k,
+            "events/s": v["events_per_s"],
+            "x_one": v["events_per_s"] / per[1]["events_per_s"],
+            **{f"{s}_cpu_us/ev": c for s, c in v["cpu_us_per_event"].items()},
+            "dispatcher_start_s": v["dispatcher_start_s"],
+        }
+        for k, v in per.items()
+    ]
+    return {
+        "events": n,
+        "runs": list(per.values()),
+        "rows": rows,
+        "ratio_most_1": ratio,
+        "chart": {
+            "series": {"events/s": {f"{k} route(s)": v["events_per_s"] for k, v in per.items()}},
+            "ylabel": "events/s",
+        },
+        "goal": _goal(
+            "1,000 routes >= 0.5 of one", ratio >= 0.5, f"{most:,} routes: {ratio:.2f} of one"
+        ),
+        "settings": settings,
+    }
+
+
+SCENARIOS = {
+    "latency": latency,
+    "throughput": throughput,
+    "scaleout": scaleout,
+    "backlog": backlog,
+    "routes": routes,
+}
