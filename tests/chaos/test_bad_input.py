@@ -183,14 +183,6 @@ def _headers_size(headers: dict[str, str]) -> int:
     return len(b"NATS/1.0\r\n\r\n") + sum(len(f"{k}: {v}\r\n") for k, v in headers.items())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: an event published straight to vebus.events.> just under max_payload gets a "
-    "routed copy over it (its Msg-Id grows by ':<route>'; nats-py checks only the body "
-    "against max_payload, not the headers): nats-server closes the filter's connection, the "
-    "filter replica exits and is restarted, and the event comes back after every ack_wait; "
-    "it never becomes a dead letter (the dead letter would be larger still)",
-)
 async def test_an_event_at_the_limit_does_not_loop_in_the_filter(
     bus: Bus, js: JetStreamContext, nc: Client, ledger: MakeLedger
 ) -> None:
@@ -214,6 +206,12 @@ async def test_an_event_at_the_limit_does_not_loop_in_the_filter(
         await eventually(outcome, 6)
         await settle(led, js, sink, ROUTE, timeout=1)
         assert await outcome(), "neither delivered nor dead-lettered: the filter keeps retrying"
+        # its routed copy (the Msg-Id grows by ':<route>') would be over max_payload: a
+        # TOO_LARGE dead letter without the body, pointing at the original in VEBUS_EVENTS
+        (letter,) = [d for d in await dead_letters(js, ROUTE) if d.event_id == event_id]
+        assert letter.code == "TOO_LARGE", letter
+        assert f"sequence {ack.seq}" in letter.error, letter.error
+        assert letter.body == b"", "the letter cannot hold a body larger than max_payload"
     finally:
         # it would take a filter replica down every ack_wait for the rest of the run
         await js.delete_msg(subjects.EVENTS_STREAM, ack.seq)

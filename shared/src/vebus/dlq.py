@@ -31,7 +31,7 @@ from nats.js.errors import APIError, NotFoundError
 
 from vebus import subjects
 from vebus.cloudevent import CE_PREFIX, MSG_ID, CloudEvent, from_headers
-from vebus.errors import InvalidEventError, VebusError
+from vebus.errors import InvalidEventError, MessageTooLargeError, VebusError
 from vebus.publish import publish
 from vebus.timespec import format_time
 
@@ -58,6 +58,8 @@ H = "vebus-dlq-"
 H_ROUTE, H_SINK, H_CODE, H_ERROR = H + "route", H + "sink", H + "code", H + "error"
 H_STATUS, H_ATTEMPTS, H_EXHAUSTED = H + "status", H + "attempts", H + "exhausted"
 H_FIRST, H_LAST, H_MSG_ID = H + "first-attempt", H + "last-attempt", H + "msg-id"
+#: set when the event's body could not be kept: its size in bytes
+H_OMITTED = H + "body-omitted"
 REPLAY_EXTENSION = "vebusreplay"
 #: what separates an original Msg-Id from the dead letter it was replayed from
 REPLAY_MARK = ":replay:"
@@ -78,6 +80,7 @@ class ErrorCode(StrEnum):
     SINK_ERROR = "SINK_ERROR"
     POISON = "POISON"
     ROUTE_FULL = "ROUTE_FULL"
+    TOO_LARGE = "TOO_LARGE"
 
 
 class Exhausted(StrEnum):
@@ -122,6 +125,8 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     #: the original message's headers (ce-*, content-type, traceparent, ...)
     headers: dict[str, str]
     body: bytes
+    #: the event's size in bytes when its body was too large to keep with the letter
+    body_omitted: int | None = None
 
     def event(self) -> CloudEvent | None:
         """The original CloudEvent, or None when it was not a valid one."""
@@ -153,6 +158,7 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
             "event_id": ev.id if ev else None,
             "event_type": ev.type if ev else None,
             "event_source": ev.source if ev else None,
+            "body_omitted": self.body_omitted,
         }
 
     def data(self) -> tuple[str, Any]:
@@ -285,13 +291,20 @@ async def publish_dead_letter(
     if msg_id:
         out[H_MSG_ID] = msg_id
         out[MSG_ID] = f"dlq:{route}:{msg_id}"
-    await publish(js, subjects.dlq_subject(route), body, out)
+    try:
+        await publish(js, subjects.dlq_subject(route), body, out)
+    except MessageTooLargeError:
+        # the letter would be larger than the event that was too large: keep the record
+        # (headers, reason) without the body rather than lose the failure
+        out[H_OMITTED] = str(len(body))
+        await publish(js, subjects.dlq_subject(route), b"", out)
 
 
 def _decode(raw: RawStreamMsg) -> DeadLetter:
     headers = {k: v for k, v in (raw.headers or {}).items() if not k.startswith("Nats-")}
     dl = {k: headers.pop(k) for k in list(headers) if k.lower().startswith(H)}
     status = dl.get(H_STATUS)
+    omitted = dl.get(H_OMITTED, "")
     stored = raw.headers.get("Nats-Time-Stamp") if raw.headers else None
     return DeadLetter(
         id=int(raw.seq or 0),
@@ -308,6 +321,7 @@ def _decode(raw: RawStreamMsg) -> DeadLetter:
         msg_id=dl.get(H_MSG_ID),
         headers=headers,
         body=raw.data or b"",
+        body_omitted=int(omitted) if omitted.isdigit() else None,
     )
 
 
@@ -401,6 +415,12 @@ async def replay_dead_letter(
     meanwhile (the replayed message then is a duplicate within the duplicate window).
     """
     route = to_route or dead_letter.route
+    if dead_letter.body_omitted is not None:
+        raise VebusError(
+            f"dead letter {dead_letter.id} does not hold its event's body: the event "
+            f"({dead_letter.body_omitted} bytes) was larger than NATS max_payload allows; "
+            "see its error for where the original is"
+        )
     if route == subjects.DLQ_INVALID_ROUTE:
         raise VebusError(
             f"dead letter {dead_letter.id} was never routed (invalid event); "

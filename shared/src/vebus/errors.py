@@ -6,7 +6,8 @@ VebusError
 │   └── PublishError       JetStream did not acknowledge a publish in time
 └── PermanentError         retrying cannot help (4xx, invalid event, template error)
     ├── InvalidEventError  a message on a vebus subject is not a valid CloudEvent
-    └── RouteFullError     a route's queue in VEBUS_ROUTES is at its limit
+    ├── RouteFullError     a route's queue in VEBUS_ROUTES is at its limit
+    └── MessageTooLargeError  headers and body exceed the server's max_payload
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "InvalidEventError",
+    "MessageTooLargeError",
     "PermanentError",
     "PublishError",
     "RetryableError",
@@ -52,3 +54,11 @@ class InvalidEventError(PermanentError):
 
 class RouteFullError(PermanentError):
     """JetStream refused a message because its route holds `route_max_msgs` already."""
+
+
+class MessageTooLargeError(PermanentError):
+    """A message's headers and body together exceed the server's max_payload.
+
+    nats-py checks only the body; a message whose headers push it over is sent anyway and
+    the server closes the connection, so publishers check first and raise this instead.
+    """

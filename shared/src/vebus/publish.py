@@ -1,4 +1,8 @@
-"""Publishing to JetStream: each publish waits for the stream's acknowledgement."""
+"""Publishing to JetStream: each publish waits for the stream's acknowledgement.
+
+Inside a service, each publish is observed here (see `vebus.telemetry`): a PRODUCER span
+whose `traceparent` goes out in the message's headers, and the published / failed counters.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.errors import APIError
+from opentelemetry.trace import Span
 from tenacity import (
     AsyncRetrying,
     before_sleep_log,
@@ -18,9 +23,10 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from vebus.errors import PublishError, RouteFullError
+from vebus import telemetry
+from vebus.errors import MessageTooLargeError, PublishError, RouteFullError
 
-__all__ = ["OutgoingMessage", "publish", "publish_all"]
+__all__ = ["OutgoingMessage", "check_size", "message_size", "publish", "publish_all"]
 
 log = logging.getLogger(__name__)
 
@@ -37,19 +43,48 @@ PUBLISH_RETRY = {
 }
 
 
+#: below this distance from max_payload a body cannot be pushed over it by its headers
+#: (vebus headers are a few hundred bytes; a dead letter's error text is cut at 1,000)
+_HEADER_ROOM = 64 * 1024
+
+
+def message_size(body: bytes, headers: Mapping[str, str]) -> int:
+    """Bytes the server counts against max_payload: NATS/1.0 header block plus body."""
+    # "NATS/1.0\r\n", "<k>: <v>\r\n" per header, "\r\n"
+    return len(body) + 12 + sum(len(k) + len(v) + 4 for k, v in headers.items())
+
+
+def check_size(js: JetStreamContext, subject: str, body: bytes, headers: Mapping[str, str]) -> None:
+    """MessageTooLargeError if the message would exceed the server's max_payload."""
+    limit = js._nc.max_payload  # the JetStream context's connection (nats-py has no getter)
+    if len(body) + _HEADER_ROOM < limit:
+        return  # the hot path: no header walk for an ordinary event
+    size = message_size(body, headers)
+    if size > limit:
+        raise MessageTooLargeError(
+            f"message to {subject} is {size} bytes with its headers, over the server's "
+            f"max_payload of {limit}"
+        )
+
+
 #: JetStream's error code for a subject at max_msgs_per_subject with discard-new-per-subject
 JS_ERR_MAX_MSGS_PER_SUBJECT = 10077
 
 
 class OutgoingMessage:
-    """A message to publish: subject, body and headers (Nats-Msg-Id among them)."""
+    """A message to publish: subject, body and headers (Nats-Msg-Id among them).
 
-    __slots__ = ("body", "headers", "subject")
+    `span` is the PRODUCER span of a publisher that waits for the ack later (async
+    publishes); it ends with the ack.
+    """
+
+    __slots__ = ("body", "headers", "span", "subject")
 
     def __init__(self, subject: str, body: bytes, headers: Mapping[str, str]) -> None:
         self.subject = subject
         self.body = body
         self.headers = dict(headers)
+        self.span: Span | None = None
 
 
 async def publish(
@@ -61,9 +96,38 @@ async def publish(
     timeout: float = 5.0,
 ) -> PubAck:
     """Publish and wait for the stream's ack; PublishError if JetStream never acknowledges."""
+    out = dict(headers)
+    tel = telemetry.current()
+    if tel is None:
+        return await _publish(js, subject, body, out, timeout)
+    span = tel.start_producer(subject, out, len(body))
+    try:
+        ack = await _publish(js, subject, body, out, timeout)
+    except (PublishError, RouteFullError, MessageTooLargeError) as e:
+        tel.publish_failed(subject, _failure_label(e))
+        if span is not None:
+            telemetry.record_error(span, e)
+        raise
+    finally:
+        if span is not None:
+            span.end()
+    tel.published(subject, out)
+    return ack
+
+
+def _failure_label(e: Exception) -> str:
+    if isinstance(e, RouteFullError):
+        return "route_full"
+    return "too_large" if isinstance(e, MessageTooLargeError) else "error"
+
+
+async def _publish(
+    js: JetStreamContext, subject: str, body: bytes, headers: dict[str, str], timeout: float
+) -> PubAck:
+    check_size(js, subject, body, headers)
     try:
         try:  # the first attempt without the retry machinery: it is the hot path
-            return await js.publish(subject, body, timeout=timeout, headers=dict(headers))
+            return await js.publish(subject, body, timeout=timeout, headers=headers)
         except _RETRYABLE as e:
             failed: BaseException | None = e
         async for attempt in AsyncRetrying(**PUBLISH_RETRY):  # type: ignore[arg-type]
@@ -71,7 +135,7 @@ async def publish(
                 if failed is not None:  # the policy counts, waits and logs that attempt too
                     first, failed = failed, None
                     raise first
-                return await js.publish(subject, body, timeout=timeout, headers=dict(headers))
+                return await js.publish(subject, body, timeout=timeout, headers=headers)
     except APIError as e:
         if e.err_code == JS_ERR_MAX_MSGS_PER_SUBJECT:
             raise RouteFullError(f"{subject} is full: {e.description}") from e

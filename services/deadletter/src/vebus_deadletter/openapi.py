@@ -48,6 +48,11 @@ _SUMMARY_PROPS: dict[str, Any] = {
     "event_id": {"type": ["string", "null"]},
     "event_type": {"type": ["string", "null"]},
     "event_source": {"type": ["string", "null"]},
+    "body_omitted": {
+        "type": ["integer", "null"],
+        "description": "set when the event was too large to keep with the letter "
+        "(TOO_LARGE): its size in bytes; the letter then has no data and cannot be replayed",
+    },
 }
 
 _SELECTION_PROPS: dict[str, Any] = {
