@@ -68,20 +68,34 @@ def load_or_default(config_path: str, *, required: bool = False) -> Config:
 
 
 async def connect(config: Config, nats_url: str | None) -> Client:
-    """Connect to NATS once (a command does not wait for a server that is not there)."""
+    """Connect to NATS once (a command does not wait for a server that is not there).
+
+    nats-py never gives up on a server when `max_reconnect_attempts` is 0 (it means "no
+    limit" in its initial connect loop), so each server gets one retry, and its errors are
+    collected for the one line the user reads instead of printed as tracebacks.
+    """
     url = nats_url or config.nats.url
+    errors: list[Exception] = []
+
+    async def collect(e: Exception) -> None:
+        errors.append(e)
+
     try:
         return await nats.connect(
             servers=[u.strip() for u in url.split(",") if u.strip()],
             user=config.nats.user,
             password=config.nats.password,
             connect_timeout=float(config.nats.connect_timeout),
-            max_reconnect_attempts=0,
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0.2,
             allow_reconnect=False,
+            error_cb=collect,
             name="vebus-cli",
         )
     except (TimeoutError, OSError, nats.errors.Error) as e:
-        fail(f"cannot connect to NATS at {url}: {e!r} (is `vebus up` running?)")
+        cause = errors[-1] if errors else e
+        reason = str(cause) or type(cause).__name__
+        fail(f"cannot connect to NATS at {url}: {reason} (is `vebus up` running?)")
 
 
 def run_async(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
