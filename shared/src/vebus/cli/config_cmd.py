@@ -29,4 +29,5 @@ def check(file: str) -> None:
         for line in e.errors:
             click.echo(f"{file}: {line}", err=True)
         raise SystemExit(2) from None
-    click.echo(f"{file}: ok ({len(cfg.vcenters)} vCenter(s), {len(cfg.routes)} route(s))")
+    checks = f", {len(cfg.checks)} check(s)" if cfg.checks else ""
+    click.echo(f"{file}: ok ({len(cfg.vcenters)} vCenter(s), {len(cfg.routes)} route(s){checks})")
