@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import json
 import logging
 import os
@@ -53,6 +54,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: seconds after SIGTERM before a stop that is still going dumps its threads' stacks
+STOP_DIAGNOSE = 10.0
 
 #: default health ports, one per service so they can share a host under `vebus up`
 DEFAULT_HEALTH_PORTS = {"collector": 8181, "filter": 8182, "dispatcher": 8183, "deadletter": 8184}
@@ -406,8 +410,16 @@ async def run_service(settings: ServiceSettings, body: Body, *, version: str = "
         return 2
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        stopping.set()
+        # a stop that has not ended within STOP_DIAGNOSE seconds prints every thread's
+        # stack to stderr (the service log): what holds it up is then on record before
+        # a supervisor's SIGKILL
+        faulthandler.dump_traceback_later(STOP_DIAGNOSE, exit=False)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
+        loop.add_signal_handler(sig, stop)
 
     try:
         nc = await _connect(config, f"vebus-{settings.service}-{settings.instance}", stopping)
