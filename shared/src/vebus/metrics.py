@@ -173,7 +173,8 @@ class Metrics:
         )
         self.publish_failed = FastCounter(
             "vebus_publish_failures",
-            "Publishes JetStream refused or never acknowledged (reason: route_full, error).",
+            "Publishes JetStream refused or never acknowledged, or too large to send "
+            "(reason: route_full, too_large, error).",
             ["stream", "route", "reason"],
             registry=r,
         )
