@@ -58,6 +58,15 @@ log = logging.getLogger(__name__)
 #: seconds after SIGTERM before a stop that is still going dumps its threads' stacks
 STOP_DIAGNOSE = 10.0
 
+
+def _dump_tasks() -> None:
+    """Print the stack of every pending asyncio task to stderr (a stop that hangs)."""
+    tasks = asyncio.all_tasks()
+    print(f"stop still waiting after {STOP_DIAGNOSE:g}s; {len(tasks)} task(s):", file=sys.stderr)
+    for task in tasks:
+        task.print_stack(file=sys.stderr)
+
+
 #: default health ports, one per service so they can share a host under `vebus up`
 DEFAULT_HEALTH_PORTS = {"collector": 8181, "filter": 8182, "dispatcher": 8183, "deadletter": 8184}
 LOG_FORMATS = ("text", "json")
@@ -412,11 +421,14 @@ async def run_service(settings: ServiceSettings, body: Body, *, version: str = "
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
+        if stopping.is_set():
+            return
         stopping.set()
         # a stop that has not ended within STOP_DIAGNOSE seconds prints every thread's
-        # stack to stderr (the service log): what holds it up is then on record before
-        # a supervisor's SIGKILL
+        # and every asyncio task's stack to stderr (the service log): what holds it up is
+        # then on record before a supervisor's SIGKILL
         faulthandler.dump_traceback_later(STOP_DIAGNOSE, exit=False)
+        loop.call_later(STOP_DIAGNOSE, _dump_tasks)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
