@@ -110,26 +110,28 @@ class Filter:
         retry = False
         for route, result in zip(routes, results, strict=True):
             if isinstance(result, RouteFullError | MessageTooLargeError):
-                full = isinstance(result, RouteFullError)
-                seq = msg.metadata.sequence.stream
+                if isinstance(result, RouteFullError):
+                    code, error = ErrorCode.ROUTE_FULL, str(result)
+                else:
+                    code = ErrorCode.TOO_LARGE
+                    error = (
+                        f"{result}; the event stays in {subjects.EVENTS_STREAM} at sequence "
+                        f"{msg.metadata.sequence.stream} while retention keeps it"
+                    )
                 log.warning(
-                    "event %s %s: dead-lettered",
+                    "event %s to route %s dead-lettered as %s: %s",
                     event.id,
-                    f"to route {route.name}: the route is full"
-                    if full
-                    else f"is too large to route (it stays in {subjects.EVENTS_STREAM} at "
-                    f"sequence {seq})",
+                    route.name,
+                    code,
+                    error,
                     extra={"route": route.name, "event_id": event.id},
                 )
                 await publish_dead_letter(
                     self._js,
                     route=route.name,
                     sink=route.sink.__struct_config__.tag or "",  # type: ignore[arg-type]
-                    code=ErrorCode.ROUTE_FULL if full else ErrorCode.TOO_LARGE,
-                    error=str(result)
-                    if full
-                    else f"{result}; the event stays in {subjects.EVENTS_STREAM} at sequence "
-                    f"{seq} while retention keeps it",
+                    code=code,
+                    error=error,
                     headers={**headers, MSG_ID: f"{base_id}:{route.name}"},
                     body=msg.data,
                     attempts=0,
