@@ -675,14 +675,12 @@ class CheckScope(_Base, frozen=True):
     exclude: list[str] = msgspec.field(default_factory=list)
 
 
-def _check_check_name(name: str) -> None:
+def _check_check(name: str, interval: float) -> None:
+    """What every scheduled check requires: a usable name and an interval of 1s or more."""
     try:
         _check_name("check", name)
     except ValueError as e:
         raise ValueError(f"name: {e}") from None
-
-
-def _check_interval(interval: float) -> None:
     if interval < 1:
         raise ValueError(f"interval: expected a duration of at least 1s, got {interval:g}s")
 
@@ -697,8 +695,7 @@ class SnapshotAgeCheck(_Base, frozen=True, tag_field="kind", tag="snapshot_age")
     scope: CheckScope = msgspec.field(default_factory=CheckScope)
 
     def __post_init__(self) -> None:
-        _check_check_name(self.name)
-        _check_interval(self.interval)
+        _check_check(self.name, self.interval)
         if self.threshold <= 0:
             raise ValueError("threshold: expected a duration > 0 (the age a snapshot may reach)")
 
@@ -716,8 +713,7 @@ class DatastoreUsageCheck(_Base, frozen=True, tag_field="kind", tag="datastore_u
     scope: CheckScope = msgspec.field(default_factory=CheckScope)
 
     def __post_init__(self) -> None:
-        _check_check_name(self.name)
-        _check_interval(self.interval)
+        _check_check(self.name, self.interval)
         if not 0 <= self.threshold <= 100:
             raise ValueError(f"threshold: expected a percentage, 0 to 100, got {self.threshold}")
         if self.clear_below is not None and not 0 <= self.clear_below <= self.threshold:
@@ -737,8 +733,7 @@ class VmPoweredOffCheck(_Base, frozen=True, tag_field="kind", tag="vm_powered_of
     scope: CheckScope = msgspec.field(default_factory=CheckScope)
 
     def __post_init__(self) -> None:
-        _check_check_name(self.name)
-        _check_interval(self.interval)
+        _check_check(self.name, self.interval)
         if self.threshold <= 0:
             raise ValueError("threshold: expected a duration > 0 (how long a VM may stay off)")
 
