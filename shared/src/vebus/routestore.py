@@ -31,7 +31,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -44,6 +44,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
+from vebus.aio import raise_if_cancelled
 from vebus.config import _ENV_REF, Route, parse_config
 from vebus.errors import ConfigError, VebusError
 from vebus.kv import ensure_bucket
@@ -325,6 +326,7 @@ OnRoutes = Callable[[RouteSet | None, int], Awaitable[None]]
 OnPauses = Callable[[dict[str, PauseRecord]], Awaitable[None]]
 
 
+@contextlib.asynccontextmanager
 async def watch_routes(
     store: RouteStore,
     stopping: asyncio.Event,
@@ -332,14 +334,35 @@ async def watch_routes(
     on_routes: OnRoutes,
     on_pauses: OnPauses | None = None,
     known_revision: int = 0,
-) -> None:
-    """Call `on_routes` for every new revision of the route set until `stopping` is set.
+) -> AsyncIterator[None]:
+    """While the `async with` body runs, call `on_routes` for every new revision of the
+    route set (and `on_pauses` when a pause record changes), until `stopping` is set.
 
     A KV watch gives changes within milliseconds; every RECHECK seconds without one the
     route set is read again anyway (the pause records every sixth time: listing them costs
     more), so a watch that lost its place (a reconnect, a server restart) delays a change by
-    seconds rather than forever.
+    seconds rather than forever. However the body ends (a stop, an error), the watch is
+    cancelled and waited for on the way out: no change is applied after the body has torn
+    down what it changes.
     """
+    watch = asyncio.create_task(
+        _follow(store, stopping, on_routes, on_pauses, known_revision), name="watch-routes"
+    )
+    try:
+        yield
+    finally:
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
+
+
+async def _follow(
+    store: RouteStore,
+    stopping: asyncio.Event,
+    on_routes: OnRoutes,
+    on_pauses: OnPauses | None,
+    known_revision: int,
+) -> None:
+    """The task of `watch_routes`: until `stopping` is set or it is cancelled."""
     revision = known_revision
     pause_revisions: dict[str, int] = {}
     idle = 0  # RECHECK periods without an update: pauses are re-read every sixth
@@ -349,10 +372,12 @@ async def watch_routes(
             await on_pauses(await store.pauses())
 
     while not stopping.is_set():
+        raise_if_cancelled()  # a cancel lost in a change or a retry (vebus.aio)
         watcher = None
         try:
             watcher = await store.kv.watchall()
             while not stopping.is_set():
+                raise_if_cancelled()
                 try:
                     entry = await watcher.updates(timeout=RECHECK)  # type: ignore[no-untyped-call]
                 except (TimeoutError, nats.errors.TimeoutError):

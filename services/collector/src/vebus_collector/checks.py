@@ -43,6 +43,7 @@ from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from vebus import subjects
+from vebus.aio import raise_if_cancelled
 from vebus.cloudevent import MSG_ID, CloudEvent, to_headers
 from vebus.config import (
     Check,
@@ -302,13 +303,7 @@ class CheckRunner:
                     min(wait, RETRY_AFTER),
                 )
                 wait = min(wait, RETRY_AFTER)
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                # the cancel of a stop was swallowed inside the round (on Python 3.11
-                # asyncio.wait_for, which nats-py uses for every request, can lose a
-                # cancellation that races with its result): honour it here, or the stop
-                # waits for ever on this loop's sleep
-                raise asyncio.CancelledError
+            raise_if_cancelled()  # a stop's cancel lost inside the round (vebus.aio)
             await asyncio.sleep(wait)
 
     def _probe(self, check: Check, now: dt.datetime) -> list[Finding]:

@@ -38,6 +38,7 @@ from typing import Any, Protocol, TypeVar
 from pyVmomi import vim
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_never
 
+from vebus.aio import raise_if_cancelled
 from vebus.config import VCenterConfig
 from vebus.publish import OutgoingMessage
 from vebus_collector import mapping
@@ -179,6 +180,7 @@ class Follower:
         return delay + random.uniform(0, BACKOFF_JITTER)
 
     async def _sleep(self, seconds: float) -> None:
+        raise_if_cancelled()  # the term ended, its cancel lost in an attempt (vebus.aio)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), seconds)
 
@@ -349,6 +351,7 @@ class Follower:
         self._healthy_at = self._attempt
         self.failing_since = None
         while not self.stopping.is_set():
+            raise_if_cancelled()  # the term ended, its cancel lost in a publish (vebus.aio)
             if self._resync.is_set():
                 self._resync.clear()
                 pos = self.position
@@ -490,6 +493,7 @@ class Follower:
 
     async def _save_periodically(self) -> None:
         while True:
+            raise_if_cancelled()  # a cancel lost in a save would save for ever (vebus.aio)
             await asyncio.sleep(float(self.cfg.checkpoint_interval))
             try:
                 await self._save()

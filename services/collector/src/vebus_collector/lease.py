@@ -30,6 +30,7 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 
 from vebus import subjects
+from vebus.aio import raise_if_cancelled
 from vebus.kv import ensure_bucket
 from vebus_collector.errors import LeaseLostError
 
@@ -131,6 +132,7 @@ class Lease:
     async def keep(self) -> None:
         """Renew until cancelled; raises LeaseLostError when the lease is gone."""
         while True:
+            raise_if_cancelled()  # a cancel lost in a renewal would renew for ever (vebus.aio)
             await asyncio.sleep(self.renew_every)
             if self.revision is None:
                 raise LeaseLostError("lease not held")

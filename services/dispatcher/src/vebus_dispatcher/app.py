@@ -325,21 +325,16 @@ async def _body(ctx: ServiceContext, *, paused_seconds: PausedSeconds | None = N
             await dispatcher.apply(dispatcher.resolve(route_set.routes, revision), revision)
 
     ctx.ready = True
-    watch = asyncio.create_task(
-        watch_routes(
+    try:
+        async with watch_routes(
             store,
             ctx.stopping,
             on_routes=on_routes,
             on_pauses=dispatcher.set_pauses,
             known_revision=dispatcher.revision,
-        )
-    )
-    try:
-        await ctx.stopping.wait()
+        ):
+            await ctx.stopping.wait()
     finally:
-        watch.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await watch
         with contextlib.suppress(Exception):
             await status_sub.unsubscribe()
         await dispatcher.close()

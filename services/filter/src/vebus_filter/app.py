@@ -193,15 +193,12 @@ async def _body(ctx: ServiceContext) -> None:
 
     ctx.ready = True
     log.info("filtering with %d route(s) (revision %d)", len(router), state.revision)
-    watch = asyncio.create_task(
-        watch_routes(store, ctx.stopping, on_routes=on_routes, known_revision=state.revision)
-    )
     try:
-        await worker.run(ctx.stopping)
+        async with watch_routes(
+            store, ctx.stopping, on_routes=on_routes, known_revision=state.revision
+        ):
+            await worker.run(ctx.stopping)
     finally:
-        watch.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await watch
         with contextlib.suppress(Exception):
             await status_sub.unsubscribe()
 
