@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tests.e2e.test_up import _pids_of, _wait_for
+from tests.support.ports import free_port_run
 from tests.support.sink import RecordingSink
 from vebus.cloudevent import MSG_ID, CloudEvent, to_headers
 from vebus.embedded import free_port
@@ -30,30 +31,10 @@ EVENTS = 600
 RATE = 60.0  # events/s: ten seconds of traffic
 
 
-def _free_run(n: int) -> int:
-    """A port p such that p .. p+n-1 are free."""
-    for _ in range(50):
-        p = free_port()
-        if all(_port_is_free(p + i) for i in range(n)):
-            return p
-    raise RuntimeError("no run of free ports")
-
-
-def _port_is_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 async def test_a_nats_node_dies_and_returns_without_losing_events(
     tmp_path: Path, vcsim_binary: Path, sink: RecordingSink
 ) -> None:
-    nats_port = _free_run(3)
+    nats_port = free_port_run(3)
     cfg = tmp_path / "vebus.yaml"
     cfg.write_text(
         yaml.safe_dump(

@@ -157,15 +157,21 @@ def start_nats(
     http_port: int | None = None,
     log_path: Path | None = None,
     extra_args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
     timeout: float = 15.0,
 ) -> tuple[ManagedProcess, int]:
-    """Start nats-server with JetStream storing under `store_dir`; returns it and its port."""
+    """Start nats-server with JetStream storing under `store_dir`; returns it and its port.
+
+    `env` is its whole environment (default: ours): how secrets reach it, never `args`.
+    """
     port = port or free_port()
     args = [find_nats_server(), "-js", "-sd", str(store_dir), "-a", "127.0.0.1", "-p", str(port)]
     if http_port:
         args += ["-m", str(http_port)]
     args += list(extra_args)
-    proc = ManagedProcess("nats-server", args, log_path or store_dir / "nats-server.log").start()
+    proc = ManagedProcess(
+        "nats-server", args, log_path or store_dir / "nats-server.log", env=env
+    ).start()
     if not wait_for_port(port, timeout=timeout):
         proc.kill()
         raise RuntimeError(f"nats-server did not listen on {port}:\n{proc.output()[-2000:]}")

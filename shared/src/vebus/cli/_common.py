@@ -19,10 +19,19 @@ from nats.js.errors import APIError, NotFoundError
 
 from vebus.config import Config, load_config
 from vebus.errors import ConfigError, VebusError
+from vebus.natsauth import (
+    DEFAULT_AUTH_PATH,
+    PASSWORD_ENV,
+    USER_ENV,
+    is_local_url,
+    password_var,
+    read_env_file,
+)
 
 __all__ = [
     "config_option",
     "connect",
+    "credentials",
     "fail",
     "load_or_default",
     "nats_session",
@@ -67,6 +76,31 @@ def load_or_default(config_path: str, *, required: bool = False) -> Config:
         sys.exit(2)
 
 
+def credentials(config: Config, url: str) -> tuple[str | None, str | None, str]:
+    """The NATS user and password a command logs in with, and where they came from.
+
+    The config's nats.user first; else $VEBUS_NATS_USER / $VEBUS_NATS_PASSWORD; else, for
+    a NATS on this machine, the admin user `vebus up --nats-auth` generated into
+    .vebus/nats-auth.env here (the folder `vebus up` ran in), so that an operator never
+    copies passwords. None: no login (a NATS without authentication).
+    """
+    if config.nats.user:
+        return config.nats.user, config.nats.password, "nats.user in the config"
+    if os.environ.get(USER_ENV):
+        return os.environ[USER_ENV], os.environ.get(PASSWORD_ENV), f"${USER_ENV}"
+    if is_local_url(url) and DEFAULT_AUTH_PATH.is_file():
+        with contextlib.suppress(OSError):
+            password = read_env_file(DEFAULT_AUTH_PATH).get(password_var("admin"))
+            if password:
+                return "admin", password, str(DEFAULT_AUTH_PATH)
+    return None, None, "no user given"
+
+
+def _is_auth_error(e: BaseException) -> bool:
+    text = str(e).lower()
+    return "authorization violation" in text or "authentication" in text
+
+
 async def connect(config: Config, nats_url: str | None) -> Client:
     """Connect to NATS once (a command does not wait for a server that is not there).
 
@@ -75,6 +109,7 @@ async def connect(config: Config, nats_url: str | None) -> Client:
     collected for the one line the user reads instead of printed as tracebacks.
     """
     url = nats_url or config.nats.url
+    user, password, source = credentials(config, url)
     errors: list[Exception] = []
 
     async def collect(e: Exception) -> None:
@@ -83,8 +118,8 @@ async def connect(config: Config, nats_url: str | None) -> Client:
     try:
         return await nats.connect(
             servers=[u.strip() for u in url.split(",") if u.strip()],
-            user=config.nats.user,
-            password=config.nats.password,
+            user=user,
+            password=password,
             connect_timeout=float(config.nats.connect_timeout),
             max_reconnect_attempts=1,
             reconnect_time_wait=0.2,
@@ -95,6 +130,15 @@ async def connect(config: Config, nats_url: str | None) -> Client:
     except (TimeoutError, OSError, nats.errors.Error) as e:
         cause = errors[-1] if errors else e
         reason = str(cause) or type(cause).__name__
+        if any(_is_auth_error(x) for x in (*errors, e)):
+            who = f"user {user!r} ({source})" if user else "a connection without a user"
+            fail(
+                f"NATS at {url} refused {who}: for `vebus up --nats-auth`, run vebus in the "
+                f"folder it ran in (it reads the admin user from {DEFAULT_AUTH_PATH}), or set "
+                f"{USER_ENV}=admin and {PASSWORD_ENV} to VEBUS_NATS_ADMIN_PASSWORD of "
+                "<data-dir>/nats-auth.env; for another NATS, give nats.user and nats.password "
+                "in the config"
+            )
         fail(f"cannot connect to NATS at {url}: {reason} (is `vebus up` running?)")
 
 

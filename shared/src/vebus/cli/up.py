@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -45,6 +46,16 @@ __all__ = ["up"]
     help="Run this many nats-server processes as one JetStream cluster (3: streams R3).",
 )
 @click.option(
+    "--nats-auth",
+    is_flag=True,
+    help="Require a NATS login: each service connects as its own user of "
+    "deploy/nats/auth.conf, with passwords generated into <data-dir>/nats-auth.env (mode "
+    "0600, kept across restarts). `vebus` commands run in the same folder log in as its "
+    "admin user from .vebus/nats-auth.env; elsewhere, or with another --data-dir, set "
+    "VEBUS_NATS_USER=admin and VEBUS_NATS_PASSWORD. Without it, NATS on 127.0.0.1 takes any "
+    "local client, e.g. `nats sub '>'`.",
+)
+@click.option(
     "--scale",
     "scale",
     multiple=True,
@@ -65,6 +76,7 @@ def up(
     data_dir: Path,
     nats_port: int,
     nats_cluster: int,
+    nats_auth: bool,
     scale: tuple[str, ...],
     vcsim_port: int,
     quiet: bool,
@@ -82,6 +94,7 @@ def up(
       vebus up                       # simulator, console route
       vebus up --config vebus.yaml   # your vCenters and routes
       vebus up --nats-cluster 3 --scale dispatcher=2 --scale filter=2
+      vebus up --nats-auth           # NATS users and passwords (in .vebus/nats-auth.env)
     """
     from vebus.supervisor import SERVICES, UpOptions, load_raw, run_up
 
@@ -104,6 +117,8 @@ def up(
         fail(f"{config_path}: no such file")
     try:
         raw = load_raw(config_path)
+        if nats_auth:
+            _check_auth_target(raw, config_path)
         if raw:
             parse_config(raw)
     except ConfigError as e:
@@ -117,6 +132,7 @@ def up(
         data_dir=data_dir,
         nats_port=nats_port,
         nats_cluster=nats_cluster,
+        nats_auth=nats_auth,
         scale=replicas,
         vcsim_port=vcsim_port,
         echo=not quiet,
@@ -128,3 +144,26 @@ def up(
     except Exception as e:  # a start-up failure: say what, not where in the code
         fail(str(e))
     raise SystemExit(status)
+
+
+def _check_auth_target(raw: dict[str, Any], config_path: Path | None) -> None:
+    """--nats-auth secures the nats-server `vebus up` starts, not a remote one: refuse
+    rather than send generated users to a server that does not know them."""
+    from vebus.natsauth import is_local_url
+
+    section = raw.get("nats")
+    nats_cfg: dict[str, Any] = section if isinstance(section, dict) else {}
+    url = str(nats_cfg.get("url") or "")
+    if url and not is_local_url(url):
+        fail(
+            f"--nats-auth: {config_path}: nats.url {url} is a server vebus up does not start; "
+            "its users are configured on that server (give nats.user and nats.password "
+            "in the config, and run without --nats-auth)",
+            2,
+        )
+    if nats_cfg.get("user") or nats_cfg.get("password"):
+        click.echo(
+            f"vebus up: --nats-auth: nats.user/nats.password in {config_path} are not used: "
+            "each service logs in as its own generated user",
+            err=True,
+        )
