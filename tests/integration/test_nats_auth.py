@@ -12,6 +12,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import nats
 import nats.errors
@@ -86,12 +87,23 @@ async def test_every_service_works_with_its_own_least_privilege_user(
         auth_nats.url,
         {
             "vcenters": [{"name": "vc1", "url": vcsim.url, "username": "user", "password": "pass"}],
+            # every KV bucket is written as its service's user: the check's open conditions
+            # (collector), the rate schedule (dispatcher), checkpoints, leases, routes
+            "checks": [
+                {"kind": "datastore_usage", "name": "ds-used", "threshold": 0, "interval": "1s"}
+            ],
             "routes": [
                 {
                     "name": "vm-off",
                     "match": {"type": ["com.vmware.vsphere.VmPoweredOffEvent.v0"]},
                     "sink": {"kind": "webhook", "url": sink.url},
-                }
+                },
+                {
+                    "name": "checks",
+                    "match": {"type": [{"prefix": "com.vebus.check."}]},
+                    "sink": {"kind": "webhook", "url": sink.url},
+                    "delivery": {"rate": 50},
+                },
             ],
         },
     )
@@ -111,9 +123,17 @@ async def test_every_service_works_with_its_own_least_privilege_user(
         for name, p in zip(SERVICES, procs, strict=True):
             await asyncio.to_thread(_wait_ready, p, ports[name])
         name, _ = await _power_off_first_vm(vcsim)
-        delivered = await sink.wait_for(lambda: len(sink.accepted) >= 1, timeout=60)
-        assert delivered, "\n".join(p.output()[-2000:] for p in procs)
-        assert json.loads(sink.accepted[0].body)["Vm"]["Name"] == name
+
+        def of_type(suffix: str) -> list[dict[str, Any]]:
+            return [json.loads(r.body) for r in sink.accepted
+                    if r.headers.get("ce-type", "").endswith(suffix)]  # fmt: skip
+
+        def seen() -> tuple[bool, bool]:
+            return (any(b["Vm"]["Name"] == name for b in of_type(".VmPoweredOffEvent.v0")),
+                    bool(of_type(".DatastoreUsageExceeded.v0")))  # fmt: skip
+
+        delivered = await sink.wait_for(lambda: all(seen()), timeout=60)
+        assert delivered, (seen(), "\n".join(p.output()[-2000:] for p in procs))
         logs = "\n".join(p.output() for p in procs)
         assert "permissions violation" not in logs.lower()
     finally:
