@@ -82,7 +82,7 @@ class Filter:
                 error=f"{msg.subject}: {e}",
                 headers=headers,
                 body=msg.data,
-                attempts=msg.metadata.num_delivered,
+                attempts=0,  # no delivery was attempted (docs/deadletters.md)
                 exhausted=Exhausted.NOT_RETRYABLE,
             )
             return Ack()
