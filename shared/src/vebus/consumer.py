@@ -16,6 +16,13 @@ long-polling up to `fetch_timeout`) into a subscription callback: they start as 
 arrive, with no per-message timer and no round trip between batches while a backlog lasts
 (loadtest/RESULTS.md has the before and after).
 
+A consumer that disappears (deleted by hand, or by another replica that retired its route
+while this one runs it again) ends the outstanding pull request with "409 Consumer
+Deleted", and every request after that with "503" (no responders: nothing listens on the
+consumer's MSG.NEXT subject). With `on_consumer_gone`, the worker calls it once per such
+status, ERROR_PAUSE apart, so its owner can create the consumer again and the worker
+carries on; without it the worker pauses and retries, as for any other error status.
+
 Each message is observed here, not in handlers: inside a service, the worker reports it to
 the service's `vebus.telemetry` (counters, wait and age histograms, a CONSUMER span that
 continues the message's trace and is current while the handler runs, the log scope).
@@ -38,7 +45,7 @@ from nats.js import JetStreamContext
 
 from vebus import telemetry
 
-__all__ = ["Ack", "Disposition", "Handler", "Nak", "PullWorker", "Term"]
+__all__ = ["Ack", "ConsumerGone", "Disposition", "Handler", "Nak", "PullWorker", "Term"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +71,8 @@ class Term:
 
 Disposition = Ack | Nak | Term
 Handler = Callable[[Msg], Awaitable[Disposition]]
+#: called when the worker's consumer does not exist any more: creates it again
+ConsumerGone = Callable[[], Awaitable[None]]
 
 #: delay before a message whose handler raised is offered again
 CRASH_DELAY = 1.0
@@ -92,6 +101,7 @@ class PullWorker:
         batch: int = 64,
         fetch_timeout: float = 5.0,
         prefetch: int = 0,
+        on_consumer_gone: ConsumerGone | None = None,
     ) -> None:
         self._js = js
         self._stream = stream
@@ -114,6 +124,9 @@ class PullWorker:
         self._expires_at = 0.0
         #: no new request before this (monotonic): after an error status
         self._pause_until = 0.0
+        self._on_consumer_gone = on_consumer_gone
+        #: a status said the consumer is gone: call `on_consumer_gone` before the next request
+        self._gone: str | None = None
         self.handled = 0
         self._observer: telemetry.ConsumerObserver | None = None
 
@@ -136,6 +149,8 @@ class PullWorker:
         stop_waiter = asyncio.create_task(self._wake_on(stopping))
         try:
             while not stopping.is_set():
+                if self._gone is not None:
+                    await self._recreate(self._gone)
                 now = time.monotonic()
                 if self._pending and now >= self._expires_at + EXPIRY_MARGIN:
                     self._pending = 0  # its end never came (a reconnect drops requests)
@@ -192,6 +207,17 @@ class PullWorker:
             return self._pause_until
         return time.monotonic() + self._fetch_timeout
 
+    async def _recreate(self, status: str) -> None:
+        """Let the owner create the vanished consumer again; the next pull request (after
+        ERROR_PAUSE) tells whether it worked, and a failure comes back here."""
+        self._gone = None
+        assert self._on_consumer_gone is not None
+        log.warning("%s: consumer not found (pull request ended: %s)", self._durable, status)
+        try:
+            await self._on_consumer_gone()
+        except Exception as e:
+            log.warning("%s: could not create the consumer again: %r", self._durable, e)
+
     async def _wake_on(self, stopping: asyncio.Event) -> None:
         await stopping.wait()
         self._wake.set()
@@ -205,7 +231,11 @@ class PullWorker:
             self._pending = 0
             if status not in ("404", "408"):  # anything but "no messages" / "expired"
                 description = msg.headers.get("Description", "") if msg.headers else ""
-                log.warning("%s: pull request ended: %s %s", self._durable, status, description)
+                description = description.split("\n", 1)[0].strip()  # 503: headers follow
+                if self._on_consumer_gone is not None and _consumer_gone(status, description):
+                    self._gone = f"{status} {description or 'No Responders'}"
+                else:
+                    log.warning("%s: pull request ended: %s %s", self._durable, status, description)
                 self._pause_until = time.monotonic() + ERROR_PAUSE
             self._wake.set()
             return
@@ -260,6 +290,13 @@ class PullWorker:
 
 
 _OUTCOME: dict[type, str] = {Ack: "ack", Nak: "nak", Term: "term"}
+
+
+def _consumer_gone(status: str, description: str) -> bool:
+    """Whether a pull request's status says its consumer does not exist: deleted while the
+    request waited (409), or no consumer to take the request at all (503 no responders;
+    in a cluster also while the consumer elects a leader, when creating it is a no-op)."""
+    return status == "503" or (status == "409" and description.startswith("Consumer Deleted"))
 
 
 async def _settle(msg: Msg, outcome: Disposition) -> None:

@@ -9,6 +9,14 @@ Routes come from the set stored in NATS KV (`vebus routes apply`) when there is 
 from the config file; the dispatcher follows the stored set and the paused routes live
 (Dispatcher below) and answers `vebus routes apply` with the revision it runs and any
 `${ENV}` variable a route needs that this process lacks.
+
+A removed route's consumer is deleted once its queue is empty and the route is still absent
+from the stored set (each is a Raft group on a cluster: kept for ever, they add up over
+many applies); one with events left is kept, so they are delivered if the route comes back.
+Deleting an empty consumer of the work queue loses nothing: one created later gets what
+the stream still holds. A worker whose consumer vanished (another replica deleted it in a
+race with a re-add, or an operator did) creates it again and carries on; acks to the
+deleted consumer are lost, so the events it had in flight come again (at-least-once).
 """
 
 from __future__ import annotations
@@ -18,11 +26,13 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from importlib.metadata import version
 from typing import Any
 
 import nats.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from vebus.config import Route
@@ -61,6 +71,13 @@ DRAIN_QUIET = 3
 #: ...or after this long, whatever it still holds (it stays in VEBUS_ROUTES)
 DRAIN_MAX = 60.0
 
+#: a removed route's consumer is read this many times, half a second apart, before it is
+#: kept as not empty (the server applies the last acks a moment after they were sent)
+RETIRE_CHECKS = 3
+
+#: the names of the routes in the current route set (re-read from the store)
+CurrentRoutes = Callable[[], Awaitable[set[str]]]
+
 
 def route_consumer_config(route: Route) -> ConsumerConfig:
     """The durable consumer all dispatcher replicas share for `route`."""
@@ -85,6 +102,8 @@ class _Running:
         self.worker = worker
         self.stop = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        #: its consumer was deleted elsewhere while it drained: nothing left to retire
+        self.consumer_gone = False
 
     async def finish(self) -> None:
         """Stop fetching, finish what is in flight, close the sink."""
@@ -104,12 +123,21 @@ class Dispatcher:
     `reconcile` makes the workers match it: a new route gets a worker, a changed one
     (sink or delivery) is stopped gracefully and started again, a paused one is stopped
     (its events wait in VEBUS_ROUTES), and a removed one drains: it keeps delivering until
-    its queue stays empty (what the filter routed to it before it swapped) or DRAIN_MAX.
+    its queue stays empty (what the filter routed to it before it swapped) or DRAIN_MAX,
+    and is then retired: its consumer deleted if empty and the route absent from
+    `current_routes()`, re-read at that moment.
     """
 
-    def __init__(self, ctx: ServiceContext, pauses: PauseBook, paused_seconds: PausedSeconds):
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        pauses: PauseBook,
+        paused_seconds: PausedSeconds,
+        current_routes: CurrentRoutes,
+    ):
         self.ctx = ctx
         self.pauses = pauses
+        self._current_routes = current_routes
         self._paused_seconds = paused_seconds
         self.user_agent = f"vebus-dispatcher/{version('vebus-dispatcher')}"
         self.desired: dict[str, Route] = {}
@@ -171,9 +199,12 @@ class Dispatcher:
         config file's routes at start, where it is the user's mistake to fix).
         """
         async with self._lock:
-            self.desired = desired
+            before, self.desired = self.desired, desired
             await self._reconcile(strict=strict)
             self.revision = revision
+            for name in sorted(before.keys() - desired.keys()):
+                if self.pauses.is_paused(name):  # no worker to drain it: retire it now
+                    self._spawn(self._retire(name, "was paused"))
         log.info(
             "routes revision %d: dispatching %s", revision,
             ", ".join(sorted(self.running)) or "no route",
@@ -239,23 +270,53 @@ class Dispatcher:
             # a slot that frees is refilled at once, not after a fetch round trip;
             # a rate-limited route's events would only wait longer
             prefetch=0 if limiter else route.delivery.max_in_flight,
+            on_consumer_gone=lambda: self._consumer_gone(run),  # `run`: bound below
         )
         run = _Running(route, sink, worker)
         run.task = asyncio.create_task(worker.run(run.stop), name=f"route-{route.name}")
         return run
 
+    async def _consumer_gone(self, run: _Running) -> None:
+        """The worker found its consumer gone: create it again if the route still runs here
+        (what the stream holds for it is delivered, what was in flight comes again)."""
+        name, durable = run.route.name, dispatcher_durable(run.route.name)
+        if self.running.get(name) is not run:
+            if self.draining.get(name) is run and not run.consumer_gone:
+                log.info("removed route %s: its consumer %s was deleted", name, durable)
+                run.consumer_gone = True  # retired by another replica: done here too
+                run.stop.set()
+            return  # being stopped: a new worker ensures the consumer when it starts
+        try:
+            await self.ctx.js.consumer_info(ROUTES_STREAM, durable)
+        except NotFoundError:
+            pass
+        else:
+            return  # it is there (a cluster's consumer between leaders answers no one)
+        await ensure_consumer(self.ctx.js, ROUTES_STREAM, route_consumer_config(run.route))
+        log.warning(
+            "route %s: its consumer %s was deleted while the route runs: created it again; "
+            "events still in %s are delivered, those that were in flight may come twice",
+            name, durable, ROUTES_STREAM,
+        )  # fmt: skip
+
     def _drain(self, run: _Running) -> None:
-        """Keep a removed route's worker until its queue has stayed empty, then stop it."""
+        """Keep a removed route's worker until its queue has stayed empty, then stop it and
+        retire the route."""
         name = run.route.name
         self.draining[name] = run
 
         async def drain() -> None:
-            deadline = time.monotonic() + DRAIN_MAX
+            started = time.monotonic()
+            deadline = started + DRAIN_MAX
             quiet = 0
             while not run.stop.is_set() and time.monotonic() < deadline:
                 try:
                     info = await self.ctx.js.consumer_info(ROUTES_STREAM, dispatcher_durable(name))
                     empty = info.num_pending == 0 and info.num_ack_pending == 0
+                except NotFoundError:  # another replica retired it
+                    log.info("removed route %s: its consumer was deleted", name)
+                    run.consumer_gone = True
+                    break
                 except (nats.errors.Error, VebusError):
                     empty = False
                 quiet = quiet + 1 if empty else 0
@@ -263,13 +324,65 @@ class Dispatcher:
                     break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(run.stop.wait(), 1.0)
+            # a stop from outside: the route came back, or this replica stops
+            retire = not run.stop.is_set() and not run.consumer_gone
             await run.finish()
             if self.draining.get(name) is run:
                 del self.draining[name]
             log.info("removed route %s: its worker stopped", name)
+            if retire:
+                await self._retire(name, f"drained for {time.monotonic() - started:.0f} s")
 
         log.info("route %s removed: delivering what it holds, then stopping", name)
-        task = asyncio.create_task(drain())
+        self._spawn(drain())
+
+    async def _retire(self, name: str, how: str) -> None:
+        """Delete a removed route's consumer if nothing waits in it and the route is still
+        absent from the current route set; else keep it (and say why, if events wait)."""
+        durable = dispatcher_durable(name)
+        for check in range(RETIRE_CHECKS):
+            if check:
+                await asyncio.sleep(0.5)
+            try:
+                info = await self.ctx.js.consumer_info(ROUTES_STREAM, durable)
+            except NotFoundError:
+                log.debug("removed route %s: its consumer %s is already deleted", name, durable)
+                return
+            except nats.errors.Error as e:
+                log.warning("removed route %s: consumer %s kept (could not read it: %r)",
+                            name, durable, e)  # fmt: skip
+                return
+            waiting = info.num_pending + info.num_ack_pending
+            if not waiting:
+                break
+        if waiting:
+            log.warning(
+                "removed route %s %s and %d event(s) still wait in its consumer %s: kept, "
+                "so they are delivered if the route comes back (to drop them: "
+                "`nats stream purge %s --subject %s`, then `nats consumer rm %s %s`)",
+                name, how, waiting, durable,
+                ROUTES_STREAM, route_subject(name), ROUTES_STREAM, durable,
+            )  # fmt: skip
+            return
+        async with self._lock:  # no apply in between: this replica cannot start it meanwhile
+            if name in self.desired or name in self.running or name in self.draining:
+                return
+            try:
+                if name in await self._current_routes():  # back, though not running here
+                    log.info("removed route %s is in the route set again: consumer %s kept",
+                             name, durable)  # fmt: skip
+                    return
+                await self.ctx.js.delete_consumer(ROUTES_STREAM, durable)
+            except NotFoundError:
+                log.debug("removed route %s: consumer %s already deleted", name, durable)
+            except (nats.errors.Error, VebusError) as e:
+                log.warning("removed route %s: could not delete its consumer %s: %r",
+                            name, durable, e)  # fmt: skip
+            else:
+                log.info("removed route %s: deleted its empty consumer %s", name, durable)
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
         self._drains.add(task)
         task.add_done_callback(self._drains.discard)
 
@@ -299,7 +412,14 @@ async def _body(ctx: ServiceContext, *, paused_seconds: PausedSeconds | None = N
     await ensure_streams(ctx.js, ctx.config)
     store = await open_route_store(ctx.js, replicas=ctx.config.nats.replicas)
     pauses = PauseBook(await store.pauses())
-    dispatcher = Dispatcher(ctx, pauses, paused_seconds or pauses.paused_seconds)
+
+    async def current_routes() -> set[str]:
+        stored = await store.get()
+        if stored is None:
+            return {r.name for r in ctx.config.routes}
+        return {route_name(raw) for raw in stored[0].routes}
+
+    dispatcher = Dispatcher(ctx, pauses, paused_seconds or pauses.paused_seconds, current_routes)
     stored = await store.get()
     if stored is None:
         # the config file's routes, as before routes could be stored: a sink that cannot

@@ -1,0 +1,108 @@
+"""PullWorker against a real nats-server whose consumer disappears: `on_consumer_gone` is
+called for the server's "409 Consumer Deleted" (deleted while a pull request waited) and
+"503" (no consumer to take the request), and once it recreates the consumer the worker
+carries on by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
+
+from vebus.consumer import Ack, Disposition, PullWorker
+
+pytestmark = pytest.mark.integration
+
+STREAM, DURABLE = "GONETEST", "worker"
+CONSUMER = ConsumerConfig(
+    durable_name=DURABLE, filter_subject="gone.x", ack_policy=AckPolicy.EXPLICIT, ack_wait=30
+)
+
+
+class Recorder:
+    """A handler that acks and notes each message's body, and a hook that recreates the
+    consumer and counts its calls."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self.js = js
+        self.seen: list[str] = []
+        self.recreated = 0
+        self._changed = asyncio.Event()
+
+    async def handle(self, msg: Msg) -> Disposition:
+        self.seen.append(msg.data.decode())
+        self._changed.set()
+        return Ack()
+
+    async def recreate(self) -> None:
+        self.recreated += 1
+        await self.js.add_consumer(STREAM, CONSUMER)
+
+    async def wait_seen(self, want: set[str], timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not want <= set(self.seen):
+                self._changed.clear()
+                await self._changed.wait()
+
+
+async def _stream(nc: Client) -> JetStreamContext:
+    js = nc.jetstream()
+    await js.add_stream(
+        StreamConfig(name=STREAM, subjects=["gone.>"], retention=RetentionPolicy.WORK_QUEUE)
+    )
+    return js
+
+
+def _worker(js: JetStreamContext, rec: Recorder) -> PullWorker:
+    return PullWorker(
+        js,
+        stream=STREAM,
+        durable=DURABLE,
+        handler=rec.handle,
+        max_in_flight=4,
+        fetch_timeout=30.0,  # the request waits while the consumer is deleted
+        on_consumer_gone=rec.recreate,
+    )
+
+
+async def test_a_consumer_deleted_under_a_waiting_request_is_recreated_and_work_goes_on(
+    nc: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    js = await _stream(nc)
+    await js.add_consumer(STREAM, CONSUMER)
+    rec = Recorder(js)
+    stopping = asyncio.Event()
+    task = asyncio.create_task(_worker(js, rec).run(stopping))
+    await js.publish("gone.x", b"before")
+    await rec.wait_seen({"before"})
+    await asyncio.sleep(0.3)  # idle: its long-poll request waits on the consumer
+    with caplog.at_level(logging.WARNING, logger="vebus.consumer"):
+        await js.delete_consumer(STREAM, DURABLE)
+        await asyncio.sleep(1.0)
+        await js.publish("gone.x", b"after")
+        await rec.wait_seen({"after"})
+    stopping.set()
+    await asyncio.wait_for(task, 10)
+    assert rec.recreated == 1
+    assert "consumer not found (pull request ended: 409 Consumer Deleted)" in caplog.text
+
+
+async def test_a_worker_whose_consumer_does_not_exist_creates_it_through_the_hook(
+    nc: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    js = await _stream(nc)
+    await js.publish("gone.x", b"waiting")  # in the work queue, no consumer yet
+    rec = Recorder(js)
+    stopping = asyncio.Event()
+    with caplog.at_level(logging.WARNING, logger="vebus.consumer"):
+        task = asyncio.create_task(_worker(js, rec).run(stopping))
+        await rec.wait_seen({"waiting"})
+    stopping.set()
+    await asyncio.wait_for(task, 10)
+    assert rec.recreated == 1
+    assert "consumer not found (pull request ended: 503 No Responders)" in caplog.text
