@@ -175,3 +175,36 @@ async def test_a_route_back_in_the_stored_set_keeps_its_consumer_even_where_it_c
     await eventually(retired, "route b's drain ended", stack, timeout=20)
     assert await exists(js, "b"), log(stack)
     assert "deleted its empty consumer" not in log(stack)
+
+
+async def test_a_route_removed_while_no_dispatcher_ran_loses_its_empty_consumer_at_the_next_start(
+    stack: Stack, nc: Client, sink: RecordingSink, tmp_path: Path
+) -> None:
+    both = [hook("a", sink), hook("b", sink), hook("w", sink)]
+    js = await start_dispatcher(stack, nc, both)
+    await apply(stack, tmp_path, both)
+    for r in ("a", "b"):
+        await inject(js, r, event(f"{r}1"))
+    await delivered(sink, {"a1", "b1"}, stack)
+    assert await asyncio.to_thread(stack.stop, "dispatcher") == 0
+
+    await inject(js, "w", event("w1"))  # w is removed with an event still waiting in it
+    await apply(stack, tmp_path, [hook("a", sink)])  # no dispatcher runs to drain b and w
+    assert await exists(js, "b")
+
+    await asyncio.to_thread(stack.start, "dispatcher")
+
+    async def b_gone() -> bool | None:
+        return True if not await exists(js, "b") else None
+
+    await eventually(b_gone, "route b's consumer deleted at start", stack, timeout=20)
+    warning = "removed route w was removed while no dispatcher ran and 1 event(s) still wait"
+
+    async def warned() -> bool | None:
+        return True if warning in log(stack) else None
+
+    await eventually(warned, "the warning about route w", stack, timeout=20)
+    assert await exists(js, "a")
+    assert await exists(js, "w"), "an event waits in it: kept"
+    await inject(js, "a", event("a2"))
+    await delivered(sink, {"a2"}, stack)

@@ -6,6 +6,7 @@ import re
 
 __all__ = [
     "CHECKPOINT_BUCKET",
+    "DISPATCHER_DURABLE_PREFIX",
     "DLQ_INVALID_ROUTE",
     "DLQ_STREAM",
     "EVENTS_STREAM",
@@ -57,6 +58,10 @@ def dlq_subject(route: str) -> str:
     return f"vebus.dlq.{token(route)}"
 
 
+#: every dispatcher consumer's name starts so: the route name follows
+DISPATCHER_DURABLE_PREFIX = "vebus-dispatch-"
+
+
 def dispatcher_durable(route: str) -> str:
     """The durable consumer name the dispatchers share for one route."""
-    return f"vebus-dispatch-{token(route)}"
+    return f"{DISPATCHER_DURABLE_PREFIX}{token(route)}"

@@ -52,7 +52,12 @@ from vebus.routestore import (
 )
 from vebus.service import ServiceContext, ServiceSettings, run_service
 from vebus.streams import ensure_consumer, ensure_streams
-from vebus.subjects import ROUTES_STREAM, dispatcher_durable, route_subject
+from vebus.subjects import (
+    DISPATCHER_DURABLE_PREFIX,
+    ROUTES_STREAM,
+    dispatcher_durable,
+    route_subject,
+)
 from vebus_dispatcher.delivery import PausedSeconds, RouteDelivery
 from vebus_dispatcher.ratelimit import RateLimiter, rate_bucket
 from vebus_dispatcher.sinks import Sink, SinkContext, build_sink
@@ -381,6 +386,28 @@ class Dispatcher:
             else:
                 log.info("removed route %s: deleted its empty consumer %s", name, durable)
 
+    async def sweep(self) -> None:
+        """Retire the consumers of routes removed while no dispatcher ran to drain them
+        (or before consumers were retired at all): run once at start, in the background.
+        Each goes through `_retire`, so one with events waiting is kept and reported."""
+        try:
+            durables: list[str] = []
+            while batch := await self.ctx.js.consumers_info(ROUTES_STREAM, len(durables)):
+                durables += [c.name for c in batch]
+            current = await self._current_routes()
+        except (nats.errors.Error, VebusError) as e:
+            log.warning("could not look for consumers of removed routes: %r", e)
+            return
+        for durable in sorted(durables):
+            name = durable.removeprefix(DISPATCHER_DURABLE_PREFIX)
+            if name == durable or name in current or name in self.desired:
+                continue  # not a dispatcher's, or its route is in the set
+            self._spawn(self._retire(name, "was removed while no dispatcher ran"))
+
+    def spawn_sweep(self) -> None:
+        """`sweep` in the background (closed with the drains)."""
+        self._spawn(self.sweep())
+
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
         self._drains.add(task)
@@ -435,6 +462,7 @@ async def _body(ctx: ServiceContext, *, paused_seconds: PausedSeconds | None = N
         route_set, revision = stored
         await dispatcher.apply(dispatcher.resolve(route_set.routes, revision), revision)
     status_sub = await serve_status(ctx.nc, dispatcher.status)
+    dispatcher.spawn_sweep()
 
     async def on_routes(route_set: RouteSet | None, revision: int) -> None:
         if route_set is None:
