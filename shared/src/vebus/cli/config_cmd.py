@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from vebus.config import load_config
@@ -26,8 +28,9 @@ def check(file: str) -> None:
     try:
         cfg = load_config(file)
     except ConfigError as e:
+        named = f"{Path(file)}: "  # a file that cannot be read or parsed is named already
         for line in e.errors:
-            click.echo(f"{file}: {line}", err=True)
+            click.echo(line if line.startswith(named) else f"{file}: {line}", err=True)
         raise SystemExit(2) from None
     checks = f", {len(cfg.checks)} check(s)" if cfg.checks else ""
     click.echo(f"{file}: ok ({len(cfg.vcenters)} vCenter(s), {len(cfg.routes)} route(s){checks})")

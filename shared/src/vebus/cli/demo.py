@@ -28,24 +28,38 @@ def _wait(task: Any) -> None:
 )
 @click.option("--user", default="user", show_default=True)
 @click.option("--password", default="pass", show_default=True)
-@click.option("--cycles", type=int, default=1, show_default=True, help="Rounds over all VMs.")
-@click.option("--vms", type=int, default=0, help="Use at most this many VMs (0: all).")
+@click.option(
+    "--cycles",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Rounds over all VMs.",
+)
+@click.option(
+    "--vms", type=click.IntRange(min=0), default=0, help="Use at most this many VMs (0: all)."
+)
 def demo(url: str, user: str, password: str, cycles: int, vms: int) -> None:
     """Power-cycle and reconfigure the simulator's VMs so that vSphere events flow
     (VmPoweredOffEvent, VmPoweredOnEvent, VmReconfiguredEvent, ...).
 
     Meant for the simulator that `vebus up` starts; do not point it at a real vCenter.
     """
+    parts = urlsplit(url)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # a port that is not a number, or out of range
+        port = 0
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port:
+        fail(f"--url {url!r}: expected an http(s) URL such as http://127.0.0.1:8989/sdk", 2)
     try:
         from pyVim.connect import Disconnect, SmartConnect
         from pyVmomi import vim
     except ImportError:
         fail("vebus demo needs pyvmomi: install vebus with its 'embedded' extra")
-    parts = urlsplit(url)
     try:
         si = SmartConnect(
             host=parts.hostname,
-            port=parts.port or (443 if parts.scheme == "https" else 80),
+            port=port,
             user=user,
             pwd=password,
             protocol=parts.scheme,

@@ -79,6 +79,27 @@ _since = _time_option(
     "--since", "Only dead letters stored at or after TIME (RFC 3339, or an age: 1h, 30m, 7d)."
 )
 _until = _time_option("--until", "Only dead letters stored before TIME (RFC 3339, or an age).")
+#: dead letter IDs are JetStream sequence numbers: unsigned 64-bit
+_ID = click.IntRange(min=1, max=2**64 - 1)
+
+
+def _route_name(_: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A click callback: a route name as routes are named (a NATS subject token), or exit 2.
+
+    Without it `a.b` or `*` would silently select the dead letters of route `a_b` or `_`.
+    """
+    if value is not None and subjects.token(value) != value:
+        raise click.BadParameter(
+            f"{value!r} is not a route name: route names use only letters, digits, _ and -",
+            param=param,
+        )
+    return value
+
+
+def _route_option(help_: str) -> Callable[..., Any]:
+    return click.option("--route", callback=_route_name, help=help_)
+
+
 _code = click.option(
     "--code",
     type=click.Choice([c.value for c in ErrorCode], case_sensitive=False),
@@ -89,6 +110,11 @@ _code = click.option(
 def _selection(
     route: str | None, code: str | None, since: dt.datetime | None, until: dt.datetime | None
 ) -> Selection:
+    if since is not None and until is not None and since >= until:
+        raise click.BadParameter(
+            "must be before --until: no dead letter was stored in that window",
+            param_hint="--since",
+        )
     return Selection(route=route, code=code.upper() if code else None, since=since, until=until)
 
 
@@ -170,7 +196,7 @@ async def _select(config: Config, nats_url: str | None, sel: Selection) -> list[
 
 
 @dlq.command(name="list")
-@click.option("--route", help="Only the dead letters of this route.")
+@_route_option("Only the dead letters of this route.")
 @_code
 @_since
 @_until
@@ -259,7 +285,7 @@ async def _get(config: Config, nats_url: str | None, ident: int) -> DeadLetter:
 
 
 @dlq.command(short_help="Show one dead letter in full, with its event.")
-@click.argument("ident", metavar="ID", type=click.IntRange(min=1))
+@click.argument("ident", metavar="ID", type=_ID)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @config_option
 @nats_url_option
@@ -307,8 +333,8 @@ def _confirm(verb: str, count: int, sel: Selection, yes: bool) -> None:
 def _selection_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(
         [
-            click.argument("ident", metavar="[ID]", required=False, type=click.IntRange(min=1)),
-            click.option("--route", help="The dead letters of this route."),
+            click.argument("ident", metavar="[ID]", required=False, type=_ID),
+            _route_option("The dead letters of this route."),
             _code,
             _since,
             _until,
@@ -393,6 +419,7 @@ async def _replay(
 @_selection_options
 @click.option(
     "--to-route",
+    callback=_route_name,
     help="Send the events to this route instead of the one they failed on.",
 )
 @click.option(
@@ -442,8 +469,6 @@ def replay(
     config = load_or_default(config_path)
     if to_route is not None:
         known = [r.name for r in config.routes]
-        if subjects.token(to_route) != to_route:
-            raise click.BadParameter("expected a route name", param_hint="--to-route")
         if known and to_route not in known:
             fail(f"--to-route: {config_path} has no route {to_route!r} ({', '.join(known)})", 2)
     pace = config.deadletter.replay_rate if rate is None else rate

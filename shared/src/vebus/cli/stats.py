@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
 
 import click
 
-from vebus.cli._common import config_option, connect, fail, load_or_default, nats_url_option
+from vebus import subjects
+from vebus.cli._common import (
+    config_option,
+    fail,
+    load_or_default,
+    nats_session,
+    nats_url_option,
+    run_async,
+)
 from vebus.cloudevent import from_headers
 from vebus.errors import InvalidEventError
 from vebus.stats import Stats
@@ -28,7 +37,9 @@ __all__ = ["stats"]
 )
 @click.option("--until", "until", default="now", show_default=True, help="End of the window.")
 @click.option("--vcenter", help="Only this event source (a vCenter name, webhook, checks).")
-@click.option("--top", type=int, default=10, show_default=True, help="Rows per table.")
+@click.option(
+    "--top", type=click.IntRange(min=1), default=10, show_default=True, help="Rows per table."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 @click.option(
     "--png",
@@ -46,37 +57,29 @@ def stats(config_path: str, nats_url: str | None, since: str, until: str, vcente
       vebus stats --since 1h --json
       vebus stats --since 2026-01-01T00:00:00Z --until 2026-01-02T00:00:00Z --png day.png
     """
-    from vebus.timespec import parse_time
     from vebus.window import iter_window
 
-    try:
-        start, end = parse_time(since), parse_time(until)
-    except ValueError as e:
-        fail(str(e), 2)
+    start, end = _time("--since", since), _time("--until", until)
+    if start >= end:
+        fail(f"--since {since} is not before --until {until}: the window is empty", 2)
+    if png is not None and not png.parent.is_dir():
+        fail(f"--png {png}: no folder {png.parent} to write it in", 2)
     config = load_or_default(config_path)
     subject = f"vebus.events.{token(vcenter)}.>" if vcenter else "vebus.events.>"
 
     async def collect() -> Stats:
-        nc = await connect(config, nats_url)
         agg = Stats(top=top)
-        try:
-            async for msg in iter_window(nc.jetstream(), start=start, end=end, subject=subject):
+        async with nats_session(config, nats_url, stream=subjects.EVENTS_STREAM) as js:
+            async for msg in iter_window(js, start=start, end=end, subject=subject):
                 try:
                     ev = from_headers(msg.headers, msg.data)
                     data = ev.json_data()
                 except InvalidEventError:
                     continue
                 agg.add(ev.attributes(), data)
-        finally:
-            await nc.close()
         return agg
 
-    import asyncio
-
-    try:
-        agg = asyncio.run(collect())
-    except Exception as e:  # NATS errors, a missing stream
-        fail(f"cannot read VEBUS_EVENTS: {e}")
+    agg = run_async(collect)
     doc = agg.to_dict()
     doc["window"] = {"since": start.isoformat(), "until": end.isoformat(), "subject": subject}
     if png:
@@ -87,6 +90,18 @@ def stats(config_path: str, nats_url: str | None, since: str, until: str, vcente
     _print(doc)
     if png:
         click.echo(f"chart written to {png}")
+
+
+def _time(option: str, value: str) -> dt.datetime:
+    """`value` as a time, or exit 2 naming `option` and what it expects."""
+    from vebus.timespec import parse_time
+
+    try:
+        return parse_time(value)
+    except ValueError as e:
+        fail(f"{option}: {e}", 2)
+    except OverflowError:
+        fail(f"{option}: {value!r} is outside the years 1 to 9999", 2)
 
 
 def _print(doc: dict[str, Any]) -> None:
@@ -138,5 +153,9 @@ def _chart(doc: dict[str, Any], path: Path) -> None:
     ax2.set_title("Events per hour (UTC)")
     ax2.tick_params(axis="x", rotation=45)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=100)
+    except OSError as e:
+        fail(f"--png {path}: cannot write the chart: {e.strerror or e}")
+    finally:
+        plt.close(fig)

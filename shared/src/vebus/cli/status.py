@@ -257,6 +257,25 @@ def _headline(s: dict[str, Any]) -> str:
     )
 
 
+def _problems(s: dict[str, Any]) -> list[str]:
+    """What the status shows is missing, each with what to do (printed to stderr)."""
+    if not s["nats"].get("jetstream"):
+        return [
+            "this NATS has no JetStream: vebus needs it (nats-server -js; `vebus up` "
+            "starts it so), or --nats-url points at another server"
+        ]
+    out = []
+    missing = [x["name"] for x in s["streams"] if x.get("missing")]
+    if missing:
+        out.append(
+            f"no {', '.join(missing)} stream(s): no vebus service has run against this "
+            "NATS yet (or --nats-url points at another server)"
+        )
+    if not s["services"]:
+        out.append("no vebus service answered: start them with `vebus up` (or check --nats-url)")
+    return out
+
+
 def _print_plain(s: dict[str, Any]) -> None:
     click.echo(_headline(s))
     for title, header, rows in _tables(s):
@@ -294,10 +313,10 @@ def _print_rich(s: dict[str, Any]) -> bool:
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @click.option(
     "--interval",
-    type=float,
+    type=click.FloatRange(min=0.1, max=60.0),
     default=1.0,
     show_default=True,
-    help="Seconds between the two samples the rates come from.",
+    help="Seconds between the two samples the rates come from (0.1 to 60).",
 )
 def status(config_path: str, nats_url: str | None, as_json: bool, interval: float) -> None:
     """Show the bus on one screen: NATS and its streams, each consumer's backlog, every
@@ -316,7 +335,7 @@ def status(config_path: str, nats_url: str | None, as_json: bool, interval: floa
     async def run() -> dict[str, Any]:
         nc = await connect(config, nats_url)
         try:
-            return await collect_status(nc, interval=max(0.1, interval))
+            return await collect_status(nc, interval=interval)
         finally:
             await nc.close()
 
@@ -325,3 +344,5 @@ def status(config_path: str, nats_url: str | None, as_json: bool, interval: floa
         click.echo(json.dumps(result, indent=2, default=str))
     elif not (sys.stdout.isatty() and _print_rich(result)):
         _print_plain(result)
+    for line in _problems(result):
+        click.echo(f"vebus: {line}", err=True)

@@ -7,13 +7,14 @@ import contextlib
 import json
 
 import click
+import nats.errors
 from nats.aio.msg import Msg
 
-from vebus.cli._common import config_option, connect, load_or_default, nats_url_option
+from vebus.cli._common import config_option, connect, fail, load_or_default, nats_url_option
 from vebus.cloudevent import from_headers
 from vebus.errors import InvalidEventError
 
-__all__ = ["tail"]
+__all__ = ["subject_problem", "tail"]
 
 
 def format_line(msg: Msg) -> str:
@@ -32,12 +33,41 @@ def format_line(msg: Msg) -> str:
     return f"{ev.time or '-'}  {ev.type}  id={ev.id}  {ev.source}  {text}".rstrip()
 
 
+def subject_problem(subject: str) -> str | None:
+    """Why `subject` cannot be subscribed to (None: it can), in words that say what to fix."""
+    if not subject:
+        return "empty: give a subject such as 'vebus.events.>'"
+    if any(c in subject for c in " \t\r\n"):
+        return f"{subject!r} contains white space: subjects cannot"
+    tokens = subject.split(".")
+    if not all(tokens):
+        return f"{subject!r} has an empty token: no '.' at either end, nor two in a row"
+    for index, tok in enumerate(tokens):
+        if tok == ">" and index != len(tokens) - 1:
+            return f"{subject!r}: '>' matches the rest of a subject and must be its last token"
+        if tok not in ("*", ">") and ("*" in tok or ">" in tok):
+            return f"{subject!r}: wildcards '*' and '>' must be whole tokens, as in 'a.*.c'"
+    return None
+
+
+def _subject(_: click.Context, param: click.Parameter, value: str) -> str:
+    problem = subject_problem(value)
+    if problem is not None:
+        raise click.BadParameter(problem, param=param)
+    return value
+
+
 @click.command()
-@click.argument("subject", default="vebus.events.>")
+@click.argument("subject", default="vebus.events.>", callback=_subject)
 @config_option
 @nats_url_option
 @click.option("--json", "as_json", is_flag=True, help="Print each message as JSON.")
-@click.option("--count", type=int, default=0, help="Stop after this many messages (0: never).")
+@click.option(
+    "--count",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Stop after this many messages (0: never).",
+)
 def tail(subject: str, config_path: str, nats_url: str | None, as_json: bool, count: int) -> None:
     """Print events live as they are published on SUBJECT (core NATS, nothing is consumed).
 
@@ -72,12 +102,15 @@ def tail(subject: str, config_path: str, nats_url: str | None, as_json: bool, co
             if count and seen >= count:
                 done.set()
 
-        await nc.subscribe(subject, cb=on_msg)
-        click.echo(f"listening on {subject} (Ctrl-C to stop)", err=True)
         try:
+            await nc.subscribe(subject, cb=on_msg)
+            click.echo(f"listening on {subject} (Ctrl-C to stop)", err=True)
             await done.wait()
+        except nats.errors.Error as e:
+            fail(f"cannot subscribe to {subject}: {e}")
         finally:
-            await nc.close()
+            with contextlib.suppress(nats.errors.Error):
+                await nc.close()
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
