@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.e2e.test_up import _pids_of, _wait_for
-from tests.support.ports import free_port_run
+from tests.support.ports import free_run
 from tests.support.sink import RecordingSink
 from vebus.cloudevent import MSG_ID, CloudEvent, to_headers
 from vebus.embedded import free_port
@@ -34,7 +34,7 @@ RATE = 60.0  # events/s: ten seconds of traffic
 async def test_a_nats_node_dies_and_returns_without_losing_events(
     tmp_path: Path, vcsim_binary: Path, sink: RecordingSink
 ) -> None:
-    nats_port = free_port_run(3)
+    nats_port = free_run(3)
     cfg = tmp_path / "vebus.yaml"
     cfg.write_text(
         yaml.safe_dump(

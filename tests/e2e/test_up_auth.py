@@ -19,8 +19,7 @@ import pytest
 import yaml
 
 from tests.e2e.test_up import BIN, _pids_of, _wait_for
-from tests.support.ports import free_port_run
-from vebus.embedded import free_port
+from tests.support.ports import free_run
 
 pytestmark = pytest.mark.e2e
 
@@ -61,8 +60,10 @@ def _environ(pid: int) -> dict[str, str]:
 def test_up_with_nats_auth_logs_every_service_in_as_its_own_user(
     tmp_path: Path, vcsim_binary: Path, nodes: int
 ) -> None:
-    nats_port = free_port_run(nodes)  # a cluster's nodes listen on the ports after the first
-    vcsim_port = next(p for p in iter(free_port, 0) if not nats_port <= p < nats_port + nodes)
+    nats_port = free_run(nodes)  # a cluster's nodes listen on the ports after the first
+    vcsim_port = next(
+        p for p in iter(lambda: free_run(1), 0) if not nats_port <= p < nats_port + nodes
+    )
     data = tmp_path / ".vebus"  # the default data dir, where the vebus command looks
     url = f"nats://127.0.0.1:{nats_port}"
     log = tmp_path / "up.log"

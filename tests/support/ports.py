@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
+import random
 import socket
+from pathlib import Path
 
-from vebus.embedded import free_port
-
-__all__ = ["free_port_run"]
-
-
-def free_port_run(n: int) -> int:
-    """A port p such that p .. p+n-1 are free."""
-    for _ in range(50):
-        p = free_port()
-        if all(_port_is_free(p + i) for i in range(n)):
-            return p
-    raise RuntimeError("no run of free ports")
+__all__ = ["free_run"]
 
 
 def _port_is_free(port: int) -> bool:
@@ -25,3 +16,24 @@ def _port_is_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_run(n: int) -> int:
+    """A port p such that p .. p+n-1 are all free, below the ephemeral range: a port that
+    `free_port()` found free can be taken by any outgoing connection a moment later, and on
+    a busy machine one is, between the choice and the server's start."""
+    low = _ephemeral_range()[0]
+    rng = random.Random()
+    for _ in range(200):
+        p = rng.randrange(10000, max(10001, low - n - 1))
+        if all(_port_is_free(p + i) for i in range(n)):
+            return p
+    raise RuntimeError("no run of free ports")
