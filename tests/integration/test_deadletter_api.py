@@ -282,7 +282,14 @@ async def test_list_filter_page_show_and_stats(
     assert [i["id"] for i in rest.body["items"]] == [third]
     assert rest.body["next_after"] is None
 
-    for bad in ("code=NOPE", "since=yesterday", "since=2025-01-02T03:04:05", "limit=0", "after=x"):
+    for bad in (
+        "code=NOPE",
+        "since=yesterday",
+        "since=2025-01-02T03:04:05",
+        "until=99999999999d",  # used to be a 500: OverflowError
+        "limit=0",
+        "after=x",
+    ):
         r = await api("GET", "/v1/dead-letters?" + bad)
         assert r.status == 400, bad
         assert r.body["error"]

@@ -36,6 +36,14 @@ def test_parse_time_refuses(text: str) -> None:
         parse_time(text, now=NOW)
 
 
+@pytest.mark.parametrize(
+    "text", ["99999999999d", "3000000d", "9" * 400 + "w", "0001-01-01T00:00:00+01:00"]
+)
+def test_parse_time_refuses_beyond_the_calendar(text: str) -> None:
+    with pytest.raises(ValueError, match=r"is outside the years 1 to 9999"):
+        parse_time(text, now=NOW)
+
+
 def test_format_time_is_utc_with_z() -> None:
     when = dt.datetime(2025, 1, 2, 5, 4, 5, tzinfo=dt.timezone(dt.timedelta(hours=2)))
     assert format_time(when) == "2025-01-02T03:04:05Z"

@@ -60,6 +60,7 @@ __all__ = [
     "load_config",
     "parse_config",
     "parse_duration",
+    "read_yaml",
 ]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -1048,6 +1049,12 @@ def load_config(
 
     `service` limits which `${ENV}` references must be set (see parse_config).
     """
+    return parse_config(read_yaml(path), env, service=service)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """The YAML document of a config file, unchecked; ConfigError naming the file when it
+    cannot be read, is not UTF-8 or is not YAML (with the line and column of the problem)."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -1058,10 +1065,9 @@ def load_config(
             [f"{p}: not UTF-8 text (byte {e.start}): save the config file as UTF-8"]
         ) from None
     try:
-        raw = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(e, "problem", None) or str(e)
         raise ConfigError([f"{p}: not valid YAML{where}: {problem}"]) from None
-    return parse_config(raw, env, service=service)

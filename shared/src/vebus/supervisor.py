@@ -23,7 +23,7 @@ import nats.errors
 import yaml
 
 from vebus import embedded, natsauth
-from vebus.config import Config, parse_config
+from vebus.config import Config, parse_config, read_yaml
 
 __all__ = ["SERVICES", "UpOptions", "run_up"]
 
@@ -474,10 +474,13 @@ def _vcsim_cache() -> Path:
 
 
 def load_raw(path: Path | None) -> dict[str, Any]:
-    """The user's YAML as a dict, `${ENV}` references kept for the services to resolve."""
-    if path is None or not path.exists():
+    """The user's YAML as a dict, `${ENV}` references kept for the services to resolve.
+
+    ConfigError (naming the file) when it cannot be read or parsed.
+    """
+    if path is None:
         return {}
-    loaded = yaml.safe_load(path.read_text()) or {}
+    loaded = read_yaml(path) or {}
     if not isinstance(loaded, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
     return loaded

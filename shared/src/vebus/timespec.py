@@ -30,7 +30,7 @@ def format_time(when: dt.datetime) -> str:
 def parse_time(value: str, *, now: dt.datetime | None = None) -> dt.datetime:
     """An aware datetime from RFC 3339, `now`, or an age such as `90s`, `1h`, `1h30m`, `7d`.
 
-    ValueError says what was expected.
+    ValueError says what was expected, or that the time falls outside the years 1 to 9999.
     """
     text = value.strip()
     now = now or utcnow()
@@ -38,7 +38,10 @@ def parse_time(value: str, *, now: dt.datetime | None = None) -> dt.datetime:
         return now
     if _AGE.match(text):
         seconds = sum(float(n) * _SECONDS[unit] for n, unit in _PART.findall(text))
-        return now - dt.timedelta(seconds=seconds)
+        try:
+            return now - dt.timedelta(seconds=seconds)
+        except OverflowError:  # too many days for a timedelta, or a date before the year 1
+            raise _out_of_range(value) from None
     try:
         when = dt.datetime.fromisoformat(text)
     except ValueError:
@@ -47,4 +50,11 @@ def parse_time(value: str, *, now: dt.datetime | None = None) -> dt.datetime:
         ) from None
     if when.tzinfo is None:
         raise ValueError(f"{value!r} has no UTC offset: add Z (UTC) or an offset such as +02:00")
-    return when.astimezone(dt.UTC)
+    try:
+        return when.astimezone(dt.UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is in the year 0 in UTC
+        raise _out_of_range(value) from None
+
+
+def _out_of_range(value: str) -> ValueError:
+    return ValueError(f"{value!r} is outside the years 1 to 9999")

@@ -38,6 +38,14 @@ class _LazyGroup(click.Group):
         command: click.Command = getattr(module, target[1])
         return command
 
+    def invoke(self, ctx: click.Context) -> object:
+        """Run the command; a Ctrl-C before it reached its own handling exits 130 quietly
+        (click would print "Aborted!" and exit 1, as for a refused confirmation)."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            ctx.exit(130)
+
 
 @click.group(
     cls=_LazyGroup,

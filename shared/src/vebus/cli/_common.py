@@ -7,7 +7,8 @@ import contextlib
 import datetime as dt
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -15,7 +16,7 @@ import nats
 import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from vebus.config import Config, load_config
 from vebus.errors import ConfigError, VebusError
@@ -32,8 +33,10 @@ __all__ = [
     "config_option",
     "connect",
     "credentials",
+    "echo_config_errors",
     "fail",
     "load_or_default",
+    "nats_connection",
     "nats_session",
     "nats_url_option",
     "run_async",
@@ -71,9 +74,19 @@ def load_or_default(config_path: str, *, required: bool = False) -> Config:
         # a command needs only NATS's secrets: sink tokens stay with the dispatcher
         return load_config(config_path, service="cli")
     except ConfigError as e:
-        for line in e.errors:
-            click.echo(f"{config_path}: {line}", err=True)
+        echo_config_errors(config_path, e.errors)
         sys.exit(2)
+
+
+def echo_config_errors(path: str | os.PathLike[str], errors: Iterable[str]) -> None:
+    """Print a ConfigError's lines to stderr, each naming the file `path` once.
+
+    A line about reading or parsing the file names it already (`x.yaml: not valid YAML
+    ...`); a line about a part of it (`routes[2].sink.url: ...`) gets the name in front.
+    """
+    named = (f"{path}: ", f"{Path(path)}: ")
+    for line in errors:
+        click.echo(line if line.startswith(named) else f"{path}: {line}", err=True)
 
 
 def credentials(config: Config, url: str) -> tuple[str | None, str | None, str]:
@@ -153,6 +166,28 @@ def run_async(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
 
 
 @contextlib.asynccontextmanager
+async def nats_connection(config: Config, nats_url: str | None) -> AsyncIterator[Client]:
+    """A NATS connection, closed at the end; any NATS failure inside becomes one line."""
+    url = nats_url or config.nats.url
+    nc = await connect(config, nats_url)
+    try:
+        yield nc
+    except (nats.errors.Error, TimeoutError) as e:
+        if isinstance(e, ServiceUnavailableError) and not e.description:
+            # no responders to $JS.API: what a server without -js answers
+            raise VebusError(
+                f"NATS at {url} has no JetStream: vebus needs nats-server -js "
+                "(vebus up starts it so)"
+            ) from None
+        if isinstance(e, APIError) and e.description:
+            raise VebusError(f"NATS at {url}: {e.description}") from None
+        raise VebusError(f"NATS request to {url} failed: {e!r}") from None
+    finally:
+        with contextlib.suppress(nats.errors.Error):
+            await nc.close()
+
+
+@contextlib.asynccontextmanager
 async def nats_session(
     config: Config, nats_url: str | None, *, stream: str
 ) -> AsyncIterator[JetStreamContext]:
@@ -162,8 +197,7 @@ async def nats_session(
     what a user needs to hear instead of "stream not found".
     """
     url = nats_url or config.nats.url
-    nc = await connect(config, nats_url)
-    try:
+    async with nats_connection(config, nats_url) as nc:
         js = nc.jetstream()
         try:
             await js.stream_info(stream)
@@ -173,13 +207,6 @@ async def nats_session(
                 "run against it yet (or --nats-url points at another server)"
             ) from None
         yield js
-    except (nats.errors.Error, TimeoutError) as e:
-        if isinstance(e, APIError) and e.description:
-            raise VebusError(f"NATS at {url}: {e.description}") from None
-        raise VebusError(f"NATS request to {url} failed: {e!r}") from None
-    finally:
-        with contextlib.suppress(nats.errors.Error):
-            await nc.close()
 
 
 def time_param(_: click.Context, param: click.Parameter, value: str | None) -> dt.datetime | None:

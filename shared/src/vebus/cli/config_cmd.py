@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
+from vebus.cli._common import echo_config_errors
 from vebus.config import load_config
 from vebus.errors import ConfigError
 
@@ -28,9 +27,7 @@ def check(file: str) -> None:
     try:
         cfg = load_config(file)
     except ConfigError as e:
-        named = f"{Path(file)}: "  # a file that cannot be read or parsed is named already
-        for line in e.errors:
-            click.echo(line if line.startswith(named) else f"{file}: {line}", err=True)
+        echo_config_errors(file, e.errors)
         raise SystemExit(2) from None
     checks = f", {len(cfg.checks)} check(s)" if cfg.checks else ""
     click.echo(f"{file}: ok ({len(cfg.vcenters)} vCenter(s), {len(cfg.routes)} route(s){checks})")

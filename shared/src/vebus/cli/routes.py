@@ -19,9 +19,10 @@ import yaml
 
 from vebus.cli._common import (
     config_option,
-    connect,
+    echo_config_errors,
     fail,
     load_or_default,
+    nats_connection,
     nats_url_option,
     run_async,
 )
@@ -60,6 +61,8 @@ def _read(file: str) -> str:
         return Path(file).read_text(encoding="utf-8")
     except OSError as e:
         fail(f"{file}: cannot read the event file: {e.strerror}", INVALID)
+    except UnicodeDecodeError:
+        fail(f"{file}: not UTF-8 text: save the event file as UTF-8", INVALID)
 
 
 def _attribute(name: str, value: Any, where: str) -> str:
@@ -124,14 +127,14 @@ def _route_pattern(config_path: str, name: str) -> tuple[str, Pattern | None]:
     Only that route's `match` is read (and its ${ENV} references resolved): testing a
     pattern does not need the sinks' secrets. `vebus config check` validates the rest.
     """
-    from vebus.config import _resolve_env  # the loader's own ${ENV} rules, for `match` only
+    # the loader's own ${ENV} rules (_resolve_env), for `match` only
+    from vebus.config import _resolve_env, read_yaml
+    from vebus.errors import ConfigError
 
     try:
-        raw = yaml.safe_load(Path(config_path).read_text(encoding="utf-8"))
-    except OSError as e:
-        fail(f"{config_path}: cannot read the config file: {e.strerror}", INVALID)
-    except yaml.YAMLError as e:
-        fail(f"{config_path}: not valid YAML: {e}", INVALID)
+        raw = read_yaml(config_path)
+    except ConfigError as e:  # cannot read it, not UTF-8, not YAML: one line naming the file
+        fail(e.errors[0], INVALID)
     entries = raw.get("routes") if isinstance(raw, dict) else None
     names: list[str] = []
     for index, entry in enumerate(entries if isinstance(entries, list) else []):
@@ -251,8 +254,7 @@ def _read_routes_file(file: str) -> list[Any]:
     try:
         return check_routes(raw, file)
     except ConfigError as e:
-        for line in e.errors:
-            click.echo(f"{file}: {line}", err=True)
+        echo_config_errors(file, e.errors)
         click.echo(f"vebus: {file}: not applied; the running routes are unchanged", err=True)
         sys.exit(INVALID)
 
@@ -370,8 +372,7 @@ async def _apply(
 
     from vebus.routestore import open_route_store
 
-    nc = await connect(config, nats_url)
-    try:
+    async with nats_connection(config, nats_url) as nc:
         store = await open_route_store(nc.jetstream(), replicas=config.nats.replicas)
         current = await store.get()
         if current is not None and msgspec.json.encode(current[0].routes) == msgspec.json.encode(
@@ -394,8 +395,6 @@ async def _apply(
             return r.status is not None and r.status.revision >= revision
 
         replicas = await _wait_for_replicas(nc, done, timeout)
-    finally:
-        await nc.close()
     if not replicas:
         click.echo("no filter or dispatcher replica is running: they load it when they start")
         return APPLIED
@@ -431,13 +430,10 @@ async def _list(config: Any, nats_url: str | None) -> None:
 
     from vebus.routestore import open_route_store
 
-    nc = await connect(config, nats_url)
-    try:
+    async with nats_connection(config, nats_url) as nc:
         store = await open_route_store(nc.jetstream(), replicas=config.nats.replicas)
         current = await store.get()
         pauses = await store.pauses()
-    finally:
-        await nc.close()
     if current is None:
         click.echo("no routes stored: each filter and dispatcher runs its config file's routes")
         names = [r.name for r in config.routes]
@@ -510,8 +506,7 @@ async def _set_paused(
 
     from vebus.routestore import open_route_store
 
-    nc = await connect(config, nats_url)
-    try:
+    async with nats_connection(config, nats_url) as nc:
         store = await open_route_store(nc.jetstream(), replicas=config.nats.replicas)
         current = await store.get()
         if current is None:
@@ -541,8 +536,6 @@ async def _set_paused(
             return r.status is not None and (name in r.status.paused) == paused
 
         replicas = await _wait_for_replicas(nc, done, timeout)
-    finally:
-        await nc.close()
     bad = []
     for r in replicas:
         if r.service != "dispatcher":

@@ -100,8 +100,6 @@ def _time(option: str, value: str) -> dt.datetime:
         return parse_time(value)
     except ValueError as e:
         fail(f"{option}: {e}", 2)
-    except OverflowError:
-        fail(f"{option}: {value!r} is outside the years 1 to 9999", 2)
 
 
 def _print(doc: dict[str, Any]) -> None:

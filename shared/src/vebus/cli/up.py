@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from vebus.cli._common import fail
+from vebus.cli._common import echo_config_errors, fail
 from vebus.config import parse_config
 from vebus.errors import ConfigError
 
@@ -113,17 +113,14 @@ def up(
 
     if config_path is None and Path("vebus.yaml").exists():
         config_path = Path("vebus.yaml")
-    elif config_path is not None and not config_path.exists():
-        fail(f"{config_path}: no such file")
     try:
-        raw = load_raw(config_path)
+        raw = load_raw(config_path)  # a --config that does not exist: ConfigError
         if nats_auth:
             _check_auth_target(raw, config_path)
         if raw:
             parse_config(raw)
     except ConfigError as e:
-        for line in e.errors:
-            click.echo(f"{config_path}: {line}", err=True)
+        echo_config_errors(str(config_path), e.errors)
         raise SystemExit(2) from None
     except ValueError as e:
         fail(str(e), 2)
