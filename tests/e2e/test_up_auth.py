@@ -56,7 +56,10 @@ def _environ(pid: int) -> dict[str, str]:
     return dict(item.decode().partition("=")[::2] for item in raw.split(b"\0") if item)
 
 
-@pytest.mark.parametrize("nodes", [1, 3], ids=["one-node", "three-node-cluster"])
+# the cluster form (16 s) runs with `-m slow`; the default suite keeps the one-node form
+@pytest.mark.parametrize(
+    "nodes", [1, pytest.param(3, marks=pytest.mark.slow)], ids=["one-node", "three-node-cluster"]
+)
 def test_up_with_nats_auth_logs_every_service_in_as_its_own_user(
     tmp_path: Path, vcsim_binary: Path, nodes: int
 ) -> None:

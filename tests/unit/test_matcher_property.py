@@ -8,6 +8,7 @@ returns exactly the patterns the plain evaluator accepts.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 from typing import Any
@@ -261,11 +262,19 @@ def test_index_agrees_with_the_plain_evaluator(
         assert index.matching(event) == expected, (patterns, event)
 
 
+MANY_EXACT = [{"a": [f"v{i}"]} for i in range(500)] + [{"b": {"c": [{"prefix": "a"}]}}]
+
+
+@functools.cache
+def _many_exact_index() -> PatternIndex:
+    """Compiled once: what varies between examples is the events, not the routes."""
+    return PatternIndex((i, compile_pattern(p)) for i, p in enumerate(MANY_EXACT))
+
+
 @settings(max_examples=200, deadline=None)
 @given(events=st.lists(EVENTS, min_size=1, max_size=5))
 def test_index_of_many_exact_routes_meets_few_candidates(events: list[dict[str, Any]]) -> None:
-    patterns = [{"a": [f"v{i}"]} for i in range(500)] + [{"b": {"c": [{"prefix": "a"}]}}]
-    index = PatternIndex((i, compile_pattern(p)) for i, p in enumerate(patterns))
+    patterns, index = MANY_EXACT, _many_exact_index()
     for event in [*events, {"a": "v7"}, {"a": ["v1", "v499"], "b": [{"c": "ab"}]}]:
         expected = [i for i, p in enumerate(patterns) if plain_matches(p, event)]
         assert index.matching(event) == expected
