@@ -36,12 +36,12 @@ import aiohttp
 import nats
 
 from loadtest.common import RESULTS, print_table, write_results
-from vebus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus.bus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus.bus.publish import OutgoingMessage, publish_all
+from vebus.bus.streams import ensure_consumer, ensure_streams
 from vebus.config import load_config
-from vebus.embedded import ManagedProcess, free_port, start_nats, start_service
-from vebus.publish import OutgoingMessage, publish_all
-from vebus.streams import ensure_consumer, ensure_streams
-from vebus.subjects import ROUTES_STREAM, dispatcher_durable, route_subject
+from vebus.local.embedded import ManagedProcess, free_port, start_nats, start_service
+from vebus.names import ROUTES_STREAM, dispatcher_durable, route_subject
 from vebus_dispatcher.app import route_consumer_config
 from vebus_dispatcher.sinks.encoding import binary
 

@@ -24,11 +24,11 @@ from nats.aio.client import Client
 from loadtest.common import jetstream_settings, summary
 from loadtest.dispatcher import Sink, _wait_http, cpu_seconds
 from loadtest.filter import SAMPLE, _stamp
-from vebus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus.bus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus.bus.publish import OutgoingMessage, publish_all
+from vebus.bus.streams import ensure_streams
 from vebus.config import load_config
-from vebus.embedded import ManagedProcess, free_port, start_nats, start_service
-from vebus.publish import OutgoingMessage, publish_all
-from vebus.streams import ensure_streams
+from vebus.local.embedded import ManagedProcess, free_port, start_nats, start_service
 
 _VEBA = json.loads(SAMPLE.read_text(encoding="utf-8"))
 

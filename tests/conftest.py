@@ -12,7 +12,7 @@ from nats.aio.client import Client
 
 from tests.support.sink import RecordingSink
 from tests.support.stack import Stack
-from vebus.embedded import ManagedProcess, build_vcsim, start_nats, start_vcsim
+from vebus.local.embedded import ManagedProcess, build_vcsim, start_nats, start_vcsim
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "tests" / "data" / "veba"

@@ -16,12 +16,12 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from tests.support.stack import Stack
-from vebus import subjects
-from vebus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus import names
+from vebus.bus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus.bus.dlq import ErrorCode, Exhausted, iter_dead_letters, publish_dead_letter
+from vebus.bus.streams import ensure_streams
 from vebus.config import load_config
-from vebus.dlq import ErrorCode, Exhausted, iter_dead_letters, publish_dead_letter
-from vebus.embedded import free_port
-from vebus.streams import ensure_streams
+from vebus.local.embedded import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -43,7 +43,7 @@ async def route_events(js: JetStreamContext) -> list[str]:
     while True:
         try:
             raw = await js.get_msg(
-                subjects.ROUTES_STREAM, seq=seq, subject=subjects.route_subject("r1"), next=True
+                names.ROUTES_STREAM, seq=seq, subject=names.route_subject("r1"), next=True
             )
         except NotFoundError:
             return out
@@ -52,7 +52,7 @@ async def route_events(js: JetStreamContext) -> list[str]:
 
 
 async def on_route(js: JetStreamContext) -> int:
-    info = await js.stream_info(subjects.ROUTES_STREAM)
+    info = await js.stream_info(names.ROUTES_STREAM)
     return int(info.state.messages)
 
 

@@ -11,11 +11,11 @@ from nats.aio.client import Client
 
 from tests.support.sink import Received, RecordingSink
 from tests.support.stack import Stack
-from vebus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus.bus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus.bus.publish import OutgoingMessage, publish_all
+from vebus.bus.streams import ensure_streams
 from vebus.config import load_config
-from vebus.publish import OutgoingMessage, publish_all
-from vebus.streams import ensure_streams
-from vebus.subjects import ROUTES_STREAM, dispatcher_durable, route_subject
+from vebus.names import ROUTES_STREAM, dispatcher_durable, route_subject
 
 pytestmark = pytest.mark.e2e
 

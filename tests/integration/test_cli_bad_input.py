@@ -22,10 +22,16 @@ import nats
 import pytest
 from click.testing import CliRunner
 
+from vebus.bus.streams import ensure_streams
 from vebus.cli import COMMANDS, main
 from vebus.config import Config
-from vebus.embedded import ManagedProcess, find_nats_server, free_port, start_nats, wait_for_port
-from vebus.streams import ensure_streams
+from vebus.local.embedded import (
+    ManagedProcess,
+    find_nats_server,
+    free_port,
+    start_nats,
+    wait_for_port,
+)
 
 pytestmark = pytest.mark.integration
 

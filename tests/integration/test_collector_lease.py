@@ -92,7 +92,7 @@ async def test_an_active_replica_that_cannot_reach_its_vcenter_hands_the_lease_o
     nc: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from vebus.config import VCenterConfig
-    from vebus.embedded import free_port
+    from vebus.local.embedded import free_port
     from vebus_collector import runner as runner_module
     from vebus_collector.runner import VCenterRunner
     from vebus_collector.status import VCenterStatus

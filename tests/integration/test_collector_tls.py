@@ -17,7 +17,7 @@ from pyVim.connect import SmartConnect
 from tests.support.collector import readyz, start_replica, stream_keys, vcenter_state, wait_until
 from tests.support.stack import Stack
 from tests.support.vsphere import VSphere
-from vebus.embedded import ManagedProcess, free_port, wait_for_port
+from vebus.local.embedded import ManagedProcess, free_port, wait_for_port
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ from nats.aio.client import Client
 
 from tests.support.stack import Stack
 from tests.support.streams import stream_messages
-from vebus.embedded import free_port
-from vebus.subjects import EVENTS_STREAM
+from vebus.local.embedded import free_port
+from vebus.names import EVENTS_STREAM
 
 pytestmark = pytest.mark.integration
 

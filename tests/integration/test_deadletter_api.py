@@ -21,10 +21,9 @@ from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
 
 from tests.support.stack import Stack
-from vebus import subjects
-from vebus.cloudevent import MSG_ID, CloudEvent, to_headers
-from vebus.config import load_config
-from vebus.dlq import (
+from vebus import names
+from vebus.bus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus.bus.dlq import (
     ErrorCode,
     Exhausted,
     Selection,
@@ -33,9 +32,10 @@ from vebus.dlq import (
     publish_dead_letter,
     replay_msg_id,
 )
-from vebus.embedded import free_port
-from vebus.publish import publish
-from vebus.streams import ensure_streams
+from vebus.bus.publish import publish
+from vebus.bus.streams import ensure_streams
+from vebus.config import load_config
+from vebus.local.embedded import free_port
 from vebus_deadletter.jobs import ReplayJob
 from vebus_deadletter.state import StateStore
 
@@ -185,7 +185,7 @@ async def store(
         status=503 if code == ErrorCode.HTTP_5XX else None,
         first_attempt=dt.datetime(2025, 1, 2, 3, 4, 6, tzinfo=dt.UTC),
     )
-    info = await js.stream_info(subjects.DLQ_STREAM)
+    info = await js.stream_info(names.DLQ_STREAM)
     return int(info.state.last_seq)
 
 
@@ -200,7 +200,7 @@ async def route_messages(js: JetStreamContext, route: str) -> list[RawStreamMsg]
     while True:
         try:
             raw = await js.get_msg(
-                subjects.ROUTES_STREAM, seq=seq, subject=subjects.route_subject(route), next=True
+                names.ROUTES_STREAM, seq=seq, subject=names.route_subject(route), next=True
             )
         except NotFoundError:
             return out
@@ -436,7 +436,7 @@ async def test_a_job_whose_replica_died_is_finished_once(
     dl = await get_dead_letter(js, a)
     await publish(
         js,
-        subjects.route_subject("r1"),
+        names.route_subject("r1"),
         dl.body,
         {**dl.headers, MSG_ID: replay_msg_id(dl), "ce-vebusreplay": "2025-01-01T00:00:00Z"},
     )

@@ -26,10 +26,10 @@ from tests.support.dispatcher import (
 )
 from tests.support.sink import Received, RecordingSink
 from tests.support.stack import Stack
-from vebus.cloudevent import TRACEPARENT, CloudEvent
-from vebus.embedded import free_port
-from vebus.publish import publish
-from vebus.subjects import ROUTES_STREAM, dispatcher_durable, route_subject
+from vebus.bus.cloudevent import TRACEPARENT, CloudEvent
+from vebus.bus.publish import publish
+from vebus.local.embedded import free_port
+from vebus.names import ROUTES_STREAM, dispatcher_durable, route_subject
 
 pytestmark = pytest.mark.integration
 

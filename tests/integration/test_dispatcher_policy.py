@@ -31,15 +31,15 @@ from tests.support.dispatcher import (
 )
 from tests.support.sink import RecordingSink
 from tests.support.stack import Stack
-from vebus.cloudevent import CloudEvent
+from vebus.bus.cloudevent import CloudEvent
+from vebus.bus.consume import Ack
+from vebus.bus.dlq import iter_dead_letters
+from vebus.bus.streams import ensure_consumer
 from vebus.config import Route, parse_config
-from vebus.consumer import Ack
-from vebus.dlq import iter_dead_letters
-from vebus.streams import ensure_consumer
-from vebus.subjects import ROUTES_STREAM, dispatcher_durable
+from vebus.delivery.ratelimit import RateLimiter, rate_bucket
+from vebus.delivery.route import RouteDelivery
+from vebus.names import ROUTES_STREAM, dispatcher_durable
 from vebus_dispatcher.app import route_consumer_config
-from vebus_dispatcher.delivery import RouteDelivery
-from vebus_dispatcher.ratelimit import RateLimiter, rate_bucket
 
 pytestmark = pytest.mark.integration
 

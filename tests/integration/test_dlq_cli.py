@@ -14,11 +14,11 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from tests.conftest import NatsServer
-from vebus import subjects
-from vebus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus import names
+from vebus.bus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus.bus.dlq import ErrorCode, Exhausted, iter_dead_letters, publish_dead_letter
+from vebus.bus.streams import ensure_streams
 from vebus.config import parse_config
-from vebus.dlq import ErrorCode, Exhausted, iter_dead_letters, publish_dead_letter
-from vebus.streams import ensure_streams
 
 pytestmark = pytest.mark.integration
 
@@ -172,7 +172,7 @@ async def test_replay_one(js: JetStreamContext, cli: Cli) -> None:
     assert "to route r1" in r.stdout
     assert "replayed 1 dead letter(s)" in r.stdout
 
-    msg = await js.get_msg(subjects.ROUTES_STREAM, subject="vebus.routes.r1")
+    msg = await js.get_msg(names.ROUTES_STREAM, subject="vebus.routes.r1")
     headers = msg.headers or {}
     assert headers["ce-id"] == "201"
     assert headers["ce-type"] == "com.vmware.vsphere.VmPoweredOffEvent.v0"
@@ -186,7 +186,7 @@ async def test_replay_one(js: JetStreamContext, cli: Cli) -> None:
     again = await cli("replay", str(ident))
     assert again.returncode == 1
     assert f"no dead letter with id {ident}" in again.stderr
-    info = await js.stream_info(subjects.ROUTES_STREAM)
+    info = await js.stream_info(names.ROUTES_STREAM)
     assert info.state.messages == 1  # not replayed a second time
 
 
@@ -198,7 +198,7 @@ async def test_replay_to_other_route_and_bulk(js: JetStreamContext, cli: Cli) ->
 
     r = await cli("replay", str(first), "--to-route", "r9")
     assert r.returncode == 0, r.stderr
-    moved = await js.get_msg(subjects.ROUTES_STREAM, subject="vebus.routes.r9")
+    moved = await js.get_msg(names.ROUTES_STREAM, subject="vebus.routes.r9")
     assert (moved.headers or {})["ce-id"] == "301"
 
     refused = await cli("replay", "--all")
@@ -215,7 +215,7 @@ async def test_replay_to_other_route_and_bulk(js: JetStreamContext, cli: Cli) ->
     assert bulk.stdout.count("to route r2") == 2
     assert "replayed 2 dead letter(s)" in bulk.stdout
     assert await cli.json() == []
-    info = await js.stream_info(subjects.ROUTES_STREAM)
+    info = await js.stream_info(names.ROUTES_STREAM)
     assert info.state.messages == 3
 
 
@@ -240,7 +240,7 @@ async def test_purge(js: JetStreamContext, cli: Cli) -> None:
     assert "purged 2 dead letter(s)" in r.stdout
     assert (await cli("list")).stdout.strip() == "no dead letters"
     with pytest.raises(NotFoundError):
-        await js.get_msg(subjects.ROUTES_STREAM, subject="vebus.routes.r1")  # nothing replayed
+        await js.get_msg(names.ROUTES_STREAM, subject="vebus.routes.r1")  # nothing replayed
 
 
 async def test_help_has_examples(cli: Cli) -> None:

@@ -22,7 +22,7 @@ import yaml
 from tests.conftest import Vcsim
 from tests.e2e.test_flow import _power_off_first_vm
 from tests.support.sink import RecordingSink
-from vebus.embedded import ManagedProcess, free_port, start_nats, start_service
+from vebus.local.embedded import ManagedProcess, free_port, start_nats, start_service
 
 pytestmark = pytest.mark.integration
 

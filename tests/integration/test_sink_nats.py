@@ -20,7 +20,7 @@ from tests.support.dispatcher import (
 )
 from tests.support.stack import Stack
 from tests.support.streams import stream_messages
-from vebus.cloudevent import MSG_ID, from_headers
+from vebus.bus.cloudevent import MSG_ID, from_headers
 
 pytestmark = pytest.mark.integration
 

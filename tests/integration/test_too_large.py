@@ -11,19 +11,19 @@ from __future__ import annotations
 import pytest
 from nats.aio.client import Client
 
-from vebus import subjects
-from vebus.cloudevent import MSG_ID
-from vebus.config import Config
-from vebus.dlq import (
+from vebus import names
+from vebus.bus.cloudevent import MSG_ID
+from vebus.bus.dlq import (
     ErrorCode,
     Exhausted,
     iter_dead_letters,
     publish_dead_letter,
     replay_dead_letter,
 )
+from vebus.bus.publish import message_size, publish
+from vebus.bus.streams import ensure_streams
+from vebus.config import Config
 from vebus.errors import MessageTooLargeError, VebusError
-from vebus.publish import message_size, publish
-from vebus.streams import ensure_streams
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +48,7 @@ async def test_a_message_over_max_payload_is_refused_and_the_connection_stays(
 
     longer = {**headers, MSG_ID: "big-1:some-route"}
     with pytest.raises(MessageTooLargeError, match="max_payload"):
-        await publish(js, subjects.route_subject("some-route"), body, longer)
+        await publish(js, names.route_subject("some-route"), body, longer)
     assert nc.is_connected, "the server must never see the oversized message"
 
     await publish_dead_letter(

@@ -11,12 +11,12 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from tests.support.stack import Stack
-from vebus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus.bus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus.bus.dlq import DeadLetter, iter_dead_letters
+from vebus.bus.publish import publish
+from vebus.bus.streams import ensure_streams
 from vebus.config import load_config
-from vebus.dlq import DeadLetter, iter_dead_letters
-from vebus.publish import publish
-from vebus.streams import ensure_streams
-from vebus.subjects import ROUTES_STREAM, dispatcher_durable, route_subject
+from vebus.names import ROUTES_STREAM, dispatcher_durable, route_subject
 
 T = TypeVar("T")
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from vebus.embedded import ManagedProcess, free_port, start_service
+from vebus.local.embedded import ManagedProcess, free_port, start_service
 
 SERVICES = ("collector", "filter", "dispatcher", "deadletter")
 

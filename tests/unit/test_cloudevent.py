@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from vebus.cloudevent import CloudEvent, from_headers, to_headers
+from vebus.bus.cloudevent import CloudEvent, from_headers, to_headers
 from vebus.errors import InvalidEventError
-from vebus.subjects import event_subject, route_subject, token
+from vebus.names import event_subject, route_subject, token
 
 
 def _event() -> CloudEvent:

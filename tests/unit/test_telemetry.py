@@ -1,6 +1,6 @@
-"""The pure parts of vebus.telemetry and vebus.metrics: which exporter the OTEL_* variables
-choose, the ack-subject timestamp, the fast metric families' Prometheus exposition, and the
-log fields added while a message is handled."""
+"""The pure parts of vebus.runtime.telemetry and vebus.runtime.metrics: which exporter the OTEL_*
+variables choose, the ack-subject timestamp, the fast metric families' Prometheus exposition,
+and the log fields added while a message is handled."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from vebus.metrics import Metrics
-from vebus.telemetry import (
+from vebus.runtime.metrics import Metrics
+from vebus.runtime.telemetry import (
     LogContextFilter,
     MessageScope,
     Telemetry,
@@ -100,7 +100,7 @@ def test_fast_families_expose_as_prometheus_counters_and_histograms() -> None:
 
 
 def test_log_lines_name_the_message_being_handled() -> None:
-    from vebus.telemetry import _SCOPE
+    from vebus.runtime.telemetry import _SCOPE
 
     record = logging.LogRecord("x", logging.WARNING, __file__, 1, "failed", None, None)
     f = LogContextFilter("dispatcher", "abc")

@@ -19,7 +19,7 @@ import msgspec
 import yaml
 
 from vebus.errors import ConfigError
-from vebus.subjects import RESERVED_SOURCES, token
+from vebus.names import RESERVED_SOURCES, token
 
 __all__ = [
     "SERVICE_SECRETS",
@@ -274,7 +274,7 @@ def _check_template(field: str, source: str | None) -> None:
     """Compile a sink text field now, so a broken template fails when the config loads."""
     if source is None:
         return
-    from vebus.templates import TemplateError, compile_template
+    from vebus.events.templates import TemplateError, compile_template
 
     try:
         compile_template(source, path=field)
@@ -602,7 +602,7 @@ class Route(_Base, frozen=True):
         if self.name.startswith("_"):
             raise ValueError(f"route name {self.name!r} may not start with '_' (reserved)")
         if self.match:
-            from vebus.patterns import PatternError, compile_pattern
+            from vebus.events.patterns import PatternError, compile_pattern
 
             try:
                 compile_pattern(self.match, path="match")

@@ -7,8 +7,8 @@ import asyncio
 import logging
 from typing import Any
 
-from vebus.service import ServiceContext, ServiceSettings, run_service
-from vebus.streams import ensure_streams
+from vebus.bus.streams import ensure_streams
+from vebus.runtime.service import ServiceContext, ServiceSettings, run_service
 from vebus_collector.checkpoint import ensure_bucket
 from vebus_collector.checks import checks_for, ensure_checks_bucket
 from vebus_collector.lease import ensure_lease_bucket

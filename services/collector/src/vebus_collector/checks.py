@@ -42,9 +42,11 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from vebus import subjects
+from vebus import names
 from vebus.aio import raise_if_cancelled
-from vebus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus.bus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus.bus.kv import ensure_bucket
+from vebus.bus.publish import OutgoingMessage, publish
 from vebus.config import (
     Check,
     Config,
@@ -53,8 +55,6 @@ from vebus.config import (
     VCenterConfig,
     VmPoweredOffCheck,
 )
-from vebus.kv import ensure_bucket
-from vebus.publish import OutgoingMessage, publish
 from vebus_collector.errors import CheckpointConflictError, LeaseLostError
 from vebus_collector.events import H_VCENTER
 from vebus_collector.mapping import rfc3339
@@ -126,7 +126,7 @@ class ConditionStore:
 
     def __init__(self, kv: KeyValue, vcenter: str, check: str) -> None:
         self._kv = kv
-        self.prefix = f"checks.{subjects.token(vcenter)}.{subjects.token(check)}"
+        self.prefix = f"checks.{names.token(vcenter)}.{names.token(check)}"
         #: KV key -> the revision last read or written
         self._revisions: dict[str, int] = {}
 
@@ -244,7 +244,7 @@ def to_message(
         data=msgspec.json.encode(data),
     )
     headers = to_headers(ce, {MSG_ID: f"check:{ident}", H_VCENTER: vc.name})
-    return OutgoingMessage(subjects.event_subject("checks", check.name), ce.data, headers)
+    return OutgoingMessage(names.event_subject("checks", check.name), ce.data, headers)
 
 
 class CheckRunner:

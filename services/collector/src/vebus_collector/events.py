@@ -6,9 +6,9 @@ from typing import Any
 
 import msgspec
 
-from vebus import subjects
-from vebus.cloudevent import MSG_ID, CloudEvent, to_headers
-from vebus.publish import OutgoingMessage
+from vebus import names
+from vebus.bus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus.bus.publish import OutgoingMessage
 from vebus_collector import mapping
 from vebus_collector.position import Position
 
@@ -88,5 +88,5 @@ def to_message(
         }
         body = msgspec.json.encode(notice)
         headers["ce-vebustruncated"] = "true"
-    out = OutgoingMessage(subjects.event_subject(vcenter, cls), body, headers)
+    out = OutgoingMessage(names.event_subject(vcenter, cls), body, headers)
     return out, Position(epoch=epoch, key=key, created_time=created)

@@ -39,8 +39,8 @@ from pyVmomi import vim
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_never
 
 from vebus.aio import raise_if_cancelled
+from vebus.bus.publish import OutgoingMessage
 from vebus.config import VCenterConfig
-from vebus.publish import OutgoingMessage
 from vebus_collector import mapping
 from vebus_collector.checkpoint import CheckpointStore
 from vebus_collector.enrich import Enricher

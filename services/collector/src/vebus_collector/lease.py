@@ -29,9 +29,9 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
-from vebus import subjects
+from vebus import names
 from vebus.aio import raise_if_cancelled
-from vebus.kv import ensure_bucket
+from vebus.bus.kv import ensure_bucket
 from vebus_collector.errors import LeaseLostError
 
 __all__ = ["LEASE_BUCKET", "LEASE_TTL", "Lease", "LeaseInfo", "ensure_lease_bucket"]
@@ -81,7 +81,7 @@ class Lease:
 
     def __init__(self, kv: KeyValue, vcenter: str, holder: str, ttl: float) -> None:
         self.kv = kv
-        self.key = f"lease.{subjects.token(vcenter)}"
+        self.key = f"lease.{names.token(vcenter)}"
         self.vcenter = vcenter
         self.holder = holder
         self.ttl = ttl

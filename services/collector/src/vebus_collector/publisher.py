@@ -4,11 +4,11 @@ Each message goes out with `js.publish_async` (no round trip per event); at most
 wait for their ack at once. Acks are taken in publish order, and `on_ack` is called for
 each message once it and every message before it are stored: the caller's position (and
 so its checkpoint) only ever covers a stored prefix. A message whose ack does not come in
-time, or comes as an error, is published again with `vebus.publish.publish` (retries with
+time, or comes as an error, is published again with `vebus.bus.publish.publish` (retries with
 backoff); the same Nats-Msg-Id makes a second copy harmless.
 
 Inside the service, each event's PRODUCER span (the start of its trace, see
-`vebus.telemetry`) starts at the publish and ends with its ack.
+`vebus.runtime.telemetry`) starts at the publish and ends with its ack.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import Any, Generic, Protocol, TypeVar
 import nats.errors
 from nats.js import JetStreamContext
 
-from vebus import telemetry
-from vebus.publish import OutgoingMessage, publish
+from vebus.bus.publish import OutgoingMessage, publish
+from vebus.runtime import telemetry
 from vebus_collector.errors import LeaseLostError
 
 __all__ = ["DEFAULT_WINDOW", "EventPublisher", "JetStreamPublisher"]

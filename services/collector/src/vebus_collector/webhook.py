@@ -25,11 +25,11 @@ import msgspec
 from aiohttp import web
 from nats.js import JetStreamContext
 
-from vebus import subjects
-from vebus.cloudevent import MSG_ID, TRACEPARENT, CloudEvent, to_headers
+from vebus import names
+from vebus.bus.cloudevent import MSG_ID, TRACEPARENT, CloudEvent, to_headers
+from vebus.bus.publish import publish
 from vebus.config import WebhookSourceConfig
 from vebus.errors import PublishError
-from vebus.publish import publish
 from vebus_collector.events import PAYLOAD_MARGIN
 
 __all__ = ["STRUCTURED", "WebhookSource", "parse_request"]
@@ -274,7 +274,7 @@ class WebhookSource:
             return self._refuse(
                 413, f"event is {size} bytes with its headers, the limit is {self.limit}"
             )
-        subject = subjects.event_subject(SOURCE, event.type)
+        subject = names.event_subject(SOURCE, event.type)
         try:
             ack = await publish(self.js, subject, event.data, out_headers)
         except PublishError as e:

@@ -25,12 +25,12 @@ import msgspec
 import nats.errors
 from nats.js import JetStreamContext
 
-from vebus import subjects
-from vebus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus import names
+from vebus.bus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus.bus.dlq import iter_dead_letters
+from vebus.bus.publish import publish
 from vebus.config import DeadletterAlertConfig
-from vebus.dlq import iter_dead_letters
 from vebus.errors import VebusError
-from vebus.publish import publish
 from vebus.timespec import format_time, utcnow
 from vebus_deadletter.state import StaleRevisionError, StateStore
 
@@ -58,7 +58,7 @@ _decoder = msgspec.json.Decoder(AlertState)
 
 async def route_counts(js: JetStreamContext) -> dict[str, int]:
     """Dead letters per route (the `_invalid` pseudo-route included)."""
-    info = await js.stream_info(subjects.DLQ_STREAM, subjects_filter=subjects.DLQ_SUBJECTS)
+    info = await js.stream_info(names.DLQ_STREAM, subjects_filter=names.DLQ_SUBJECTS)
     out: dict[str, int] = {}
     for subject, n in (info.state.subjects or {}).items():
         out[subject.removeprefix("vebus.dlq.")] = int(n)
@@ -85,7 +85,7 @@ class DeadLetterAlert:
             with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
                 known = _decoder.decode(value)
                 states[known.route] = (known, revision)
-        alert_route = subjects.token(self._config.route)
+        alert_route = names.token(self._config.route)
         for route in sorted(set(counts) | set(states)):
             if route == alert_route:
                 continue
@@ -120,7 +120,7 @@ class DeadLetterAlert:
         msg_id = f"dlq-alert:{route}:{revision}"
         ack = await publish(
             self._js,
-            subjects.route_subject(self._config.route),
+            names.route_subject(self._config.route),
             event.data,
             to_headers(event, {MSG_ID: msg_id}),
         )

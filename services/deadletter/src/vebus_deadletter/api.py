@@ -19,9 +19,8 @@ import nats.errors
 from aiohttp import web
 from nats.js import JetStreamContext
 
-from vebus import subjects
-from vebus.config import Config
-from vebus.dlq import (
+from vebus import names
+from vebus.bus.dlq import (
     DeadLetterNotFoundError,
     ErrorCode,
     Selection,
@@ -29,6 +28,7 @@ from vebus.dlq import (
     get_dead_letter,
     iter_dead_letters,
 )
+from vebus.config import Config
 from vebus.errors import RetryableError, VebusError
 from vebus.timespec import parse_time
 from vebus_deadletter.jobs import JobNotFoundError, JobRunner
@@ -77,7 +77,7 @@ def _error(status: int, message: str) -> web.Response:
 
 
 def _check_route(field: str, name: str) -> str:
-    if not name or subjects.token(name) != name:
+    if not name or names.token(name) != name:
         raise _HttpError(400, f"{field}: expected a route name (letters, digits, _ and -)")
     return name
 
@@ -239,7 +239,7 @@ class ApiServer:
 
     async def purge(self, request: web.Request) -> web.Response:
         sel = _selection(await _body(request, SelectionBody))
-        info = await self._js.stream_info(subjects.DLQ_STREAM)
+        info = await self._js.stream_info(names.DLQ_STREAM)
         purged = gone = 0
         ids = [
             dl.id

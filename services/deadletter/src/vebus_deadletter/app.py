@@ -37,13 +37,13 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo, DeliverPolicy
 from nats.js.errors import APIError, NotFoundError
 
-from vebus import subjects
-from vebus.cloudevent import MSG_ID
+from vebus import names
+from vebus.bus.cloudevent import MSG_ID
+from vebus.bus.dlq import ErrorCode, Exhausted, publish_dead_letter
+from vebus.bus.streams import ensure_streams
 from vebus.config import Config
-from vebus.dlq import ErrorCode, Exhausted, publish_dead_letter
 from vebus.errors import VebusError
-from vebus.service import ServiceContext, ServiceSettings, run_service
-from vebus.streams import ensure_streams
+from vebus.runtime.service import ServiceContext, ServiceSettings, run_service
 from vebus_deadletter.alert import DeadLetterAlert
 from vebus_deadletter.api import ApiServer, build_app
 from vebus_deadletter.jobs import JobRunner
@@ -53,10 +53,10 @@ __all__ = ["ADVISORY_SUBJECT", "QUEUE_GROUP", "Deadletter", "MaxDeliveriesAdviso
 
 log = logging.getLogger(__name__)
 
-ADVISORY_SUBJECT = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{subjects.ROUTES_STREAM}.*"
+ADVISORY_SUBJECT = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{names.ROUTES_STREAM}.*"
 #: replicas share the advisories: each goes to one of them
 QUEUE_GROUP = "vebus-deadletter"
-#: the dispatchers' durable consumers on VEBUS_ROUTES (see subjects.dispatcher_durable)
+#: the dispatchers' durable consumers on VEBUS_ROUTES (see names.dispatcher_durable)
 DISPATCHER_PREFIX = "vebus-dispatch-"
 #: advisories being handled at once, per replica
 MAX_IN_FLIGHT = 32
@@ -124,7 +124,7 @@ class Deadletter:
         is for the next sweep.
         """
         try:
-            raw = await self._js.get_msg(subjects.ROUTES_STREAM, seq=seq)
+            raw = await self._js.get_msg(names.ROUTES_STREAM, seq=seq)
         except NotFoundError:
             log.debug("VEBUS_ROUTES message %d is already gone", seq)
             return False
@@ -132,7 +132,7 @@ class Deadletter:
         route = subject.rsplit(".", 1)[-1]
         headers = dict(raw.headers or {})
         # without a Msg-Id of its own, the stream sequence still makes replicas agree
-        headers.setdefault(MSG_ID, f"{subjects.ROUTES_STREAM}:{seq}")
+        headers.setdefault(MSG_ID, f"{names.ROUTES_STREAM}:{seq}")
         await publish_dead_letter(
             self._js,
             route=route,
@@ -156,7 +156,7 @@ class Deadletter:
         log.warning(
             "%s message %d (%s, Msg-Id %s) reached MaxDeliver on %s: stored as a POISON "
             "dead letter",
-            subjects.ROUTES_STREAM,
+            names.ROUTES_STREAM,
             seq,
             subject,
             headers[MSG_ID],
@@ -166,7 +166,7 @@ class Deadletter:
 
     async def _delete(self, seq: int) -> None:
         try:
-            await self._js.delete_msg(subjects.ROUTES_STREAM, seq)
+            await self._js.delete_msg(names.ROUTES_STREAM, seq)
         except APIError as e:
             if not isinstance(e, NotFoundError) and e.err_code != _MSG_DELETE_FAILED:
                 raise
@@ -181,7 +181,7 @@ class Deadletter:
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
             log.warning("ignoring a malformed advisory on %s: %s", msg.subject, e)
             return
-        if adv.stream != subjects.ROUTES_STREAM:
+        if adv.stream != names.ROUTES_STREAM:
             return
         await self._slots.acquire()
         task = asyncio.create_task(self._handle(adv))
@@ -222,7 +222,7 @@ class Deadletter:
     async def sweep(self, stopping: asyncio.Event) -> int:
         """Record every message a dispatcher consumer has given up on; returns how many."""
         found: list[tuple[int, ConsumerInfo]] = []
-        for info in await self._js.consumers_info(subjects.ROUTES_STREAM):
+        for info in await self._js.consumers_info(names.ROUTES_STREAM):
             if (info.name or "").startswith(DISPATCHER_PREFIX):
                 found += [(seq, info) for seq in await self._given_up(info)]
         if not found:
@@ -256,7 +256,7 @@ class Deadletter:
         while seq <= upto:
             try:
                 raw = await self._js.get_msg(
-                    subjects.ROUTES_STREAM, seq=seq, subject=cfg.filter_subject, next=True
+                    names.ROUTES_STREAM, seq=seq, subject=cfg.filter_subject, next=True
                 )
             except NotFoundError:
                 break

@@ -8,7 +8,7 @@ handled, and the counts. Its runner writes it, compare-and-set on the entry's re
 after every dead letter and at least every HEARTBEAT seconds.
 
 Each dead letter is published, acknowledged and deleted before the next one starts
-(`vebus.dlq.replay_selection`). A runner that dies (SIGKILL, lost host) leaves the job
+(`vebus.bus.dlq.replay_selection`). A runner that dies (SIGKILL, lost host) leaves the job
 `running` with an old heartbeat; after LEASE a replica (another one, or the same one
 restarted) takes it over, compare-and-set again, and continues after the cursor. The dead
 letter that was in flight is replayed again: same Msg-Id, so JetStream drops the second
@@ -32,8 +32,8 @@ import msgspec
 import nats.errors
 from nats.js import JetStreamContext
 
-from vebus import subjects
-from vebus.dlq import ReplayOutcome, Selection, iter_dead_letters, replay_selection
+from vebus import names
+from vebus.bus.dlq import ReplayOutcome, Selection, iter_dead_letters, replay_selection
 from vebus.errors import VebusError
 from vebus.timespec import format_time, utcnow
 from vebus_deadletter.state import StaleRevisionError, StateStore
@@ -192,7 +192,7 @@ class JobRunner:
 
     async def submit(self, selection: Selection, *, to_route: str | None, rate: float) -> ReplayJob:
         """Record a new job for the dead letters `selection` picks now, and start it here."""
-        info = await self._js.stream_info(subjects.DLQ_STREAM)
+        info = await self._js.stream_info(names.DLQ_STREAM)
         upto = int(info.state.last_seq or 0)
         total = 0
         async for _ in iter_dead_letters(self._js, selection=selection, upto=upto):

@@ -17,8 +17,8 @@ from nats.js.errors import (
 )
 from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
+from vebus.bus.kv import ensure_bucket
 from vebus.errors import VebusError
-from vebus.kv import ensure_bucket
 
 __all__ = ["STATE_BUCKET", "StaleRevisionError", "StateStore"]
 

@@ -35,10 +35,19 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
+from vebus.bus.consume import PullWorker
+from vebus.bus.streams import ensure_consumer, ensure_streams
 from vebus.config import Route
-from vebus.consumer import PullWorker
+from vebus.delivery.ratelimit import RateLimiter, rate_bucket
+from vebus.delivery.route import PausedSeconds, RouteDelivery
 from vebus.errors import ConfigError, VebusError
-from vebus.routestore import (
+from vebus.names import (
+    DISPATCHER_DURABLE_PREFIX,
+    ROUTES_STREAM,
+    dispatcher_durable,
+    route_subject,
+)
+from vebus.routing.store import (
     PauseBook,
     PauseRecord,
     ReplicaStatus,
@@ -50,16 +59,7 @@ from vebus.routestore import (
     serve_status,
     watch_routes,
 )
-from vebus.service import ServiceContext, ServiceSettings, run_service
-from vebus.streams import ensure_consumer, ensure_streams
-from vebus.subjects import (
-    DISPATCHER_DURABLE_PREFIX,
-    ROUTES_STREAM,
-    dispatcher_durable,
-    route_subject,
-)
-from vebus_dispatcher.delivery import PausedSeconds, RouteDelivery
-from vebus_dispatcher.ratelimit import RateLimiter, rate_bucket
+from vebus.runtime.service import ServiceContext, ServiceSettings, run_service
 from vebus_dispatcher.sinks import Sink, SinkContext, build_sink
 
 __all__ = ["ACK_MARGIN", "Dispatcher", "main", "route_consumer_config"]

@@ -15,10 +15,11 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from vebus import subjects
-from vebus.cloudevent import MSG_ID, from_headers
-from vebus.consumer import Ack, Disposition, Nak, PullWorker
-from vebus.dlq import ErrorCode, Exhausted, publish_dead_letter
+from vebus import names
+from vebus.bus.cloudevent import MSG_ID, from_headers
+from vebus.bus.consume import Ack, Disposition, Nak, PullWorker
+from vebus.bus.dlq import ErrorCode, Exhausted, publish_dead_letter
+from vebus.bus.publish import publish
 from vebus.errors import (
     ConfigError,
     InvalidEventError,
@@ -26,9 +27,9 @@ from vebus.errors import (
     PublishError,
     RouteFullError,
 )
-from vebus.patterns import PatternError
-from vebus.publish import publish
-from vebus.routestore import (
+from vebus.events.patterns import PatternError
+from vebus.routing.router import Router
+from vebus.routing.store import (
     ReplicaStatus,
     RouteSet,
     open_route_store,
@@ -36,8 +37,7 @@ from vebus.routestore import (
     serve_status,
     watch_routes,
 )
-from vebus.service import ServiceContext, ServiceSettings, run_service
-from vebus_filter.router import Router
+from vebus.runtime.service import ServiceContext, ServiceSettings, run_service
 
 __all__ = ["Filter", "main"]
 
@@ -76,7 +76,7 @@ class Filter:
             log.warning("invalid event on %s: %s", msg.subject, e)
             await publish_dead_letter(
                 self._js,
-                route=subjects.DLQ_INVALID_ROUTE,
+                route=names.DLQ_INVALID_ROUTE,
                 sink="-",
                 code=ErrorCode.INVALID_EVENT,
                 error=f"{msg.subject}: {e}",
@@ -89,7 +89,7 @@ class Filter:
         routes = router.match(doc)
         if not routes:
             return Ack()  # filtered out: nothing to store
-        base_id = headers.get(MSG_ID) or f"{subjects.EVENTS_STREAM}:{msg.metadata.sequence.stream}"
+        base_id = headers.get(MSG_ID) or f"{names.EVENTS_STREAM}:{msg.metadata.sequence.stream}"
         copies = (
             publish(
                 self._js,
@@ -115,7 +115,7 @@ class Filter:
                 else:
                     code = ErrorCode.TOO_LARGE
                     error = (
-                        f"{result}; the event stays in {subjects.EVENTS_STREAM} at sequence "
+                        f"{result}; the event stays in {names.EVENTS_STREAM} at sequence "
                         f"{msg.metadata.sequence.stream} while retention keeps it"
                     )
                 log.warning(
@@ -147,15 +147,15 @@ class Filter:
 
 
 async def _body(ctx: ServiceContext) -> None:
-    from vebus.streams import ensure_consumer, ensure_streams
+    from vebus.bus.streams import ensure_consumer, ensure_streams
 
     await ensure_streams(ctx.js, ctx.config)
     await ensure_consumer(
         ctx.js,
-        subjects.EVENTS_STREAM,
+        names.EVENTS_STREAM,
         ConsumerConfig(
-            durable_name=subjects.FILTER_DURABLE,
-            filter_subject=subjects.EVENTS_SUBJECTS,
+            durable_name=names.FILTER_DURABLE,
+            filter_subject=names.EVENTS_SUBJECTS,
             deliver_policy=DeliverPolicy.ALL,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=ACK_WAIT,
@@ -172,8 +172,8 @@ async def _body(ctx: ServiceContext) -> None:
     state.filter = handler
     worker = PullWorker(
         ctx.js,
-        stream=subjects.EVENTS_STREAM,
-        durable=subjects.FILTER_DURABLE,
+        stream=names.EVENTS_STREAM,
+        durable=names.FILTER_DURABLE,
         handler=handler.handle,
         max_in_flight=MAX_IN_FLIGHT,
         batch=128,

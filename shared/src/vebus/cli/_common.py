@@ -20,7 +20,7 @@ from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from vebus.config import Config, load_config
 from vebus.errors import ConfigError, VebusError
-from vebus.natsauth import (
+from vebus.local.natsauth import (
     DEFAULT_AUTH_PATH,
     PASSWORD_ENV,
     USER_ENV,

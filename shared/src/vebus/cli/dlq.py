@@ -14,19 +14,8 @@ from typing import Any
 import click
 from nats.js import JetStreamContext
 
-from vebus import subjects
-from vebus.cli._common import (
-    config_option,
-    fail,
-    load_or_default,
-    nats_session,
-    nats_url_option,
-    run_async,
-    time_param,
-)
-from vebus.cli._progress import progress
-from vebus.config import Config
-from vebus.dlq import (
+from vebus import names
+from vebus.bus.dlq import (
     DeadLetter,
     DeadLetterNotFoundError,
     ErrorCode,
@@ -38,6 +27,17 @@ from vebus.dlq import (
     replay_dead_letter,
     replay_selection,
 )
+from vebus.cli._common import (
+    config_option,
+    fail,
+    load_or_default,
+    nats_session,
+    nats_url_option,
+    run_async,
+    time_param,
+)
+from vebus.cli._progress import progress
+from vebus.config import Config
 
 __all__ = ["dlq"]
 
@@ -67,7 +67,7 @@ def dlq() -> None:
 @contextlib.asynccontextmanager
 async def _session(config: Config, nats_url: str | None) -> AsyncIterator[JetStreamContext]:
     """A JetStream context on a NATS that has VEBUS_DLQ; NATS failures become one line."""
-    async with nats_session(config, nats_url, stream=subjects.DLQ_STREAM) as js:
+    async with nats_session(config, nats_url, stream=names.DLQ_STREAM) as js:
         yield js
 
 
@@ -88,7 +88,7 @@ def _route_name(_: click.Context, param: click.Parameter, value: str | None) -> 
 
     Without it `a.b` or `*` would silently select the dead letters of route `a_b` or `_`.
     """
-    if value is not None and subjects.token(value) != value:
+    if value is not None and names.token(value) != value:
         raise click.BadParameter(
             f"{value!r} is not a route name: route names use only letters, digits, _ and -",
             param=param,
@@ -379,7 +379,7 @@ async def _replay(
             dl_line = f"replayed {ident} to route {done.route}"
             click.echo(dl_line + (" (it was there already)" if done.duplicate else ""))
             return 1, 0, False
-        info = await js.stream_info(subjects.DLQ_STREAM)
+        info = await js.stream_info(names.DLQ_STREAM)
         upto = int(info.state.last_seq or 0)
         count = 0
         async for _ in iter_dead_letters(js, selection=sel, upto=upto):

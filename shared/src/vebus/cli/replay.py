@@ -32,7 +32,10 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from vebus import subjects
+from vebus import names
+from vebus.bus.cloudevent import CE_PREFIX, MSG_ID, from_headers
+from vebus.bus.dlq import REPLAY_EXTENSION, Pacer
+from vebus.bus.publish import publish
 from vebus.cli._common import (
     config_option,
     fail,
@@ -43,11 +46,8 @@ from vebus.cli._common import (
     time_param,
 )
 from vebus.cli._progress import Progress, progress
-from vebus.cloudevent import CE_PREFIX, MSG_ID, from_headers
 from vebus.config import Config, Route
-from vebus.dlq import REPLAY_EXTENSION, Pacer
 from vebus.errors import InvalidEventError, PublishError, RouteFullError
-from vebus.publish import publish
 from vebus.timespec import format_time, utcnow
 
 __all__ = ["replay"]
@@ -94,7 +94,7 @@ class Summary:
 def _router(routes: Sequence[Route]) -> _Router:
     """The filter's Router over `routes` (imported here: it lives in vebus-filter)."""
     try:
-        from vebus_filter.router import Router
+        from vebus.routing.router import Router
     except ImportError:
         fail(
             "archive replay matches events exactly as the filter does and needs its package: "
@@ -106,10 +106,10 @@ def _router(routes: Sequence[Route]) -> _Router:
 
 def _headers(msg: Msg, route: str, run_id: str, when: str) -> dict[str, str]:
     original = msg.headers or {}
-    base = original.get(MSG_ID) or f"{subjects.EVENTS_STREAM}:{msg.metadata.sequence.stream}"
+    base = original.get(MSG_ID) or f"{names.EVENTS_STREAM}:{msg.metadata.sequence.stream}"
     out = {k: v for k, v in original.items() if not k.startswith("Nats-")}
     out[CE_PREFIX + REPLAY_EXTENSION] = when
-    out[MSG_ID] = f"replay:{base}:{subjects.token(route)}:{run_id}"
+    out[MSG_ID] = f"replay:{base}:{names.token(route)}:{run_id}"
     return out
 
 
@@ -147,7 +147,7 @@ class _Replay:
         count = self._summary.routes[route]
         await self._pacer.wait()
         try:
-            ack = await publish(self._js, subjects.route_subject(route), body, headers)
+            ack = await publish(self._js, names.route_subject(route), body, headers)
         except RouteFullError:
             count.refused += 1
         except PublishError:
@@ -180,15 +180,15 @@ async def _run(
     bar: Progress,
 ) -> None:
     router = _router(config.routes)
-    async with nats_session(config, nats_url, stream=subjects.EVENTS_STREAM) as js:
-        info = await js.stream_info(subjects.EVENTS_STREAM)
+    async with nats_session(config, nats_url, stream=names.EVENTS_STREAM) as js:
+        info = await js.stream_info(names.EVENTS_STREAM)
         last = int(info.state.last_seq or 0)
         if not info.state.messages:
             return
         psub = await js.pull_subscribe(
-            subjects.EVENTS_SUBJECTS,
+            names.EVENTS_SUBJECTS,
             durable=None,
-            stream=subjects.EVENTS_STREAM,
+            stream=names.EVENTS_STREAM,
             config=ConsumerConfig(
                 deliver_policy=DeliverPolicy.BY_START_TIME,
                 opt_start_time=start,
@@ -233,7 +233,7 @@ async def _run(
 def _print(summary: Summary) -> None:
     what = "would match" if summary.dry_run else "sent"
     click.echo(
-        f"replay {summary.run_id}: events that entered {subjects.EVENTS_STREAM} "
+        f"replay {summary.run_id}: events that entered {names.EVENTS_STREAM} "
         f"from {summary.start} to {summary.end}"
     )
     click.echo(
@@ -320,20 +320,20 @@ def replay(
     if start >= end:
         raise click.BadParameter("must be before --to (default: now)", param_hint="--from")
     config = load_or_default(config_path, required=True)
-    names = [r.name for r in config.routes]
-    if not names:
+    route_names = [r.name for r in config.routes]
+    if not route_names:
         fail(f"{config_path} has no routes: archive replay sends events through them", 2)
-    if route is not None and route not in names:
-        fail(f"--route: {config_path} has no route {route!r} ({', '.join(names)})", 2)
+    if route is not None and route not in route_names:
+        fail(f"--route: {config_path} has no route {route!r} ({', '.join(route_names)})", 2)
     run_id = run_id or uuid.uuid4().hex[:8]
-    if subjects.token(run_id) != run_id:
+    if names.token(run_id) != run_id:
         raise click.BadParameter("letters, digits, _ and - only", param_hint="--run-id")
     summary = Summary(
         run_id=run_id,
         start=format_time(start),
         end=format_time(end),
         dry_run=dry_run,
-        routes={n: RouteCount() for n in names if route is None or n == route},
+        routes={n: RouteCount() for n in route_names if route is None or n == route},
     )
     with progress("replaying", None) as bar:
         run_async(_run, config, nats_url, start, end, route, rate, summary, bar)

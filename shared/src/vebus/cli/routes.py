@@ -17,6 +17,7 @@ from typing import Any
 import click
 import yaml
 
+from vebus.bus.cloudevent import CloudEvent
 from vebus.cli._common import (
     config_option,
     echo_config_errors,
@@ -26,9 +27,8 @@ from vebus.cli._common import (
     nats_url_option,
     run_async,
 )
-from vebus.cloudevent import CloudEvent
 from vebus.errors import InvalidEventError
-from vebus.patterns import Pattern, PatternError, compile_pattern
+from vebus.events.patterns import Pattern, PatternError, compile_pattern
 
 __all__ = ["load_structured_event", "routes"]
 
@@ -237,7 +237,7 @@ timeout_option = click.option(
 def _read_routes_file(file: str) -> list[Any]:
     """The validated `routes:` list of FILE, as written; exit 2 naming every problem."""
     from vebus.errors import ConfigError
-    from vebus.routestore import check_routes
+    from vebus.routing.store import check_routes
 
     try:
         text = Path(file).read_text(encoding="utf-8")
@@ -284,7 +284,7 @@ async def _wait_for_replicas(nc: Any, done: Any, timeout: float) -> list[_Replic
     import asyncio
     import time
 
-    from vebus.routestore import collect_statuses, instance_of, ping
+    from vebus.routing.store import collect_statuses, instance_of, ping
 
     seen: dict[tuple[str, str], _Replica] = {}
     deadline = time.monotonic() + timeout
@@ -370,7 +370,7 @@ async def _apply(
 ) -> int:
     import msgspec
 
-    from vebus.routestore import open_route_store
+    from vebus.routing.store import open_route_store
 
     async with nats_connection(config, nats_url) as nc:
         store = await open_route_store(nc.jetstream(), replicas=config.nats.replicas)
@@ -428,7 +428,7 @@ def list_routes(config_path: str, nats_url: str | None) -> None:
 async def _list(config: Any, nats_url: str | None) -> None:
     import datetime as dt
 
-    from vebus.routestore import open_route_store
+    from vebus.routing.store import open_route_store
 
     async with nats_connection(config, nats_url) as nc:
         store = await open_route_store(nc.jetstream(), replicas=config.nats.replicas)
@@ -504,7 +504,7 @@ async def _set_paused(
 ) -> int:
     import datetime as dt
 
-    from vebus.routestore import open_route_store
+    from vebus.routing.store import open_route_store
 
     async with nats_connection(config, nats_url) as nc:
         store = await open_route_store(nc.jetstream(), replicas=config.nats.replicas)

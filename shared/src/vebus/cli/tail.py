@@ -10,8 +10,8 @@ import click
 import nats.errors
 from nats.aio.msg import Msg
 
+from vebus.bus.cloudevent import from_headers
 from vebus.cli._common import config_option, connect, fail, load_or_default, nats_url_option
-from vebus.cloudevent import from_headers
 from vebus.errors import InvalidEventError
 
 __all__ = ["subject_problem", "tail"]

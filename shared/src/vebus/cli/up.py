@@ -96,7 +96,7 @@ def up(
       vebus up --nats-cluster 3 --scale dispatcher=2 --scale filter=2
       vebus up --nats-auth           # NATS users and passwords (in .vebus/nats-auth.env)
     """
-    from vebus.supervisor import SERVICES, UpOptions, load_raw, run_up
+    from vebus.local.supervisor import SERVICES, UpOptions, load_raw, run_up
 
     os.environ["VEBUS_LOG_FORMAT"] = log_format  # the services inherit our environment
 
@@ -146,7 +146,7 @@ def up(
 def _check_auth_target(raw: dict[str, Any], config_path: Path | None) -> None:
     """--nats-auth secures the nats-server `vebus up` starts, not a remote one: refuse
     rather than send generated users to a server that does not know them."""
-    from vebus.natsauth import is_local_url
+    from vebus.local.natsauth import is_local_url
 
     section = raw.get("nats")
     nats_cfg: dict[str, Any] = section if isinstance(section, dict) else {}

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import assert_never
 
-from vebus import config, telemetry
-from vebus_dispatcher.sinks.base import Sink, SinkContext
+from vebus import config
+from vebus.delivery.sink import Sink
+from vebus.runtime import telemetry
+from vebus_dispatcher.sinks.base import SinkContext
 
 __all__ = ["Sink", "SinkContext", "build_sink"]
 

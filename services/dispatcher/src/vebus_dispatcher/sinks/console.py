@@ -13,10 +13,10 @@ from collections.abc import Mapping
 from typing import TextIO
 
 from vebus import config
-from vebus.cloudevent import CloudEvent
-from vebus.dlq import ErrorCode
+from vebus.bus.cloudevent import CloudEvent
+from vebus.bus.dlq import ErrorCode
+from vebus.delivery.errors import PermanentDeliveryError
 from vebus.errors import InvalidEventError
-from vebus_dispatcher.errors import PermanentDeliveryError
 from vebus_dispatcher.sinks import encoding
 
 __all__ = ["ConsoleSink", "format_line"]

@@ -17,9 +17,9 @@ import re
 from typing import Any
 from urllib.parse import quote
 
-from vebus.cloudevent import CloudEvent
-from vebus.dlq import ErrorCode
-from vebus_dispatcher.errors import PermanentDeliveryError
+from vebus.bus.cloudevent import CloudEvent
+from vebus.bus.dlq import ErrorCode
+from vebus.delivery.errors import PermanentDeliveryError
 
 __all__ = ["STRUCTURED_CONTENT_TYPE", "binary", "event_class", "structured", "structured_body"]
 

@@ -28,10 +28,10 @@ import botocore.config
 import botocore.exceptions
 
 from vebus import config
-from vebus.cloudevent import CloudEvent
-from vebus.dlq import ErrorCode
+from vebus.bus.cloudevent import CloudEvent
+from vebus.bus.dlq import ErrorCode
+from vebus.delivery.errors import DeliveryError, PermanentDeliveryError, RetryableDeliveryError
 from vebus.errors import ConfigError
-from vebus_dispatcher.errors import DeliveryError, PermanentDeliveryError, RetryableDeliveryError
 from vebus_dispatcher.sinks import encoding
 from vebus_dispatcher.sinks.base import SinkContext
 from vebus_dispatcher.sinks.threads import SinkThreads

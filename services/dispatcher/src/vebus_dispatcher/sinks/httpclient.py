@@ -22,8 +22,8 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from vebus import config
-from vebus.dlq import ErrorCode
-from vebus_dispatcher.errors import DeliveryError, PermanentDeliveryError, RetryableDeliveryError
+from vebus.bus.dlq import ErrorCode
+from vebus.delivery.errors import DeliveryError, PermanentDeliveryError, RetryableDeliveryError
 
 __all__ = [
     "Answer",

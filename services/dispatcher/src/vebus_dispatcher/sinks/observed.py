@@ -1,7 +1,7 @@
 """The one place sink calls are observed: a CLIENT span, attempt counters, call duration.
 
 `build_sink` wraps every sink in `ObservedSink` when it runs inside a service (see
-`vebus.telemetry`), so no sink module measures or traces anything itself. The span is a
+`vebus.runtime.telemetry`), so no sink module measures or traces anything itself. The span is a
 child of the dispatcher's CONSUMER span; its W3C `traceparent` replaces the one in the
 headers the sink is given, so HTTP sinks send it as their `traceparent` header, while the
 event keeps the collector's creation context as its `ce-traceparent` extension.
@@ -14,10 +14,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from vebus import telemetry
-from vebus.cloudevent import CloudEvent
-from vebus_dispatcher.errors import DeliveryError
-from vebus_dispatcher.sinks.base import Sink
+from vebus.bus.cloudevent import CloudEvent
+from vebus.delivery.errors import DeliveryError
+from vebus.delivery.sink import Sink
+from vebus.runtime import telemetry
 
 __all__ = ["OUTCOMES", "ObservedSink"]
 

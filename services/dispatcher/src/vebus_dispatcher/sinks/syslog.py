@@ -25,9 +25,9 @@ from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from vebus import config
-from vebus.cloudevent import CloudEvent
-from vebus.dlq import ErrorCode
-from vebus_dispatcher.errors import RetryableDeliveryError
+from vebus.bus.cloudevent import CloudEvent
+from vebus.bus.dlq import ErrorCode
+from vebus.delivery.errors import RetryableDeliveryError
 from vebus_dispatcher.sinks import encoding
 from vebus_dispatcher.sinks.base import SinkContext
 from vebus_dispatcher.sinks.templating import compile_optional, render

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from vebus import config
-from vebus.cloudevent import TRACEPARENT, CloudEvent
+from vebus.bus.cloudevent import TRACEPARENT, CloudEvent
 from vebus_dispatcher.sinks import encoding
 from vebus_dispatcher.sinks.base import SinkContext
 from vebus_dispatcher.sinks.httpclient import Authenticator, new_session, request

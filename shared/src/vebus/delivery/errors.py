@@ -1,6 +1,6 @@
 """Why one delivery attempt failed, in the terms the delivery handler decides on.
 
-DeliveryError                  code (a vebus.dlq.ErrorCode), HTTP status, Retry-After
+DeliveryError                  code (a vebus.bus.dlq.ErrorCode), HTTP status, Retry-After
 ├── RetryableDeliveryError     the sink may take the event later: HTTP 5xx (HTTP_5XX),
 │                              429 (THROTTLED), no answer in time (TIMEOUT), refused or
 │                              broken connection (CONNECTION_FAILURE); also a vebus
@@ -16,7 +16,7 @@ consumer loop treats it as a crashed attempt.
 
 from __future__ import annotations
 
-from vebus.dlq import ErrorCode
+from vebus.bus.dlq import ErrorCode
 from vebus.errors import PermanentError, RetryableError, VebusError
 
 __all__ = ["DeliveryError", "PermanentDeliveryError", "RetryableDeliveryError"]

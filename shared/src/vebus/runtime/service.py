@@ -7,7 +7,7 @@ runs the service body, and on SIGTERM or SIGINT sets `ctx.stopping`: the body st
 fetching and finishes what it has in flight, then the connection is drained and the
 process exits 0.
 
-Observability lives here too: the service's `vebus.telemetry.Telemetry` (tracing from the
+Observability lives here too: the service's `vebus.runtime.telemetry.Telemetry` (tracing from the
 OTEL_* variables, Prometheus metrics served at `/metrics` on the health port, a background
 poll of consumer backlogs), logs as text or JSON (`--log-format`, VEBUS_LOG_FORMAT) with
 the handled message's event id, route, sink and trace id, and a micro-service `status`
@@ -39,10 +39,10 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from vebus import subjects
+from vebus import names
 from vebus.config import Config, load_config
 from vebus.errors import ConfigError, VebusError
-from vebus.telemetry import LogContextFilter, Telemetry
+from vebus.runtime.telemetry import LogContextFilter, Telemetry
 
 __all__ = [
     "LOG_FORMATS",
@@ -324,7 +324,7 @@ async def _poll(ctx: ServiceContext, interval: float) -> None:
             m.redelivered.labels(stream, durable).set(info.num_redelivered or 0)
         try:
             if ctx.settings.service == "deadletter":
-                for stream in (subjects.EVENTS_STREAM, subjects.ROUTES_STREAM, subjects.DLQ_STREAM):
+                for stream in (names.EVENTS_STREAM, names.ROUTES_STREAM, names.DLQ_STREAM):
                     state = (await ctx.js.stream_info(stream)).state
                     m.stream_messages.labels(stream).set(state.messages)
                     m.stream_bytes.labels(stream).set(state.bytes)
@@ -457,7 +457,7 @@ async def run_service(settings: ServiceSettings, body: Body, *, version: str = "
         config.nats.url,
     )
     await _register(ctx, version)
-    from vebus.metrics import VCenterCollector
+    from vebus.runtime.metrics import VCenterCollector
 
     # the collector's body sets its vCenters' /readyz details: scrapes read them from there
     tel.metrics.registry.register(VCenterCollector(lambda: ctx.details().get("vcenters") or {}))

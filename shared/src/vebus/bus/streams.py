@@ -20,7 +20,7 @@ from nats.js.api import (
 )
 from nats.js.errors import NotFoundError
 
-from vebus import subjects
+from vebus import names
 from vebus.config import Config
 from vebus.errors import VebusError
 
@@ -48,8 +48,8 @@ def events_stream_config(config: Config) -> StreamConfig:
     """VEBUS_EVENTS: the history of every event, kept by age and size."""
     s = config.streams
     return StreamConfig(
-        name=subjects.EVENTS_STREAM,
-        subjects=[subjects.EVENTS_SUBJECTS],
+        name=names.EVENTS_STREAM,
+        subjects=[names.EVENTS_SUBJECTS],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         max_age=float(s.events_max_age) or None,
@@ -64,8 +64,8 @@ def routes_stream_config(config: Config) -> StreamConfig:
     """VEBUS_ROUTES: one work queue per route, each bounded so one cannot fill the others."""
     s = config.streams
     return StreamConfig(
-        name=subjects.ROUTES_STREAM,
-        subjects=[subjects.ROUTES_SUBJECTS],
+        name=names.ROUTES_STREAM,
+        subjects=[names.ROUTES_SUBJECTS],
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         max_msgs_per_subject=s.route_max_msgs,
@@ -79,8 +79,8 @@ def routes_stream_config(config: Config) -> StreamConfig:
 def dlq_stream_config(config: Config) -> StreamConfig:
     """VEBUS_DLQ: dead letters, kept long."""
     return StreamConfig(
-        name=subjects.DLQ_STREAM,
-        subjects=[subjects.DLQ_SUBJECTS],
+        name=names.DLQ_STREAM,
+        subjects=[names.DLQ_SUBJECTS],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         max_age=float(config.streams.dlq_max_age) or None,

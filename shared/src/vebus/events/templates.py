@@ -29,7 +29,7 @@ import jinja2
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from vebus.cloudevent import CloudEvent
+from vebus.bus.cloudevent import CloudEvent
 from vebus.errors import InvalidEventError, PermanentError
 
 __all__ = ["Template", "TemplateError", "compile_template"]

@@ -36,7 +36,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from vebus.metrics import Metrics
+from vebus.runtime.metrics import Metrics
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg

@@ -24,7 +24,7 @@ status, ERROR_PAUSE apart, so its owner can create the consumer again and the wo
 carries on; without it the worker pauses and retries, as for any other error status.
 
 Each message is observed here, not in handlers: inside a service, the worker reports it to
-the service's `vebus.telemetry` (counters, wait and age histograms, a CONSUMER span that
+the service's `vebus.runtime.telemetry` (counters, wait and age histograms, a CONSUMER span that
 continues the message's trace and is current while the handler runs, the log scope).
 """
 
@@ -43,7 +43,7 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from vebus import telemetry
+from vebus.runtime import telemetry
 
 __all__ = ["Ack", "ConsumerGone", "Disposition", "Handler", "Nak", "PullWorker", "Term"]
 

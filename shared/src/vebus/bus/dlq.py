@@ -29,10 +29,10 @@ from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 from nats.js.errors import APIError, NotFoundError
 
-from vebus import subjects
-from vebus.cloudevent import CE_PREFIX, MSG_ID, CloudEvent, from_headers
+from vebus import names
+from vebus.bus.cloudevent import CE_PREFIX, MSG_ID, CloudEvent, from_headers
+from vebus.bus.publish import publish
 from vebus.errors import InvalidEventError, MessageTooLargeError, VebusError
-from vebus.publish import publish
 from vebus.timespec import format_time
 
 __all__ = [
@@ -208,7 +208,7 @@ class Selection(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         """Whether `dl` is selected."""
         if self.ids is not None and dl.id not in self.ids:
             return False
-        if self.route is not None and dl.route != subjects.token(self.route):
+        if self.route is not None and dl.route != names.token(self.route):
             return False
         if self.code is not None and dl.code != self.code.upper():
             return False
@@ -292,12 +292,12 @@ async def publish_dead_letter(
         out[H_MSG_ID] = msg_id
         out[MSG_ID] = f"dlq:{route}:{msg_id}"
     try:
-        await publish(js, subjects.dlq_subject(route), body, out)
+        await publish(js, names.dlq_subject(route), body, out)
     except MessageTooLargeError:
         # the letter would be larger than the event that was too large: keep the record
         # (headers, reason) without the body rather than lose the failure
         out[H_OMITTED] = str(len(body))
-        await publish(js, subjects.dlq_subject(route), b"", out)
+        await publish(js, names.dlq_subject(route), b"", out)
 
 
 def _decode(raw: RawStreamMsg) -> DeadLetter:
@@ -328,7 +328,7 @@ def _decode(raw: RawStreamMsg) -> DeadLetter:
 async def get_dead_letter(js: JetStreamContext, dead_letter_id: int) -> DeadLetter:
     """The dead letter with this id; DeadLetterNotFoundError if there is none."""
     try:
-        raw = await js.get_msg(subjects.DLQ_STREAM, seq=dead_letter_id, direct=True)
+        raw = await js.get_msg(names.DLQ_STREAM, seq=dead_letter_id, direct=True)
     except NotFoundError:
         raise DeadLetterNotFoundError(f"no dead letter with id {dead_letter_id}") from None
     return _decode(raw)
@@ -359,12 +359,12 @@ async def iter_dead_letters(
             if sel.matches(dl):
                 yield dl
         return
-    subject = subjects.dlq_subject(sel.route) if sel.route else subjects.DLQ_SUBJECTS
+    subject = names.dlq_subject(sel.route) if sel.route else names.DLQ_SUBJECTS
     seq = after + 1
     while upto is None or seq <= upto:
         try:
             raw = await js.get_msg(
-                subjects.DLQ_STREAM, seq=seq, subject=subject, next=True, direct=True
+                names.DLQ_STREAM, seq=seq, subject=subject, next=True, direct=True
             )
         except NotFoundError:
             return
@@ -379,7 +379,7 @@ async def iter_dead_letters(
 async def delete_dead_letter(js: JetStreamContext, dead_letter_id: int) -> None:
     """Remove one dead letter (DeadLetterNotFoundError if it is not there)."""
     try:
-        await js.delete_msg(subjects.DLQ_STREAM, dead_letter_id)
+        await js.delete_msg(names.DLQ_STREAM, dead_letter_id)
     except APIError as e:
         if not isinstance(e, NotFoundError) and e.err_code != _MSG_DELETE_FAILED:
             raise
@@ -421,7 +421,7 @@ async def replay_dead_letter(
             f"({dead_letter.body_omitted} bytes) was larger than NATS max_payload allows; "
             "see its error for where the original is"
         )
-    if route == subjects.DLQ_INVALID_ROUTE:
+    if route == names.DLQ_INVALID_ROUTE:
         raise VebusError(
             f"dead letter {dead_letter.id} was never routed (invalid event); "
             "give a route to send it to (--to-route)"
@@ -430,11 +430,11 @@ async def replay_dead_letter(
     headers[CE_PREFIX + REPLAY_EXTENSION] = _now()
     msg_id = replay_msg_id(dead_letter)
     headers[MSG_ID] = msg_id
-    ack = await publish(js, subjects.route_subject(route), dead_letter.body, headers)
+    ack = await publish(js, names.route_subject(route), dead_letter.body, headers)
     await delete_dead_letter(js, dead_letter.id)
     return Replayed(
         id=dead_letter.id,
-        route=subjects.token(route),
+        route=names.token(route),
         msg_id=msg_id,
         duplicate=bool(getattr(ack, "duplicate", False)),
     )

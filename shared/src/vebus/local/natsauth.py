@@ -98,7 +98,7 @@ def load_or_create(data_dir: Path) -> tuple[Path, dict[str, str]]:
 
 def auth_conf_text() -> str:
     """deploy/nats/auth.conf, from the vebus checkout this package runs from."""
-    from vebus.embedded import repo_root
+    from vebus.local.embedded import repo_root
 
     root = repo_root()
     conf = root / "deploy" / "nats" / "auth.conf" if root is not None else None

@@ -30,9 +30,9 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from vebus.bus.kv import ensure_bucket
 from vebus.config import Config
-from vebus.kv import ensure_bucket
-from vebus.subjects import token
+from vebus.names import token
 
 __all__ = ["RATE_BUCKET", "RateLimiter", "RateLimiterUnavailableError", "rate_bucket"]
 

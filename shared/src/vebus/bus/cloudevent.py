@@ -2,7 +2,7 @@
 
 Every vebus message carries, besides the CloudEvents attributes:
 - `vebus-wire`: the wire-format version (WIRE_VERSION) so later versions can change it;
-- `Nats-Msg-Id`: the stable id JetStream deduplicates on (see `vebus.subjects`);
+- `Nats-Msg-Id`: the stable id JetStream deduplicates on (see `vebus.names`);
 - `traceparent` (W3C) when the event is being traced.
 """
 

@@ -22,8 +22,8 @@ from urllib.parse import urlsplit
 import nats.errors
 import yaml
 
-from vebus import embedded, natsauth
 from vebus.config import Config, parse_config, read_yaml
+from vebus.local import embedded, natsauth
 
 __all__ = ["SERVICES", "UpOptions", "run_up"]
 
@@ -444,7 +444,7 @@ async def _apply_routes(config: Config, raw_routes: list[Any], source: Path | No
     import msgspec
     import nats
 
-    from vebus.routestore import open_route_store
+    from vebus.routing.store import open_route_store
 
     nc = await nats.connect(
         servers=config.nats.servers(),

@@ -16,7 +16,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from vebus import subjects
+from vebus import names
 
 __all__ = ["iter_window"]
 
@@ -26,8 +26,8 @@ async def iter_window(
     *,
     start: dt.datetime | None = None,
     end: dt.datetime | None = None,
-    stream: str = subjects.EVENTS_STREAM,
-    subject: str = subjects.EVENTS_SUBJECTS,
+    stream: str = names.EVENTS_STREAM,
+    subject: str = names.EVENTS_SUBJECTS,
     batch: int = 1000,
 ) -> AsyncIterator[Msg]:
     """Every message of `stream` on `subject` whose stream timestamp is in [start, end]."""

@@ -1,7 +1,7 @@
 """Prometheus metrics of one vebus service process, served at `/metrics` on its health port.
 
 One `Metrics` (one `CollectorRegistry`) per running service, made by `run_service` and
-reached through `vebus.telemetry`: the shared wrappers (the pull consumer, `publish`, the
+reached through `vebus.runtime.telemetry`: the shared wrappers (the pull consumer, `publish`, the
 dispatcher's sink wrapper) count what passes through them, so no handler counts anything
 itself. Gauges that need a NATS round trip (consumer backlog, stream depth) are refreshed
 by one background poll (`POLL_INTERVAL`), not per message; the collector's per-vCenter

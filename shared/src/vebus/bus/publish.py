@@ -1,6 +1,6 @@
 """Publishing to JetStream: each publish waits for the stream's acknowledgement.
 
-Inside a service, each publish is observed here (see `vebus.telemetry`): a PRODUCER span
+Inside a service, each publish is observed here (see `vebus.runtime.telemetry`): a PRODUCER span
 whose `traceparent` goes out in the message's headers, and the published / failed counters.
 """
 
@@ -23,8 +23,8 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from vebus import telemetry
 from vebus.errors import MessageTooLargeError, PublishError, RouteFullError
+from vebus.runtime import telemetry
 
 __all__ = ["OutgoingMessage", "check_size", "message_size", "publish", "publish_all"]
 

@@ -45,10 +45,10 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFound
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from vebus.aio import raise_if_cancelled
+from vebus.bus.kv import ensure_bucket
 from vebus.config import _ENV_REF, Route, parse_config
 from vebus.errors import ConfigError, VebusError
-from vebus.kv import ensure_bucket
-from vebus.subjects import token
+from vebus.names import token
 
 __all__ = [
     "ROUTES_BUCKET",

@@ -6,8 +6,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from vebus.config import Route
-from vebus.patterns import Pattern, PatternIndex, compile_pattern
-from vebus.subjects import route_subject
+from vebus.events.patterns import Pattern, PatternIndex, compile_pattern
+from vebus.names import route_subject
 
 __all__ = ["Router"]
 

@@ -40,15 +40,15 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from vebus.cloudevent import CloudEvent, from_headers
+from vebus.bus.cloudevent import CloudEvent, from_headers
+from vebus.bus.consume import Ack, Disposition, Nak
+from vebus.bus.dlq import ErrorCode, Exhausted, publish_dead_letter
 from vebus.config import Route
-from vebus.consumer import Ack, Disposition, Nak
-from vebus.dlq import ErrorCode, Exhausted, publish_dead_letter
+from vebus.delivery.backoff import backoff_delay
+from vebus.delivery.errors import DeliveryError, RetryableDeliveryError
+from vebus.delivery.ratelimit import RateLimiter, RateLimiterUnavailableError
+from vebus.delivery.sink import Sink
 from vebus.errors import InvalidEventError, VebusError
-from vebus_dispatcher.backoff import backoff_delay
-from vebus_dispatcher.errors import DeliveryError, RetryableDeliveryError
-from vebus_dispatcher.ratelimit import RateLimiter, RateLimiterUnavailableError
-from vebus_dispatcher.sinks import Sink
 
 __all__ = ["PausedSeconds", "RouteDelivery", "no_pause"]
 
