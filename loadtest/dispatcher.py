@@ -36,13 +36,13 @@ import aiohttp
 import nats
 
 from loadtest.common import RESULTS, print_table, write_results
-from vebus.bus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus.bus.cloudevent import CloudEvent, to_headers
 from vebus.bus.publish import OutgoingMessage, publish_all
 from vebus.bus.streams import ensure_consumer, ensure_streams
 from vebus.config import load_config
+from vebus.delivery.consumers import route_consumer_config
 from vebus.local.embedded import ManagedProcess, free_port, start_nats, start_service
-from vebus.names import ROUTES_STREAM, dispatcher_durable, route_subject
-from vebus_dispatcher.app import route_consumer_config
+from vebus.names import MSG_ID, ROUTES_STREAM, dispatcher_durable, route_subject
 from vebus_dispatcher.sinks.encoding import binary
 
 ROUTE = "load"
@@ -246,12 +246,14 @@ async def dispatcher_run(
     js = nc.jetstream()
     procs: list[ManagedProcess] = []
     try:
-        await ensure_streams(js, cfg)
+        await ensure_streams(js, cfg.stream_settings())
         await js.purge_stream(ROUTES_STREAM)
         durable = dispatcher_durable(ROUTE)
         with contextlib.suppress(nats.js.errors.NotFoundError):
             await js.delete_consumer(ROUTES_STREAM, durable)
-        await ensure_consumer(js, ROUTES_STREAM, route_consumer_config(cfg.route(ROUTE)))
+        await ensure_consumer(
+            js, ROUTES_STREAM, route_consumer_config(cfg.route(ROUTE), dispatcher_durable(ROUTE))
+        )
         await js.pause_consumer(ROUTES_STREAM, durable, "2999-01-01T00:00:00Z")
         batch = []
         for n in range(count):

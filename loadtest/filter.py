@@ -44,11 +44,12 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from loadtest.common import RESULTS, print_table, write_results
 from vebus import names
-from vebus.bus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus.bus.cloudevent import CloudEvent, to_headers
 from vebus.bus.publish import OutgoingMessage, publish_all
 from vebus.bus.streams import ensure_streams
 from vebus.config import load_config
 from vebus.local.embedded import ManagedProcess, free_port, start_nats
+from vebus.names import MSG_ID
 from vebus_filter import app as filter_app
 
 ROUTES = 10
@@ -202,7 +203,7 @@ async def one_run(
     nc = await nats.connect(url)
     try:
         js = nc.jetstream()
-        await ensure_streams(js, load_config(config))
+        await ensure_streams(js, load_config(config).stream_settings())
         await _load(js, count, run.name)
         args = [sys.executable]
         if profile is not None:

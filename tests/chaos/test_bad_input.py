@@ -32,7 +32,8 @@ from tests.support.ledger import (
     wait_until,
 )
 from vebus import names
-from vebus.bus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus.bus.cloudevent import CloudEvent, to_headers
+from vebus.names import MSG_ID
 
 pytestmark = pytest.mark.chaos
 

@@ -17,11 +17,13 @@ from nats.js.errors import NotFoundError
 
 from tests.support.stack import Stack
 from vebus import names
-from vebus.bus.cloudevent import MSG_ID, CloudEvent, to_headers
-from vebus.bus.dlq import ErrorCode, Exhausted, iter_dead_letters, publish_dead_letter
+from vebus.bus.cloudevent import CloudEvent, to_headers
+from vebus.bus.dlq import iter_dead_letters, publish_dead_letter
 from vebus.bus.streams import ensure_streams
 from vebus.config import load_config
+from vebus.errors import ErrorCode, Exhausted
 from vebus.local.embedded import free_port
+from vebus.names import MSG_ID
 
 pytestmark = pytest.mark.e2e
 
@@ -68,7 +70,7 @@ async def test_killed_mid_replay_loses_nothing_and_duplicates_nothing(
         }
     )
     js = nc.jetstream()
-    await ensure_streams(js, load_config(stack.config_path))
+    await ensure_streams(js, load_config(stack.config_path).stream_settings())
     events = [str(1000 + n) for n in range(LETTERS)]
     for key in events:
         ev = CloudEvent(

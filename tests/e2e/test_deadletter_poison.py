@@ -23,8 +23,9 @@ from nats.js import JetStreamContext
 from tests.support.sink import Received, RecordingSink
 from tests.support.stack import Stack
 from vebus import names
-from vebus.bus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus.bus.cloudevent import CloudEvent, to_headers
 from vebus.bus.dlq import DeadLetter, iter_dead_letters
+from vebus.names import MSG_ID
 
 pytestmark = pytest.mark.e2e
 

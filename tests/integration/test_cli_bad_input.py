@@ -46,7 +46,7 @@ class Servers:
 async def _create_streams(url: str) -> None:
     nc = await nats.connect(url)
     try:
-        await ensure_streams(nc.jetstream(), Config())
+        await ensure_streams(nc.jetstream(), Config().stream_settings())
     finally:
         await nc.close()
 

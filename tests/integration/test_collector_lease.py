@@ -8,9 +8,10 @@ import time
 import pytest
 from nats.aio.client import Client
 
+from vebus.names import LEASE_BUCKET
 from vebus_collector.checkpoint import CheckpointStore, ensure_bucket
 from vebus_collector.errors import CheckpointConflictError, LeaseLostError
-from vebus_collector.lease import LEASE_BUCKET, Lease, ensure_lease_bucket
+from vebus_collector.lease import Lease, ensure_lease_bucket
 from vebus_collector.position import Position
 
 pytestmark = pytest.mark.integration

@@ -14,9 +14,10 @@ from nats.js.errors import NotFoundError
 from tests.support.stack import Stack
 from vebus import names
 from vebus.bus.cloudevent import from_headers
-from vebus.bus.dlq import ErrorCode, Exhausted, delete_dead_letter, publish_dead_letter
+from vebus.bus.dlq import delete_dead_letter, publish_dead_letter
 from vebus.bus.streams import ensure_streams
 from vebus.config import load_config
+from vebus.errors import ErrorCode, Exhausted
 from vebus.local.embedded import free_port, start_service
 
 pytestmark = pytest.mark.integration
@@ -87,7 +88,7 @@ async def test_threshold_alert_once_per_change_with_two_replicas(stack: Stack, n
         }
     )
     js = nc.jetstream()
-    await ensure_streams(js, load_config(stack.config_path))
+    await ensure_streams(js, load_config(stack.config_path).stream_settings())
     await asyncio.to_thread(stack.start, "deadletter")
     second = start_service(
         "deadletter",

@@ -22,10 +22,8 @@ from nats.js.errors import NotFoundError
 
 from tests.support.stack import Stack
 from vebus import names
-from vebus.bus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus.bus.cloudevent import CloudEvent, to_headers
 from vebus.bus.dlq import (
-    ErrorCode,
-    Exhausted,
     Selection,
     get_dead_letter,
     iter_dead_letters,
@@ -35,7 +33,9 @@ from vebus.bus.dlq import (
 from vebus.bus.publish import publish
 from vebus.bus.streams import ensure_streams
 from vebus.config import load_config
+from vebus.errors import ErrorCode, Exhausted
 from vebus.local.embedded import free_port
+from vebus.names import MSG_ID
 from vebus_deadletter.jobs import ReplayJob
 from vebus_deadletter.state import StateStore
 
@@ -150,7 +150,7 @@ async def api(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Ap
 @pytest.fixture
 async def js(nc: Client, stack: Stack) -> JetStreamContext:
     js = nc.jetstream()
-    await ensure_streams(js, load_config(stack.config_path))
+    await ensure_streams(js, load_config(stack.config_path).stream_settings())
     return js
 
 
@@ -431,7 +431,7 @@ async def test_a_job_whose_replica_died_is_finished_once(
     port = free_port()
     write_config(stack, port)
     js = nc.jetstream()
-    await ensure_streams(js, load_config(stack.config_path))
+    await ensure_streams(js, load_config(stack.config_path).stream_settings())
     a, _, c = await store(js, 701), await store(js, 702), await store(js, 703)
     dl = await get_dead_letter(js, a)
     await publish(

@@ -26,10 +26,10 @@ from tests.support.dispatcher import (
 )
 from tests.support.sink import Received, RecordingSink
 from tests.support.stack import Stack
-from vebus.bus.cloudevent import TRACEPARENT, CloudEvent
+from vebus.bus.cloudevent import CloudEvent
 from vebus.bus.publish import publish
 from vebus.local.embedded import free_port
-from vebus.names import ROUTES_STREAM, dispatcher_durable, route_subject
+from vebus.names import ROUTES_STREAM, TRACEPARENT, dispatcher_durable, route_subject
 
 pytestmark = pytest.mark.integration
 

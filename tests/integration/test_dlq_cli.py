@@ -15,10 +15,12 @@ from nats.js.errors import NotFoundError
 
 from tests.conftest import NatsServer
 from vebus import names
-from vebus.bus.cloudevent import MSG_ID, CloudEvent, to_headers
-from vebus.bus.dlq import ErrorCode, Exhausted, iter_dead_letters, publish_dead_letter
+from vebus.bus.cloudevent import CloudEvent, to_headers
+from vebus.bus.dlq import iter_dead_letters, publish_dead_letter
 from vebus.bus.streams import ensure_streams
 from vebus.config import parse_config
+from vebus.errors import ErrorCode, Exhausted
+from vebus.names import MSG_ID
 
 pytestmark = pytest.mark.integration
 
@@ -92,7 +94,7 @@ async def store(
 @pytest.fixture
 async def js(nc: Client, nats_server: NatsServer) -> JetStreamContext:
     js = nc.jetstream()
-    await ensure_streams(js, parse_config({"nats": {"url": nats_server.url}}))
+    await ensure_streams(js, parse_config({"nats": {"url": nats_server.url}}).stream_settings())
     return js
 
 

@@ -15,9 +15,9 @@ from nats.js import JetStreamContext
 from tests.conftest import NatsServer
 from tests.integration.test_dlq_cli import Cli, ids, store
 from vebus import names
-from vebus.bus.dlq import ErrorCode
 from vebus.bus.streams import ensure_streams
 from vebus.config import parse_config
+from vebus.errors import ErrorCode
 from vebus.timespec import format_time
 
 pytestmark = pytest.mark.integration
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 async def js(nc: Client, nats_server: NatsServer) -> JetStreamContext:
     js = nc.jetstream()
-    await ensure_streams(js, parse_config({"nats": {"url": nats_server.url}}))
+    await ensure_streams(js, parse_config({"nats": {"url": nats_server.url}}).stream_settings())
     return js
 
 

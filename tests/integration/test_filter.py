@@ -14,7 +14,8 @@ from nats.js.errors import NotFoundError
 
 from tests.support.stack import Stack
 from vebus import names
-from vebus.bus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus.bus.cloudevent import CloudEvent, to_headers
+from vebus.names import MSG_ID
 
 pytestmark = pytest.mark.integration
 

@@ -18,9 +18,10 @@ from nats.js.errors import NotFoundError
 
 from tests.conftest import NatsServer
 from vebus import names
-from vebus.bus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus.bus.cloudevent import CloudEvent, to_headers
 from vebus.bus.streams import ensure_streams
 from vebus.config import parse_config
+from vebus.names import MSG_ID
 from vebus.timespec import format_time
 
 pytestmark = pytest.mark.integration
@@ -48,7 +49,7 @@ def config(url: str) -> dict[str, Any]:
 @pytest.fixture
 async def js(nc: Client, nats_server: NatsServer) -> JetStreamContext:
     js = nc.jetstream()
-    await ensure_streams(js, parse_config(config(nats_server.url)))
+    await ensure_streams(js, parse_config(config(nats_server.url)).stream_settings())
     return js
 
 

@@ -38,9 +38,10 @@ from nats.js.errors import NotFoundError
 from tests.support.ports import free_run
 from tests.support.sink import Received, RecordingSink
 from vebus import names
-from vebus.bus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus.bus.cloudevent import CloudEvent, to_headers
 from vebus.bus.publish import publish
 from vebus.errors import PublishError
+from vebus.names import MSG_ID
 
 __all__ = [
     "DeadLetterRecord",

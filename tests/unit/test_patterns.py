@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 import vebus.events.patterns
-from vebus.events.patterns import Explanation, Pattern, PatternError, compile_pattern
+from vebus.errors import PatternError
+from vebus.events.patterns import Explanation, Pattern, compile_pattern
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "veba"
 
@@ -858,7 +859,6 @@ def test_public_names() -> None:
         "OPERATORS",
         "Explanation",
         "Pattern",
-        "PatternError",
         "PatternIndex",
         "compile_pattern",
     }

@@ -11,13 +11,13 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from vebus.names import stream_of_subject as stream_of
 from vebus.runtime.metrics import Metrics
 from vebus.runtime.telemetry import (
     LogContextFilter,
     MessageScope,
     Telemetry,
     _stored_at,
-    stream_of,
     tracing_configured,
 )
 
@@ -49,8 +49,10 @@ def test_no_exporter_means_no_tracer(monkeypatch: pytest.MonkeyPatch) -> None:
     tel = Telemetry.from_env("filter", "abc", "1.0")
     assert tel.tracer is None
     headers = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
-    assert tel.start_producer("vebus.routes.r", headers, 10) is None
+    observation = tel.publishing("vebus.routes.r", headers, 10)
     assert headers == {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    observation.stored()  # counted, with no span to end
+    assert tel.metrics.total(tel.metrics.published) == 1
 
 
 def test_the_ack_subject_says_when_the_message_was_stored() -> None:

@@ -18,8 +18,9 @@ from urllib.parse import urlsplit
 import msgspec
 import yaml
 
+from vebus.bus.streams import StreamSettings
 from vebus.errors import ConfigError
-from vebus.names import RESERVED_SOURCES, token
+from vebus.names import NATS_PORT, RESERVED_SOURCES, token
 
 __all__ = [
     "SERVICE_SECRETS",
@@ -56,6 +57,7 @@ __all__ = [
     "VsphereSink",
     "WebhookSink",
     "WebhookSourceConfig",
+    "env_references",
     "is_unresolved",
     "load_config",
     "parse_config",
@@ -118,7 +120,7 @@ class NatsConfig(_Base, frozen=True):
     """How to reach NATS."""
 
     #: one URL, or several comma-separated (`nats://a:4222,nats://b:4222`)
-    url: str = "nats://127.0.0.1:4222"
+    url: str = f"nats://127.0.0.1:{NATS_PORT}"
     user: str | None = None
     password: str | None = None
     #: JetStream stream replicas (1 embedded, 3 on a cluster)
@@ -274,7 +276,8 @@ def _check_template(field: str, source: str | None) -> None:
     """Compile a sink text field now, so a broken template fails when the config loads."""
     if source is None:
         return
-    from vebus.events.templates import TemplateError, compile_template
+    from vebus.errors import TemplateError
+    from vebus.events.templates import compile_template
 
     try:
         compile_template(source, path=field)
@@ -602,12 +605,18 @@ class Route(_Base, frozen=True):
         if self.name.startswith("_"):
             raise ValueError(f"route name {self.name!r} may not start with '_' (reserved)")
         if self.match:
-            from vebus.events.patterns import PatternError, compile_pattern
+            from vebus.errors import PatternError
+            from vebus.events.patterns import compile_pattern
 
             try:
                 compile_pattern(self.match, path="match")
             except PatternError as e:
                 raise ValueError(str(e)) from None
+
+    @property
+    def sink_kind(self) -> str:
+        """The sink's `kind` as written (`webhook`, `slack`, `function`, ...)."""
+        return str(self.sink.__struct_config__.tag)
 
 
 class DeadletterApiConfig(_Base, frozen=True):
@@ -756,6 +765,18 @@ class Config(_Base, frozen=True):
     #: scheduled checks the collector runs against its vCenters (docs/checks.md)
     checks: list[Check] = msgspec.field(default_factory=list)
 
+    def stream_settings(self) -> StreamSettings:
+        """The streams' settings as vebus.bus.streams takes them."""
+        s = self.streams
+        return StreamSettings(
+            replicas=self.nats.replicas,
+            events_max_age=float(s.events_max_age),
+            events_max_bytes=s.events_max_bytes,
+            route_max_msgs=s.route_max_msgs,
+            dlq_max_age=float(s.dlq_max_age),
+            duplicate_window=float(s.duplicate_window),
+        )
+
     def route(self, name: str) -> Route:
         """The route called `name` (KeyError if there is none)."""
         for r in self.routes:
@@ -777,6 +798,20 @@ SERVICE_SECRETS: dict[str, frozenset[str]] = {
     "deadletter": frozenset({"nats", "deadletter"}),
     "cli": frozenset({"nats"}),
 }
+
+
+def env_references(value: Any) -> list[tuple[str, str | None]]:
+    """Every `${NAME}` (name, None) or `${NAME:-default}` (name, default) in `value`, a
+    string or any nesting of lists and mappings, in order and each once."""
+    found: list[tuple[str, str | None]] = []
+    if isinstance(value, str):
+        for m in _ENV_REF.finditer(value):
+            if (ref := (m.group(1), m.group(2))) not in found:
+                found.append(ref)
+    elif isinstance(value, dict | list):
+        for item in value.values() if isinstance(value, dict) else value:
+            found += [ref for ref in env_references(item) if ref not in found]
+    return found
 
 
 def is_unresolved(value: str) -> bool:

@@ -16,7 +16,6 @@ from nats.js.kv import KeyValue
 from vebus import names
 from vebus.bus import kv
 from vebus_collector.errors import CheckpointConflictError
-from vebus_collector.events import H_EPOCH, H_KEY
 from vebus_collector.position import Position
 
 __all__ = ["CheckpointStore", "ensure_bucket", "last_published"]
@@ -101,7 +100,7 @@ async def last_published(js: JetStreamContext, vcenter: str) -> Position | None:
     The checkpoint is written in batches and the duplicate window is short: after a crash
     or a long stop, this is the truth about what was published.
     """
-    subject = f"vebus.events.{names.token(vcenter)}.>"
+    subject = names.vcenter_subjects(vcenter)
     try:
         raw = await js.get_last_msg(names.EVENTS_STREAM, subject)
     except NotFoundError:
@@ -109,8 +108,8 @@ async def last_published(js: JetStreamContext, vcenter: str) -> Position | None:
     h = raw.headers or {}
     try:
         return Position(
-            epoch=int(h.get(H_EPOCH, "0")),
-            key=int(h[H_KEY]),
+            epoch=int(h.get(names.H_EPOCH, "0")),
+            key=int(h[names.H_KEY]),
             created_time=h.get("ce-time"),
         )
     except (KeyError, ValueError):

@@ -44,7 +44,7 @@ from nats.js.kv import KeyValue
 
 from vebus import names
 from vebus.aio import raise_if_cancelled
-from vebus.bus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus.bus.cloudevent import CloudEvent, to_headers
 from vebus.bus.kv import ensure_bucket
 from vebus.bus.publish import OutgoingMessage, publish
 from vebus.config import (
@@ -55,14 +55,13 @@ from vebus.config import (
     VCenterConfig,
     VmPoweredOffCheck,
 )
+from vebus.names import MSG_ID
 from vebus_collector.errors import CheckpointConflictError, LeaseLostError
-from vebus_collector.events import H_VCENTER
 from vebus_collector.mapping import rfc3339
 from vebus_collector.probes import Finding, probe
 from vebus_collector.vcenter import VCenterClient
 
 __all__ = [
-    "CHECKS_BUCKET",
     "EVENT_NAMES",
     "CheckRunner",
     "Condition",
@@ -75,7 +74,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CHECKS_BUCKET = "vebus_checks"
 #: the event name of each check kind: com.vebus.check.<name>.v0 and <name>Cleared
 EVENT_NAMES: dict[type[Check], str] = {
     SnapshotAgeCheck: "SnapshotAgeExceeded",
@@ -104,7 +102,7 @@ async def ensure_checks_bucket(js: JetStreamContext, replicas: int) -> KeyValue:
     """The bucket of open check conditions, created when missing."""
     return await ensure_bucket(
         js,
-        CHECKS_BUCKET,
+        names.CHECKS_BUCKET,
         replicas=replicas,
         description="vebus scheduled checks: open conditions per vCenter and check",
     )
@@ -243,7 +241,7 @@ def to_message(
         extensions={"vebuscheck": check.name},
         data=msgspec.json.encode(data),
     )
-    headers = to_headers(ce, {MSG_ID: f"check:{ident}", H_VCENTER: vc.name})
+    headers = to_headers(ce, {MSG_ID: f"check:{ident}", names.H_VCENTER: vc.name})
     return OutgoingMessage(names.event_subject("checks", check.name), ce.data, headers)
 
 

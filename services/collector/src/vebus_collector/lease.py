@@ -34,11 +34,10 @@ from vebus.aio import raise_if_cancelled
 from vebus.bus.kv import ensure_bucket
 from vebus_collector.errors import LeaseLostError
 
-__all__ = ["LEASE_BUCKET", "LEASE_TTL", "Lease", "LeaseInfo", "ensure_lease_bucket"]
+__all__ = ["LEASE_TTL", "Lease", "LeaseInfo", "ensure_lease_bucket"]
 
 log = logging.getLogger(__name__)
 
-LEASE_BUCKET = "vebus_leases"
 #: seconds a lease lives without renewal (the bucket's max_age): a standby takes over
 #: within this plus one poll after the active replica dies
 LEASE_TTL = 5.0
@@ -61,7 +60,7 @@ async def ensure_lease_bucket(js: JetStreamContext, replicas: int) -> tuple[KeyV
     """The lease bucket (created when missing) and its TTL in seconds."""
     kv = await ensure_bucket(
         js,
-        LEASE_BUCKET,
+        names.LEASE_BUCKET,
         replicas=replicas,
         ttl=LEASE_TTL,
         description="vebus collector leases: which replica follows each vCenter",
@@ -70,7 +69,7 @@ async def ensure_lease_bucket(js: JetStreamContext, replicas: int) -> tuple[KeyV
     ttl = float(status.ttl or 0)
     if ttl <= 2 * SAFETY_MARGIN:
         raise RuntimeError(
-            f"KV bucket {LEASE_BUCKET} has max_age {ttl}s: a lease bucket needs one of a few "
+            f"KV bucket {names.LEASE_BUCKET} has max_age {ttl}s: a lease bucket needs one of a few "
             f"seconds (vebus creates it with {LEASE_TTL}s); delete the bucket to recreate it"
         )
     return kv, ttl

@@ -26,10 +26,11 @@ from aiohttp import web
 from nats.js import JetStreamContext
 
 from vebus import names
-from vebus.bus.cloudevent import MSG_ID, TRACEPARENT, CloudEvent, to_headers
+from vebus.bus.cloudevent import CloudEvent, to_headers
 from vebus.bus.publish import publish
 from vebus.config import WebhookSourceConfig
 from vebus.errors import PublishError
+from vebus.names import MSG_ID, TRACEPARENT
 from vebus_collector.events import PAYLOAD_MARGIN
 
 __all__ = ["STRUCTURED", "WebhookSource", "parse_request"]

@@ -26,13 +26,14 @@ import nats.errors
 from nats.js import JetStreamContext
 
 from vebus import names
-from vebus.bus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus.bus.cloudevent import CloudEvent, to_headers
 from vebus.bus.dlq import iter_dead_letters
 from vebus.bus.publish import publish
 from vebus.config import DeadletterAlertConfig
-from vebus.errors import VebusError
+from vebus.errors import StaleRevisionError, VebusError
+from vebus.names import MSG_ID
 from vebus.timespec import format_time, utcnow
-from vebus_deadletter.state import StaleRevisionError, StateStore
+from vebus_deadletter.state import StateStore
 
 __all__ = ["ALERT_SOURCE", "CLEARED_TYPE", "EXCEEDED_TYPE", "AlertState", "DeadLetterAlert"]
 
@@ -61,7 +62,7 @@ async def route_counts(js: JetStreamContext) -> dict[str, int]:
     info = await js.stream_info(names.DLQ_STREAM, subjects_filter=names.DLQ_SUBJECTS)
     out: dict[str, int] = {}
     for subject, n in (info.state.subjects or {}).items():
-        out[subject.removeprefix("vebus.dlq.")] = int(n)
+        out[names.route_of_dlq_subject(subject)] = int(n)
     return out
 
 

@@ -20,16 +20,10 @@ from aiohttp import web
 from nats.js import JetStreamContext
 
 from vebus import names
-from vebus.bus.dlq import (
-    DeadLetterNotFoundError,
-    ErrorCode,
-    Selection,
-    delete_dead_letter,
-    get_dead_letter,
-    iter_dead_letters,
-)
+from vebus.bus.dlq import Selection, delete_dead_letter, get_dead_letter, iter_dead_letters
 from vebus.config import Config
-from vebus.errors import RetryableError, VebusError
+from vebus.errors import DeadLetterNotFoundError, ErrorCode, RetryableError, VebusError
+from vebus.routing.source import RouteSource
 from vebus.timespec import parse_time
 from vebus_deadletter.jobs import JobNotFoundError, JobRunner
 from vebus_deadletter.openapi import openapi_document
@@ -143,7 +137,7 @@ async def _body(request: web.Request, typ: type[SelectionBody]) -> Any:
 
 
 class ApiServer:
-    """The handlers, bound to one JetStream context, config and job runner."""
+    """The handlers, bound to one JetStream context, config, job runner and route source."""
 
     def __init__(
         self,
@@ -151,11 +145,14 @@ class ApiServer:
         config: Config,
         jobs: JobRunner,
         *,
+        routes: RouteSource,
         version: str,
     ) -> None:
         self._js = js
         self._config = config
         self._jobs = jobs
+        #: the running route set: what a replay may target
+        self._routes = routes
         self._token = (config.deadletter.api.token or "").encode()
         self._document = openapi_document(version)
 
@@ -260,11 +257,11 @@ class ApiServer:
         to_route = body.to_route
         if to_route is not None:
             _check_route("to_route", to_route)
-            known = [r.name for r in self._config.routes]
-            if known and to_route not in known:
+            known = sorted(await self._routes.names())
+            if known and to_route not in known:  # no route at all: nothing to check against
                 raise _HttpError(
                     400,
-                    f"to_route: no route {to_route!r} in the deadletter service's config "
+                    f"to_route: no route {to_route!r} in the running route set "
                     f"(it has {', '.join(known)})",
                 )
         rate = self._config.deadletter.replay_rate if body.rate is None else body.rate

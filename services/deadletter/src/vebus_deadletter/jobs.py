@@ -34,9 +34,9 @@ from nats.js import JetStreamContext
 
 from vebus import names
 from vebus.bus.dlq import ReplayOutcome, Selection, iter_dead_letters, replay_selection
-from vebus.errors import VebusError
+from vebus.errors import NotFoundError, StaleRevisionError, VebusError
 from vebus.timespec import format_time, utcnow
-from vebus_deadletter.state import StaleRevisionError, StateStore
+from vebus_deadletter.state import StateStore
 
 __all__ = ["HEARTBEAT", "LEASE", "JobNotFoundError", "JobRunner", "ReplayJob"]
 
@@ -53,7 +53,7 @@ MAX_ERRORS = 10
 _PREFIX = "replay"
 
 
-class JobNotFoundError(VebusError):
+class JobNotFoundError(NotFoundError):
     """No replay job has that id."""
 
 

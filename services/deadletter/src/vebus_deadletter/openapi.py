@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vebus.bus.dlq import ErrorCode, Exhausted
+from vebus.errors import ErrorCode, Exhausted
 
 __all__ = ["openapi_document"]
 

@@ -14,24 +14,14 @@ from typing import Any
 import msgspec
 
 from vebus.errors import InvalidEventError
+from vebus.names import CE_PREFIX, CONTENT_TYPE, WIRE_HEADER, WIRE_VERSION
 
 __all__ = [
-    "CONTENT_TYPE",
-    "MSG_ID",
-    "TRACEPARENT",
-    "WIRE_HEADER",
-    "WIRE_VERSION",
     "CloudEvent",
     "from_headers",
     "to_headers",
 ]
 
-WIRE_HEADER = "vebus-wire"
-WIRE_VERSION = "1"
-MSG_ID = "Nats-Msg-Id"
-TRACEPARENT = "traceparent"
-CONTENT_TYPE = "content-type"
-CE_PREFIX = "ce-"
 
 _REQUIRED = ("id", "source", "type", "specversion")
 _OPTIONAL = ("time", "subject", "dataschema")

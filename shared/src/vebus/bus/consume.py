@@ -24,8 +24,9 @@ status, ERROR_PAUSE apart, so its owner can create the consumer again and the wo
 carries on; without it the worker pauses and retries, as for any other error status.
 
 Each message is observed here, not in handlers: inside a service, the worker reports it to
-the service's `vebus.runtime.telemetry` (counters, wait and age histograms, a CONSUMER span that
-continues the message's trace and is current while the handler runs, the log scope).
+the service's observer (vebus.bus.observe; the runtime's telemetry keeps counters, wait and
+age histograms, a CONSUMER span that continues the message's trace and is current while
+the handler runs, and the log scope).
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ from dataclasses import dataclass
 import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.api import Header, StatusCode
 
-from vebus.runtime import telemetry
+from vebus.bus import natsapi, observe
 
 __all__ = ["Ack", "ConsumerGone", "Disposition", "Handler", "Nak", "PullWorker", "Term"]
 
@@ -128,7 +130,7 @@ class PullWorker:
         #: a status said the consumer is gone: call `on_consumer_gone` before the next request
         self._gone: str | None = None
         self.handled = 0
-        self._observer: telemetry.ConsumerObserver | None = None
+        self._observer: observe.ConsumerObserver | None = None
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Pull and handle until `stopping` is set, then wait for what is in flight.
@@ -140,12 +142,12 @@ class PullWorker:
         arrive spent more on fetching than on the messages. At most one request is
         outstanding, for no more than the room left (`max_in_flight` + `prefetch` less
         what is held), so the bound stays exact."""
-        nc = self._js._nc
-        api = f"{self._js._prefix}.CONSUMER.MSG.NEXT.{self._stream}.{self._durable}"
+        nc = natsapi.connection(self._js)
+        api = f"{natsapi.api_prefix(self._js)}.CONSUMER.MSG.NEXT.{self._stream}.{self._durable}"
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox, cb=self._on_message)
-        if (tel := telemetry.current()) is not None:
-            self._observer = tel.consumer(self._stream, self._durable)
+        if (observer := observe.current()) is not None:
+            self._observer = observer.consumer(self._stream, self._durable)
         stop_waiter = asyncio.create_task(self._wake_on(stopping))
         try:
             while not stopping.is_set():
@@ -224,13 +226,13 @@ class PullWorker:
 
     async def _on_message(self, msg: Msg) -> None:
         """A message of the outstanding pull request, or the status that ends it."""
-        status = msg.headers.get("Status") if msg.headers and not msg.data else None
+        status = msg.headers.get(Header.STATUS) if msg.headers and not msg.data else None
         if status is not None:
-            if status == "100":  # idle heartbeat
+            if status == StatusCode.CONTROL_MESSAGE:  # idle heartbeat
                 return
             self._pending = 0
-            if status not in ("404", "408"):  # anything but "no messages" / "expired"
-                description = msg.headers.get("Description", "") if msg.headers else ""
+            if status not in (StatusCode.NO_MESSAGES, StatusCode.REQUEST_TIMEOUT):
+                description = msg.headers.get(Header.DESCRIPTION, "") if msg.headers else ""
                 description = description.split("\n", 1)[0].strip()  # 503: headers follow
                 if self._on_consumer_gone is not None and _consumer_gone(status, description):
                     self._gone = f"{status} {description or 'No Responders'}"
@@ -296,7 +298,9 @@ def _consumer_gone(status: str, description: str) -> bool:
     """Whether a pull request's status says its consumer does not exist: deleted while the
     request waited (409), or no consumer to take the request at all (503 no responders;
     in a cluster also while the consumer elects a leader, when creating it is a no-op)."""
-    return status == "503" or (status == "409" and description.startswith("Consumer Deleted"))
+    return status == StatusCode.SERVICE_UNAVAILABLE or (
+        status == StatusCode.CONFLICT and description.startswith("Consumer Deleted")
+    )
 
 
 async def _settle(msg: Msg, outcome: Disposition) -> None:

@@ -21,7 +21,6 @@ import contextlib
 import datetime as dt
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from enum import StrEnum
 from typing import Any, Literal
 
 import msgspec
@@ -30,17 +29,21 @@ from nats.js.api import RawStreamMsg
 from nats.js.errors import APIError, NotFoundError
 
 from vebus import names
-from vebus.bus.cloudevent import CE_PREFIX, MSG_ID, CloudEvent, from_headers
+from vebus.bus.cloudevent import CloudEvent, from_headers
 from vebus.bus.publish import publish
-from vebus.errors import InvalidEventError, MessageTooLargeError, VebusError
+from vebus.errors import (
+    DeadLetterNotFoundError,
+    ErrorCode,
+    Exhausted,
+    InvalidEventError,
+    MessageTooLargeError,
+    VebusError,
+)
+from vebus.names import MSG_ID
 from vebus.timespec import format_time
 
 __all__ = [
-    "REPLAY_EXTENSION",
     "DeadLetter",
-    "DeadLetterNotFoundError",
-    "ErrorCode",
-    "Exhausted",
     "Pacer",
     "ReplayOutcome",
     "Replayed",
@@ -54,46 +57,8 @@ __all__ = [
     "replay_selection",
 ]
 
-H = "vebus-dlq-"
-H_ROUTE, H_SINK, H_CODE, H_ERROR = H + "route", H + "sink", H + "code", H + "error"
-H_STATUS, H_ATTEMPTS, H_EXHAUSTED = H + "status", H + "attempts", H + "exhausted"
-H_FIRST, H_LAST, H_MSG_ID = H + "first-attempt", H + "last-attempt", H + "msg-id"
-#: set when the event's body could not be kept: its size in bytes
-H_OMITTED = H + "body-omitted"
-REPLAY_EXTENSION = "vebusreplay"
 #: what separates an original Msg-Id from the dead letter it was replayed from
 REPLAY_MARK = ":replay:"
-#: JetStream's error code for a message delete that failed, e.g. "no message found"
-_MSG_DELETE_FAILED = 10057
-
-
-class ErrorCode(StrEnum):
-    """Why an event became a dead letter."""
-
-    CONNECTION_FAILURE = "CONNECTION_FAILURE"
-    TIMEOUT = "TIMEOUT"
-    HTTP_4XX = "HTTP_4XX"
-    HTTP_5XX = "HTTP_5XX"
-    THROTTLED = "THROTTLED"
-    INVALID_EVENT = "INVALID_EVENT"
-    TEMPLATE_ERROR = "TEMPLATE_ERROR"
-    SINK_ERROR = "SINK_ERROR"
-    POISON = "POISON"
-    ROUTE_FULL = "ROUTE_FULL"
-    TOO_LARGE = "TOO_LARGE"
-
-
-class Exhausted(StrEnum):
-    """Which condition ended the attempts."""
-
-    MAX_ATTEMPTS = "max_attempts"
-    MAX_AGE = "max_age"
-    NOT_RETRYABLE = "not_retryable"
-    MAX_DELIVERIES = "max_deliveries"
-
-
-class DeadLetterNotFoundError(VebusError):
-    """No dead letter has that id."""
 
 
 def _parse_time(value: str | None) -> dt.datetime | None:
@@ -272,53 +237,53 @@ async def publish_dead_letter(
     """
     original = dict(headers or {})
     msg_id = original.pop(MSG_ID, None)
-    out = {k: v for k, v in original.items() if not k.lower().startswith(H)}
+    out = {k: v for k, v in original.items() if not k.lower().startswith(names.DLQ_HEADER_PREFIX)}
     out.update(
         {
-            H_ROUTE: route,
-            H_SINK: sink,
-            H_CODE: str(code),
-            H_ERROR: " ".join(error.split())[:1000],
-            H_ATTEMPTS: str(attempts),
-            H_EXHAUSTED: str(exhausted),
-            H_LAST: _iso(last_attempt) or _now(),
+            names.H_DLQ_ROUTE: route,
+            names.H_DLQ_SINK: sink,
+            names.H_DLQ_CODE: str(code),
+            names.H_DLQ_ERROR: " ".join(error.split())[:1000],
+            names.H_DLQ_ATTEMPTS: str(attempts),
+            names.H_DLQ_EXHAUSTED: str(exhausted),
+            names.H_DLQ_LAST: _iso(last_attempt) or _now(),
         }
     )
     if status is not None:
-        out[H_STATUS] = str(status)
+        out[names.H_DLQ_STATUS] = str(status)
     if first := _iso(first_attempt):
-        out[H_FIRST] = first
+        out[names.H_DLQ_FIRST] = first
     if msg_id:
-        out[H_MSG_ID] = msg_id
+        out[names.H_DLQ_MSG_ID] = msg_id
         out[MSG_ID] = f"dlq:{route}:{msg_id}"
     try:
         await publish(js, names.dlq_subject(route), body, out)
     except MessageTooLargeError:
         # the letter would be larger than the event that was too large: keep the record
         # (headers, reason) without the body rather than lose the failure
-        out[H_OMITTED] = str(len(body))
+        out[names.H_DLQ_OMITTED] = str(len(body))
         await publish(js, names.dlq_subject(route), b"", out)
 
 
 def _decode(raw: RawStreamMsg) -> DeadLetter:
     headers = {k: v for k, v in (raw.headers or {}).items() if not k.startswith("Nats-")}
-    dl = {k: headers.pop(k) for k in list(headers) if k.lower().startswith(H)}
-    status = dl.get(H_STATUS)
-    omitted = dl.get(H_OMITTED, "")
+    dl = {k: headers.pop(k) for k in list(headers) if k.lower().startswith(names.DLQ_HEADER_PREFIX)}
+    status = dl.get(names.H_DLQ_STATUS)
+    omitted = dl.get(names.H_DLQ_OMITTED, "")
     stored = raw.headers.get("Nats-Time-Stamp") if raw.headers else None
     return DeadLetter(
         id=int(raw.seq or 0),
-        route=dl.get(H_ROUTE, (raw.subject or "").removeprefix("vebus.dlq.")),
-        sink=dl.get(H_SINK, ""),
-        code=dl.get(H_CODE, ""),
-        error=dl.get(H_ERROR, ""),
+        route=dl.get(names.H_DLQ_ROUTE, names.route_of_dlq_subject(raw.subject or "")),
+        sink=dl.get(names.H_DLQ_SINK, ""),
+        code=dl.get(names.H_DLQ_CODE, ""),
+        error=dl.get(names.H_DLQ_ERROR, ""),
         status=int(status) if status and status.isdigit() else None,
-        attempts=int(dl.get(H_ATTEMPTS, "0") or 0),
-        exhausted=dl.get(H_EXHAUSTED, ""),
-        first_attempt=dl.get(H_FIRST),
-        last_attempt=dl.get(H_LAST),
+        attempts=int(dl.get(names.H_DLQ_ATTEMPTS, "0") or 0),
+        exhausted=dl.get(names.H_DLQ_EXHAUSTED, ""),
+        first_attempt=dl.get(names.H_DLQ_FIRST),
+        last_attempt=dl.get(names.H_DLQ_LAST),
         stored_at=stored or _iso(getattr(raw, "time", None)),
-        msg_id=dl.get(H_MSG_ID),
+        msg_id=dl.get(names.H_DLQ_MSG_ID),
         headers=headers,
         body=raw.data or b"",
         body_omitted=int(omitted) if omitted.isdigit() else None,
@@ -381,7 +346,7 @@ async def delete_dead_letter(js: JetStreamContext, dead_letter_id: int) -> None:
     try:
         await js.delete_msg(names.DLQ_STREAM, dead_letter_id)
     except APIError as e:
-        if not isinstance(e, NotFoundError) and e.err_code != _MSG_DELETE_FAILED:
+        if not isinstance(e, NotFoundError) and e.err_code != names.JS_ERR_MSG_DELETE_FAILED:
             raise
         raise DeadLetterNotFoundError(f"no dead letter with id {dead_letter_id}") from None
 
@@ -427,7 +392,7 @@ async def replay_dead_letter(
             "give a route to send it to (--to-route)"
         )
     headers = dict(dead_letter.headers)
-    headers[CE_PREFIX + REPLAY_EXTENSION] = _now()
+    headers[names.CE_PREFIX + names.REPLAY_EXTENSION] = _now()
     msg_id = replay_msg_id(dead_letter)
     headers[MSG_ID] = msg_id
     ack = await publish(js, names.route_subject(route), dead_letter.body, headers)

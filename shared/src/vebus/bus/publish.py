@@ -1,7 +1,8 @@
 """Publishing to JetStream: each publish waits for the stream's acknowledgement.
 
-Inside a service, each publish is observed here (see `vebus.runtime.telemetry`): a PRODUCER span
-whose `traceparent` goes out in the message's headers, and the published / failed counters.
+Inside a service, each publish is observed here (vebus.bus.observe: the runtime's telemetry
+starts a PRODUCER span whose `traceparent` goes out in the message's headers, and counts
+what was stored or refused).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 from nats.js.errors import APIError
-from opentelemetry.trace import Span
 from tenacity import (
     AsyncRetrying,
     before_sleep_log,
@@ -23,8 +23,9 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from vebus import names
+from vebus.bus import natsapi, observe
 from vebus.errors import MessageTooLargeError, PublishError, RouteFullError
-from vebus.runtime import telemetry
 
 __all__ = ["OutgoingMessage", "check_size", "message_size", "publish", "publish_all"]
 
@@ -56,7 +57,7 @@ def message_size(body: bytes, headers: Mapping[str, str]) -> int:
 
 def check_size(js: JetStreamContext, subject: str, body: bytes, headers: Mapping[str, str]) -> None:
     """MessageTooLargeError if the message would exceed the server's max_payload."""
-    limit = js._nc.max_payload  # the JetStream context's connection (nats-py has no getter)
+    limit = natsapi.max_payload(js)
     if len(body) + _HEADER_ROOM < limit:
         return  # the hot path: no header walk for an ordinary event
     size = message_size(body, headers)
@@ -67,24 +68,20 @@ def check_size(js: JetStreamContext, subject: str, body: bytes, headers: Mapping
         )
 
 
-#: JetStream's error code for a subject at max_msgs_per_subject with discard-new-per-subject
-JS_ERR_MAX_MSGS_PER_SUBJECT = 10077
-
-
 class OutgoingMessage:
     """A message to publish: subject, body and headers (Nats-Msg-Id among them).
 
-    `span` is the PRODUCER span of a publisher that waits for the ack later (async
-    publishes); it ends with the ack.
+    `observation` is the observed publish of a publisher that waits for the ack later
+    (async publishes); it ends with the ack.
     """
 
-    __slots__ = ("body", "headers", "span", "subject")
+    __slots__ = ("body", "headers", "observation", "subject")
 
     def __init__(self, subject: str, body: bytes, headers: Mapping[str, str]) -> None:
         self.subject = subject
         self.body = body
         self.headers = dict(headers)
-        self.span: Span | None = None
+        self.observation: observe.PublishObservation | None = None
 
 
 async def publish(
@@ -97,21 +94,19 @@ async def publish(
 ) -> PubAck:
     """Publish and wait for the stream's ack; PublishError if JetStream never acknowledges."""
     out = dict(headers)
-    tel = telemetry.current()
-    if tel is None:
+    observer = observe.current()
+    if observer is None:
         return await _publish(js, subject, body, out, timeout)
-    span = tel.start_producer(subject, out, len(body))
+    observation = observer.publishing(subject, out, len(body))
     try:
         ack = await _publish(js, subject, body, out, timeout)
     except (PublishError, RouteFullError, MessageTooLargeError) as e:
-        tel.publish_failed(subject, _failure_label(e))
-        if span is not None:
-            telemetry.record_error(span, e)
+        observation.failed(e, _failure_label(e))
         raise
-    finally:
-        if span is not None:
-            span.end()
-    tel.published(subject, out)
+    except BaseException:
+        observation.abandoned()
+        raise
+    observation.stored()
     return ack
 
 
@@ -137,7 +132,7 @@ async def _publish(
                     raise first
                 return await js.publish(subject, body, timeout=timeout, headers=headers)
     except APIError as e:
-        if e.err_code == JS_ERR_MAX_MSGS_PER_SUBJECT:
+        if e.err_code == names.JS_ERR_MAX_MSGS_PER_SUBJECT:
             raise RouteFullError(f"{subject} is full: {e.description}") from e
         raise PublishError(f"publish to {subject} was refused: {e.description}") from e
     except (TimeoutError, nats.errors.Error) as e:

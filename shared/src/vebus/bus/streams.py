@@ -8,6 +8,7 @@ never silently recreated: its messages are somebody's events.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from nats.js import JetStreamContext
@@ -21,11 +22,10 @@ from nats.js.api import (
 from nats.js.errors import NotFoundError
 
 from vebus import names
-from vebus.config import Config
-from vebus.errors import VebusError
+from vebus.errors import StreamConflictError
 
 __all__ = [
-    "StreamConflictError",
+    "StreamSettings",
     "dlq_stream_config",
     "ensure_consumer",
     "ensure_stream",
@@ -40,29 +40,36 @@ log = logging.getLogger(__name__)
 _IMMUTABLE = ("retention", "storage")
 
 
-class StreamConflictError(VebusError):
-    """A stream or consumer exists with a config vebus cannot move to without losing data."""
+@dataclass(frozen=True, kw_only=True)
+class StreamSettings:
+    """What an operator chooses about the streams (vebus.config's `streams:` and
+    `nats.replicas`), in seconds and counts; 0 seconds of age: keep for ever."""
+
+    replicas: int = 1
+    events_max_age: float = 7 * 86400.0
+    events_max_bytes: int = -1
+    route_max_msgs: int = 1_000_000
+    dlq_max_age: float = 30 * 86400.0
+    duplicate_window: float = 120.0
 
 
-def events_stream_config(config: Config) -> StreamConfig:
+def events_stream_config(s: StreamSettings) -> StreamConfig:
     """VEBUS_EVENTS: the history of every event, kept by age and size."""
-    s = config.streams
     return StreamConfig(
         name=names.EVENTS_STREAM,
         subjects=[names.EVENTS_SUBJECTS],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
-        max_age=float(s.events_max_age) or None,
+        max_age=s.events_max_age or None,
         max_bytes=s.events_max_bytes,
-        duplicate_window=float(s.duplicate_window),
-        num_replicas=config.nats.replicas,
+        duplicate_window=s.duplicate_window,
+        num_replicas=s.replicas,
         allow_direct=True,
     )
 
 
-def routes_stream_config(config: Config) -> StreamConfig:
+def routes_stream_config(s: StreamSettings) -> StreamConfig:
     """VEBUS_ROUTES: one work queue per route, each bounded so one cannot fill the others."""
-    s = config.streams
     return StreamConfig(
         name=names.ROUTES_STREAM,
         subjects=[names.ROUTES_SUBJECTS],
@@ -71,21 +78,21 @@ def routes_stream_config(config: Config) -> StreamConfig:
         max_msgs_per_subject=s.route_max_msgs,
         discard=DiscardPolicy.NEW,
         discard_new_per_subject=True,
-        duplicate_window=float(s.duplicate_window),
-        num_replicas=config.nats.replicas,
+        duplicate_window=s.duplicate_window,
+        num_replicas=s.replicas,
     )
 
 
-def dlq_stream_config(config: Config) -> StreamConfig:
+def dlq_stream_config(s: StreamSettings) -> StreamConfig:
     """VEBUS_DLQ: dead letters, kept long."""
     return StreamConfig(
         name=names.DLQ_STREAM,
         subjects=[names.DLQ_SUBJECTS],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
-        max_age=float(config.streams.dlq_max_age) or None,
-        duplicate_window=float(config.streams.duplicate_window),
-        num_replicas=config.nats.replicas,
+        max_age=s.dlq_max_age or None,
+        duplicate_window=s.duplicate_window,
+        num_replicas=s.replicas,
         allow_direct=True,
     )
 
@@ -125,11 +132,10 @@ def _differs(have: Any, want: Any) -> bool:
     return False
 
 
-async def ensure_streams(js: JetStreamContext, config: Config) -> None:
+async def ensure_streams(js: JetStreamContext, settings: StreamSettings) -> None:
     """All three vebus streams, created or updated."""
-    for cfg in (events_stream_config(config), routes_stream_config(config)):
-        await ensure_stream(js, cfg)
-    await ensure_stream(js, dlq_stream_config(config))
+    for make in (events_stream_config, routes_stream_config, dlq_stream_config):
+        await ensure_stream(js, make(settings))
 
 
 async def ensure_consumer(js: JetStreamContext, stream: str, want: ConsumerConfig) -> None:

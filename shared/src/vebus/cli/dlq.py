@@ -17,8 +17,6 @@ from nats.js import JetStreamContext
 from vebus import names
 from vebus.bus.dlq import (
     DeadLetter,
-    DeadLetterNotFoundError,
-    ErrorCode,
     ReplayOutcome,
     Selection,
     delete_dead_letter,
@@ -28,16 +26,19 @@ from vebus.bus.dlq import (
     replay_selection,
 )
 from vebus.cli._common import (
+    check_route_name,
     config_option,
     fail,
     load_or_default,
     nats_session,
     nats_url_option,
     run_async,
+    running_routes,
     time_param,
 )
 from vebus.cli._progress import progress
 from vebus.config import Config
+from vebus.errors import DeadLetterNotFoundError, ErrorCode
 
 __all__ = ["dlq"]
 
@@ -374,6 +375,8 @@ async def _replay(
 ) -> tuple[int, int, bool]:
     """Replay one dead letter or a selection; returns (replayed, failed, interrupted)."""
     async with _session(config, nats_url) as js:
+        if to_route is not None:
+            check_route_name(await running_routes(config, js), "--to-route", to_route)
         if ident is not None:
             done = await replay_dead_letter(js, await get_dead_letter(js, ident), to_route=to_route)
             dl_line = f"replayed {ident} to route {done.route}"
@@ -467,10 +470,6 @@ def replay(
     _choose(ident, sel, all_)
     _refuse_unconfirmed("replay", ident is None, yes)
     config = load_or_default(config_path)
-    if to_route is not None:
-        known = [r.name for r in config.routes]
-        if known and to_route not in known:
-            fail(f"--to-route: {config_path} has no route {to_route!r} ({', '.join(known)})", 2)
     pace = config.deadletter.replay_rate if rate is None else rate
     done, failed, interrupted = run_async(
         _replay, config, nats_url, ident, sel, to_route, pace, yes

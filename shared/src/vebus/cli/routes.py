@@ -17,6 +17,7 @@ from typing import Any
 import click
 import yaml
 
+from vebus import names
 from vebus.bus.cloudevent import CloudEvent
 from vebus.cli._common import (
     config_option,
@@ -27,8 +28,8 @@ from vebus.cli._common import (
     nats_url_option,
     run_async,
 )
-from vebus.errors import InvalidEventError
-from vebus.events.patterns import Pattern, PatternError, compile_pattern
+from vebus.errors import InvalidEventError, PatternError
+from vebus.events.patterns import Pattern, compile_pattern
 
 __all__ = ["load_structured_event", "routes"]
 
@@ -275,7 +276,8 @@ class _Replica:
 
 
 async def _wait_for_replicas(nc: Any, done: Any, timeout: float) -> list[_Replica]:
-    """Find every filter and dispatcher replica and wait until `done(replica)` holds for all.
+    """Find every replica that runs routes (names.ROUTE_SERVICES) and wait until
+    `done(replica)` holds for all.
 
     Replicas are found with `$SRV.PING` each round, so one that cannot answer the status
     request (an older vebus) is noticed; one that stops answering pings for two rounds
@@ -284,17 +286,20 @@ async def _wait_for_replicas(nc: Any, done: Any, timeout: float) -> list[_Replic
     import asyncio
     import time
 
-    from vebus.routing.store import collect_statuses, instance_of, ping
+    from vebus.bus.control import instance_of, ping
+    from vebus.routing.source import collect_statuses
 
     seen: dict[tuple[str, str], _Replica] = {}
     deadline = time.monotonic() + timeout
     round_ = 0
     while True:
         round_ += 1
-        filters, dispatchers, statuses = await asyncio.gather(
-            ping(nc, "filter", ROUND), ping(nc, "dispatcher", ROUND), collect_statuses(nc, ROUND)
+        asked = asyncio.ensure_future(collect_statuses(nc, ROUND))  # at the same time
+        pings = await asyncio.gather(
+            *(ping(nc, service, ROUND) for service in names.ROUTE_SERVICES)
         )
-        for service, answers in (("filter", filters), ("dispatcher", dispatchers)):
+        statuses = await asked
+        for service, answers in zip(names.ROUTE_SERVICES, pings, strict=True):
             for answer in answers:
                 key = (service, instance_of(answer))
                 seen.setdefault(key, _Replica(*key)).last_seen = round_

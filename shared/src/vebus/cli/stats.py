@@ -21,7 +21,6 @@ from vebus.cli._common import (
 )
 from vebus.errors import InvalidEventError
 from vebus.events.stats import Stats
-from vebus.names import token
 
 __all__ = ["stats"]
 
@@ -65,7 +64,7 @@ def stats(config_path: str, nats_url: str | None, since: str, until: str, vcente
     if png is not None and not png.parent.is_dir():
         fail(f"--png {png}: no folder {png.parent} to write it in", 2)
     config = load_or_default(config_path)
-    subject = f"vebus.events.{token(vcenter)}.>" if vcenter else "vebus.events.>"
+    subject = names.vcenter_subjects(vcenter) if vcenter else names.EVENTS_SUBJECTS
 
     async def collect() -> Stats:
         agg = Stats(top=top)

@@ -36,7 +36,7 @@ async def discover(nc: Client, timeout: float = 1.0, idle: float = 0.3) -> list[
     sub = await nc.subscribe(inbox)
     out: list[dict[str, Any]] = []
     try:
-        await nc.publish("$SRV.STATS", b"", reply=inbox)
+        await nc.publish(names.SRV_STATS, b"", reply=inbox)
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             try:
@@ -49,7 +49,7 @@ async def discover(nc: Client, timeout: float = 1.0, idle: float = 0.3) -> list[
                 reply = json.loads(msg.data)
             except ValueError:
                 continue
-            if str(reply.get("name", "")).startswith("vebus-"):
+            if names.service_of_micro(str(reply.get("name", ""))) is not None:
                 out.append(reply)
     finally:
         await sub.unsubscribe()
@@ -63,7 +63,7 @@ def _replica(reply: dict[str, Any]) -> dict[str, Any]:
         if ep.get("name") == "status" and isinstance(ep.get("data"), dict):
             data = ep["data"]
     return {
-        "service": data.get("service") or str(reply.get("name", "")).removeprefix("vebus-"),
+        "service": data.get("service") or names.service_of_micro(str(reply.get("name", ""))),
         "instance": data.get("instance") or reply.get("id"),
         "id": reply.get("id"),
         "version": reply.get("version"),
@@ -120,7 +120,7 @@ async def collect_status(nc: Client, interval: float = 1.0) -> dict[str, Any]:
         )
         if name == names.DLQ_STREAM:
             by_route = {
-                subject.removeprefix("vebus.dlq."): count
+                names.route_of_dlq_subject(subject): count
                 for subject, count in sorted((state.subjects or {}).items())
             }
             out["dead_letters"] = {"total": state.messages, "by_route": by_route}

@@ -10,6 +10,7 @@ import click
 import nats.errors
 from nats.aio.msg import Msg
 
+from vebus import names
 from vebus.bus.cloudevent import from_headers
 from vebus.cli._common import config_option, connect, fail, load_or_default, nats_url_option
 from vebus.errors import InvalidEventError
@@ -58,7 +59,7 @@ def _subject(_: click.Context, param: click.Parameter, value: str) -> str:
 
 
 @click.command()
-@click.argument("subject", default="vebus.events.>", callback=_subject)
+@click.argument("subject", default=names.EVENTS_SUBJECTS, callback=_subject)
 @config_option
 @nats_url_option
 @click.option("--json", "as_json", is_flag=True, help="Print each message as JSON.")

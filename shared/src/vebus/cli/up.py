@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from vebus import names
 from vebus.cli._common import echo_config_errors, fail
 from vebus.config import parse_config
 from vebus.errors import ConfigError
@@ -34,7 +35,7 @@ __all__ = ["up"]
 @click.option(
     "--nats-port",
     type=int,
-    default=4222,
+    default=names.NATS_PORT,
     show_default=True,
     help="Client port of the (first) nats-server; a cluster uses the next ones too.",
 )
@@ -62,12 +63,12 @@ __all__ = ["up"]
     metavar="SERVICE=N",
     help="Run N replicas of a service, e.g. --scale dispatcher=2 (repeatable).",
 )
-@click.option("--vcsim-port", type=int, default=8989, show_default=True)
+@click.option("--vcsim-port", type=int, default=names.VCSIM_PORT, show_default=True)
 @click.option("--quiet", is_flag=True, help="Do not echo the services' output (logs only).")
 @click.option(
     "--log-format",
     type=click.Choice(["text", "json"]),
-    default=lambda: os.environ.get("VEBUS_LOG_FORMAT", "text"),
+    default=lambda: os.environ.get(names.ENV_LOG_FORMAT, "text"),
     show_default="text, or $VEBUS_LOG_FORMAT",
     help="The services' log lines: text, or JSON objects (event_id, route, sink, trace_id).",
 )
@@ -96,17 +97,17 @@ def up(
       vebus up --nats-cluster 3 --scale dispatcher=2 --scale filter=2
       vebus up --nats-auth           # NATS users and passwords (in .vebus/nats-auth.env)
     """
-    from vebus.local.supervisor import SERVICES, UpOptions, load_raw, run_up
+    from vebus.local.supervisor import UpOptions, load_raw, run_up
 
-    os.environ["VEBUS_LOG_FORMAT"] = log_format  # the services inherit our environment
+    os.environ[names.ENV_LOG_FORMAT] = log_format  # the services inherit our environment
 
     replicas: dict[str, int] = {}
     for item in scale:
         name, _, count = item.partition("=")
-        if name not in SERVICES or not count.isdigit() or not 1 <= int(count) <= 16:
+        if name not in names.SERVICES or not count.isdigit() or not 1 <= int(count) <= 16:
             fail(
                 f"--scale {item}: expected SERVICE=N with SERVICE one of "
-                f"{', '.join(SERVICES)} and N from 1 to 16",
+                f"{', '.join(names.SERVICES)} and N from 1 to 16",
                 2,
             )
         replicas[name] = int(count)

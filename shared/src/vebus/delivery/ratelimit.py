@@ -1,7 +1,7 @@
 """A route's `rate` shared by every dispatcher replica: one send schedule in NATS KV.
 
 The schedule is the generic cell rate algorithm (GCRA): the key `<route>` of the
-RATE_BUCKET bucket holds the route's *theoretical arrival time* (TAT), the wall-clock time
+names.RATE_BUCKET bucket holds the route's *theoretical arrival time* (TAT), the wall-clock time
 from which the next event may be sent. To send, a replica reserves the slot
 `max(now, TAT)` and moves TAT one interval (1/rate) on, with a compare-and-set on the
 key's revision; a replica that lost the race reads the new TAT and tries again. Then it
@@ -30,28 +30,23 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from vebus import names
 from vebus.bus.kv import ensure_bucket
-from vebus.config import Config
-from vebus.names import token
+from vebus.errors import RateLimiterUnavailableError
 
-__all__ = ["RATE_BUCKET", "RateLimiter", "RateLimiterUnavailableError", "rate_bucket"]
+__all__ = ["RateLimiter", "rate_bucket"]
 
-RATE_BUCKET = "vebus_dispatch_rate"
 #: lost races in a row before a reservation gives up (the event is retried later)
 MAX_CONFLICTS = 50
 
 
-class RateLimiterUnavailableError(Exception):
-    """The shared schedule could not be read or written (NATS unavailable, endless races)."""
-
-
-async def rate_bucket(js: JetStreamContext, config: Config) -> KeyValue:
+async def rate_bucket(js: JetStreamContext, *, replicas: int) -> KeyValue:
     """The KV bucket holding every rate-limited route's schedule, created if missing."""
     return await ensure_bucket(
         js,
-        RATE_BUCKET,
-        replicas=config.nats.replicas,
-        description="vebus dispatcher: each rate-limited route's next send time",
+        names.RATE_BUCKET,
+        replicas=replicas,
+        description="vebus: each rate-limited route's next send time",
     )
 
 
@@ -67,7 +62,7 @@ class RateLimiter:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._kv = kv
-        self._key = token(route)
+        self._key = names.token(route)
         self._interval = 1.0 / rate
         self._clock = clock
         self._lock = asyncio.Lock()

@@ -42,13 +42,20 @@ from nats.js import JetStreamContext
 
 from vebus.bus.cloudevent import CloudEvent, from_headers
 from vebus.bus.consume import Ack, Disposition, Nak
-from vebus.bus.dlq import ErrorCode, Exhausted, publish_dead_letter
+from vebus.bus.dlq import publish_dead_letter
 from vebus.config import Route
 from vebus.delivery.backoff import backoff_delay
-from vebus.delivery.errors import DeliveryError, RetryableDeliveryError
-from vebus.delivery.ratelimit import RateLimiter, RateLimiterUnavailableError
+from vebus.delivery.ratelimit import RateLimiter
 from vebus.delivery.sink import Sink
-from vebus.errors import InvalidEventError, VebusError
+from vebus.errors import (
+    DeliveryError,
+    ErrorCode,
+    Exhausted,
+    InvalidEventError,
+    RateLimiterUnavailableError,
+    RetryableDeliveryError,
+    VebusError,
+)
 
 __all__ = ["PausedSeconds", "RouteDelivery", "no_pause"]
 

@@ -40,11 +40,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Generic, Protocol, TypeVar
 
+from vebus.errors import PatternError
+
 __all__ = [
     "OPERATORS",
     "Explanation",
     "Pattern",
-    "PatternError",
     "PatternIndex",
     "compile_pattern",
 ]
@@ -67,15 +68,6 @@ _ANYTHING_BUT_OPS = ("prefix", "suffix", "equals-ignore-case", "wildcard")
 _MISSING: Any = object()
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 T = TypeVar("T")
-
-
-class PatternError(ValueError):
-    """A pattern is invalid; ``path`` locates the problem inside it (``match.data.Vm[0]``)."""
-
-    def __init__(self, path: str, message: str) -> None:
-        super().__init__(f"{path}: {message}")
-        self.path = path
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)

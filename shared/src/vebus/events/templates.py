@@ -30,21 +30,13 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from vebus.bus.cloudevent import CloudEvent
-from vebus.errors import InvalidEventError, PermanentError
+from vebus.errors import InvalidEventError, TemplateError
 
-__all__ = ["Template", "TemplateError", "compile_template"]
+__all__ = ["Template", "compile_template"]
 
 #: the longest string or list a template may build with ``*``, and bits an ``**`` may make
 MAX_REPEAT = 1_000_000
 MAX_POWER_BITS = 4096
-
-
-class TemplateError(PermanentError):
-    """A template does not compile or cannot be rendered; the message names its path."""
-
-    def __init__(self, message: str, *, path: str = "") -> None:
-        super().__init__(message)
-        self.path = path
 
 
 def _refuse(message: str) -> Any:

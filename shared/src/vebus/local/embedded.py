@@ -15,9 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
+from vebus import names
+from vebus.errors import EmbeddedProcessError, VcsimNotAvailableError
+
 __all__ = [
     "ManagedProcess",
-    "VcsimNotAvailableError",
     "build_vcsim",
     "find_nats_server",
     "free_port",
@@ -27,10 +29,6 @@ __all__ = [
     "start_vcsim",
     "wait_for_port",
 ]
-
-
-class VcsimNotAvailableError(RuntimeError):
-    """The simulator binary is missing and cannot be built here."""
 
 
 def free_port() -> int:
@@ -174,7 +172,9 @@ def start_nats(
     ).start()
     if not wait_for_port(port, timeout=timeout):
         proc.kill()
-        raise RuntimeError(f"nats-server did not listen on {port}:\n{proc.output()[-2000:]}")
+        raise EmbeddedProcessError(
+            f"nats-server did not listen on {port}:\n{proc.output()[-2000:]}"
+        )
     return proc, port
 
 
@@ -206,7 +206,7 @@ def build_vcsim(output: Path) -> Path:
 
 def vcsim_binary(cache_dir: Path) -> Path:
     """VEBUS_VCSIM if set, else the simulator built (once) into `cache_dir`."""
-    env = os.environ.get("VEBUS_VCSIM")
+    env = os.environ.get(names.ENV_VCSIM)
     if env:
         return Path(env)
     return build_vcsim(cache_dir / "vcsim")
@@ -220,7 +220,7 @@ def start_vcsim(
     proc = ManagedProcess("vcsim", [str(binary), "-listen", f"127.0.0.1:{port}"], log_path).start()
     if not wait_for_port(port, timeout=timeout):
         proc.kill()
-        raise RuntimeError(f"vcsim did not listen on {port}:\n{proc.output()[-2000:]}")
+        raise EmbeddedProcessError(f"vcsim did not listen on {port}:\n{proc.output()[-2000:]}")
     return proc, f"http://127.0.0.1:{port}/sdk"
 
 

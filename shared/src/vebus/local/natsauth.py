@@ -15,6 +15,8 @@ import string
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from vebus import names
+
 __all__ = [
     "AUTH_FILE",
     "DEFAULT_AUTH_PATH",
@@ -35,7 +37,7 @@ AUTH_FILE = "nats-auth.env"
 DEFAULT_AUTH_PATH = Path(".vebus") / AUTH_FILE
 #: the variables a service's config refers to (`${VEBUS_NATS_USER}`), which the `vebus`
 #: command also honours when the config names no user
-USER_ENV, PASSWORD_ENV = "VEBUS_NATS_USER", "VEBUS_NATS_PASSWORD"
+USER_ENV, PASSWORD_ENV = names.ENV_NATS_USER, names.ENV_NATS_PASSWORD
 
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
 

@@ -22,14 +22,15 @@ from urllib.parse import urlsplit
 import nats.errors
 import yaml
 
+from vebus import names
 from vebus.config import Config, parse_config, read_yaml
+from vebus.errors import EmbeddedProcessError
 from vebus.local import embedded, natsauth
 
-__all__ = ["SERVICES", "UpOptions", "run_up"]
+__all__ = ["UpOptions", "run_up"]
 
 log = logging.getLogger("vebus.up")
 
-SERVICES = ("collector", "filter", "dispatcher", "deadletter")
 VCSIM_USER, VCSIM_PASSWORD = "user", "pass"
 #: a service that ran this long before dying gets its backoff reset
 STABLE_AFTER = 60.0
@@ -42,22 +43,15 @@ class UpOptions:
 
     config_path: Path | None
     data_dir: Path
-    nats_port: int = 4222
-    nats_monitor_port: int = 8222
+    nats_port: int = names.NATS_PORT
+    nats_monitor_port: int = names.NATS_MONITOR_PORT
     #: nats-server processes: 1, or 3 for a JetStream cluster with R3 streams
     nats_cluster: int = 1
     #: replicas per service, e.g. {"dispatcher": 2}
     scale: dict[str, int] = field(default_factory=dict)
     nats_urls: list[str] = field(default_factory=list)
-    vcsim_port: int = 8989
-    health_ports: dict[str, int] = field(
-        default_factory=lambda: {
-            "collector": 8181,
-            "filter": 8182,
-            "dispatcher": 8183,
-            "deadletter": 8184,
-        }
-    )
+    vcsim_port: int = names.VCSIM_PORT
+    health_ports: dict[str, int] = field(default_factory=lambda: dict(names.HEALTH_PORTS))
     echo: bool = True
     #: start nats-server with deploy/nats/auth.conf: one user (and password) per service
     nats_auth: bool = False
@@ -71,7 +65,7 @@ def _local_port(url: str) -> int | None:
     """The port of a nats:// URL on this machine, or None for a remote server."""
     parts = urlsplit(url)
     if parts.hostname in ("127.0.0.1", "localhost", "::1", "0.0.0.0"):
-        return parts.port or 4222
+        return parts.port or names.NATS_PORT
     return None
 
 
@@ -240,7 +234,7 @@ def _start_nats_nodes(
     ports = [opts.nats_port + i for i in range(n)]
     for port in ports:
         if not _port_free(port):
-            raise RuntimeError(
+            raise EmbeddedProcessError(
                 f"port {port} is in use (another `vebus up` or nats-server?); stop it or "
                 "pass --nats-port"
             )
@@ -309,7 +303,7 @@ async def _wait_for_jetstream(
         except (nats.errors.Error, OSError, TimeoutError) as e:
             last = e
             await asyncio.sleep(0.5)
-    raise RuntimeError(f"JetStream did not become ready in {timeout:.0f}s: {last!r}")
+    raise EmbeddedProcessError(f"JetStream did not become ready in {timeout:.0f}s: {last!r}")
 
 
 async def run_up(opts: UpOptions, raw: dict[str, Any]) -> int:
@@ -331,7 +325,7 @@ async def run_up(opts: UpOptions, raw: dict[str, Any]) -> int:
                 opts.nats_port = _local_port(nats_url) or opts.nats_port
             try:
                 started = _start_nats_nodes(opts, data, logs, passwords)
-            except (RuntimeError, FileNotFoundError) as e:
+            except (EmbeddedProcessError, FileNotFoundError) as e:
                 _say(str(e))
                 return 1
             nodes += [node for node, _ in started]
@@ -383,7 +377,7 @@ async def run_up(opts: UpOptions, raw: dict[str, Any]) -> int:
         _say(f"config           {cfg_path}")
 
         services = []
-        for name in SERVICES:
+        for name in names.SERVICES:
             for replica in range(1, opts.scale.get(name, 1) + 1):
                 port = opts.health_ports[name] if replica == 1 else 0
                 if not port or not _port_free(port):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from vebus.config import Route
@@ -19,7 +19,7 @@ class Router:
     routes whose indexed field values the event has are evaluated in full.
     """
 
-    def __init__(self, routes: Sequence[Route]) -> None:
+    def __init__(self, routes: Iterable[Route]) -> None:
         self.routes: tuple[Route, ...] = tuple(routes)
         self.patterns: dict[str, Pattern | None] = {
             r.name: compile_pattern(r.match, path=f"routes[{i}].match") if r.match else None

@@ -1,6 +1,6 @@
-"""Routes in NATS KV: the stored route set, paused routes, and what each replica runs.
+"""Routes in NATS KV: the stored route set and the paused routes.
 
-The bucket `vebus_routes` holds two kinds of key:
+The bucket `vebus_routes` (names.ROUTES_BUCKET) holds two kinds of key:
 
 - `routes`: the whole route set as written (`${ENV}` references unresolved: secrets never
   go into NATS; each dispatcher resolves them from its own environment), one JSON document.
@@ -14,11 +14,8 @@ The bucket `vebus_routes` holds two kinds of key:
 
 When `routes` does not exist, the services run the routes of their config file, exactly
 as before routes could be stored: a deployment that never applies keeps working unchanged.
-
-Every filter and dispatcher replica answers requests on STATUS_SUBJECT (core NATS, no
-queue group: all of them answer) with the revision it runs, the routes it paused and the
-`${ENV}` variables it lacks; `vebus routes apply` finds the replicas with `$SRV.PING` (so
-one that cannot answer the status request is noticed too) and waits until each reports.
+vebus.routing.source is where every service reads the routes it runs from (this module is
+the storage under it).
 """
 
 from __future__ import annotations
@@ -31,52 +28,45 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
-import nats.errors
 import nats.js.errors
-from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
-from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from nats.js.kv import KeyValue
 
-from vebus.aio import raise_if_cancelled
+from vebus import names
 from vebus.bus.kv import ensure_bucket
-from vebus.config import _ENV_REF, Route, parse_config
-from vebus.errors import ConfigError, VebusError
-from vebus.names import token
+from vebus.config import Route, env_references, parse_config
+from vebus.errors import ConfigError, StaleRevisionError, VebusError
 
 __all__ = [
-    "ROUTES_BUCKET",
+    "PAUSE_PREFIX",
     "ROUTES_KEY",
-    "STATUS_SUBJECT",
     "PauseBook",
+    "PausePeriod",
     "PauseRecord",
-    "ReplicaStatus",
     "RouteSet",
     "RouteStore",
+    "check_routes",
+    "decode_pause",
+    "decode_route_set",
     "missing_env",
     "open_route_store",
     "parse_routes",
-    "serve_status",
-    "watch_routes",
+    "route_name",
+    "sink_kind",
 ]
 
 log = logging.getLogger(__name__)
 
-ROUTES_BUCKET = "vebus_routes"
+#: the key of the stored route set; pause records are `paused.<route>`
 ROUTES_KEY = "routes"
 PAUSE_PREFIX = "paused."
-#: filter and dispatcher replicas answer here (not under vebus.routes.>: that is a stream)
-STATUS_SUBJECT = "vebus.control.routes.status"
 #: pause periods kept per route: older ones cannot overlap an event still in the route
 MAX_PERIODS = 200
-#: how often a watcher re-reads the bucket, in case its watch missed an update
-RECHECK = 5.0
 
 
 class RouteSet(msgspec.Struct, frozen=True, kw_only=True):
@@ -120,21 +110,6 @@ class PauseRecord(msgspec.Struct, frozen=True, kw_only=True):
         return total
 
 
-class ReplicaStatus(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """What a filter or dispatcher replica answers on STATUS_SUBJECT."""
-
-    service: str
-    instance: str
-    #: the stored revision it runs; 0: no stored routes, it runs its config file's
-    revision: int
-    routes: list[str] = msgspec.field(default_factory=list)
-    paused: list[str] = msgspec.field(default_factory=list)
-    #: variable name -> the routes that reference it (dispatcher: those routes not running)
-    missing_env: dict[str, list[str]] = msgspec.field(default_factory=dict)
-    #: problems other than missing variables (a revision it could not load, a sink error)
-    errors: list[str] = msgspec.field(default_factory=list)
-
-
 class PauseBook:
     """This replica's copy of every route's pause record, kept current by the watcher.
 
@@ -157,7 +132,7 @@ class PauseBook:
 
 
 def _pause_key(route: str) -> str:
-    return PAUSE_PREFIX + token(route)
+    return PAUSE_PREFIX + names.token(route)
 
 
 def _who() -> str:
@@ -182,15 +157,41 @@ class RouteStore:
             return None
         return decode_route_set(entry.value), entry.revision or 0
 
-    async def put(self, routes: Sequence[Any], *, source: str = "") -> int:
-        """Store `routes` (validated by the caller) and return the new revision."""
-        doc = RouteSet(
-            routes=list(routes),
-            applied_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            applied_by=_who(),
-            source=source,
+    async def put(
+        self,
+        routes: Sequence[Any],
+        *,
+        source: str = "",
+        by: str | None = None,
+        last: int | None = None,
+    ) -> int:
+        """Store `routes` (validated by the caller) and return the new revision.
+
+        `by` names who applied them (default: this process's user@host). With `last`, the
+        write succeeds only if the stored set is still at that revision (0: none stored
+        yet); otherwise StaleRevisionError: someone applied another set meanwhile, and
+        overwriting it would undo their change unseen.
+        """
+        doc = msgspec.json.encode(
+            RouteSet(
+                routes=list(routes),
+                applied_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                applied_by=by or _who(),
+                source=source,
+            )
         )
-        return await self.kv.put(ROUTES_KEY, msgspec.json.encode(doc))
+        if last is None:
+            return await self.kv.put(ROUTES_KEY, doc)
+        try:
+            if last == 0:
+                return await self.kv.create(ROUTES_KEY, doc)
+            return await self.kv.update(ROUTES_KEY, doc, last=last)
+        except (KeyWrongLastSequenceError, nats.js.errors.APIError) as e:
+            current = await self.get()
+            raise StaleRevisionError(
+                f"the stored route set is at revision {current[1] if current else 0}, not "
+                f"{last}: someone applied routes meanwhile; read them again and re-apply"
+            ) from e
 
     async def pauses(self) -> dict[str, PauseRecord]:
         """Every route's pause record, by route name."""
@@ -254,7 +255,7 @@ def decode_route_set(value: bytes) -> RouteSet:
         return msgspec.json.decode(value, type=RouteSet)
     except msgspec.DecodeError as e:
         raise VebusError(
-            f"the stored route set ({ROUTES_BUCKET}/{ROUTES_KEY}) is unreadable: {e}"
+            f"the stored route set ({names.ROUTES_BUCKET}/{ROUTES_KEY}) is unreadable: {e}"
         ) from None
 
 
@@ -262,7 +263,7 @@ def decode_pause(value: bytes) -> PauseRecord | None:
     try:
         return msgspec.json.decode(value, type=PauseRecord)
     except msgspec.DecodeError as e:
-        log.warning("a pause record in %s is unreadable (%s); ignoring it", ROUTES_BUCKET, e)
+        log.warning("a pause record in %s is unreadable (%s); ignoring it", names.ROUTES_BUCKET, e)
         return None
 
 
@@ -270,7 +271,7 @@ async def open_route_store(js: JetStreamContext, *, replicas: int) -> RouteStore
     """The routes bucket (created when missing), with the stream's replica count."""
     kv = await ensure_bucket(
         js,
-        ROUTES_BUCKET,
+        names.ROUTES_BUCKET,
         replicas=replicas,
         history=5,
         description="vebus routes: the applied route set (${ENV} unresolved) and paused routes",
@@ -295,22 +296,9 @@ def parse_routes(
 
 def missing_env(raw_route: Any, env: Mapping[str, str]) -> list[str]:
     """The `${NAME}` variables (without a default) that `raw_route` uses and `env` lacks."""
-    found: list[str] = []
-
-    def walk(value: Any) -> None:
-        if isinstance(value, str):
-            for m in _ENV_REF.finditer(value):
-                if m.group(1) not in env and m.group(2) is None and m.group(1) not in found:
-                    found.append(m.group(1))
-        elif isinstance(value, dict):
-            for v in value.values():
-                walk(v)
-        elif isinstance(value, list):
-            for v in value:
-                walk(v)
-
-    walk(raw_route)
-    return found
+    return [
+        name for name, default in env_references(raw_route) if default is None and name not in env
+    ]
 
 
 def route_name(raw_route: Any) -> str:
@@ -318,176 +306,10 @@ def route_name(raw_route: Any) -> str:
     return str(raw_route.get("name")) if isinstance(raw_route, dict) else "?"
 
 
-# ------------------------------------------------------------------ following the bucket
-
-#: called with the stored route set and its revision, or (None, 0) when it was deleted
-OnRoutes = Callable[[RouteSet | None, int], Awaitable[None]]
-#: called with every pause record whenever one changes
-OnPauses = Callable[[dict[str, PauseRecord]], Awaitable[None]]
-
-
-@contextlib.asynccontextmanager
-async def watch_routes(
-    store: RouteStore,
-    stopping: asyncio.Event,
-    *,
-    on_routes: OnRoutes,
-    on_pauses: OnPauses | None = None,
-    known_revision: int = 0,
-) -> AsyncIterator[None]:
-    """While the `async with` body runs, call `on_routes` for every new revision of the
-    route set (and `on_pauses` when a pause record changes), until `stopping` is set.
-
-    A KV watch gives changes within milliseconds; every RECHECK seconds without one the
-    route set is read again anyway (the pause records every sixth time: listing them costs
-    more), so a watch that lost its place (a reconnect, a server restart) delays a change by
-    seconds rather than forever. However the body ends (a stop, an error), the watch is
-    cancelled and waited for on the way out: no change is applied after the body has torn
-    down what it changes.
-    """
-    watch = asyncio.create_task(
-        _follow(store, stopping, on_routes, on_pauses, known_revision), name="watch-routes"
-    )
-    try:
-        yield
-    finally:
-        watch.cancel()
-        await asyncio.gather(watch, return_exceptions=True)
-
-
-async def _follow(
-    store: RouteStore,
-    stopping: asyncio.Event,
-    on_routes: OnRoutes,
-    on_pauses: OnPauses | None,
-    known_revision: int,
-) -> None:
-    """The task of `watch_routes`: until `stopping` is set or it is cancelled."""
-    revision = known_revision
-    pause_revisions: dict[str, int] = {}
-    idle = 0  # RECHECK periods without an update: pauses are re-read every sixth
-
-    async def pauses_changed() -> None:
-        if on_pauses is not None:
-            await on_pauses(await store.pauses())
-
-    while not stopping.is_set():
-        raise_if_cancelled()  # a cancel lost in a change or a retry (vebus.aio)
-        watcher = None
-        try:
-            watcher = await store.kv.watchall()
-            while not stopping.is_set():
-                raise_if_cancelled()
-                try:
-                    entry = await watcher.updates(timeout=RECHECK)  # type: ignore[no-untyped-call]
-                except (TimeoutError, nats.errors.TimeoutError):
-                    entry = None
-                    try:
-                        current = await store.get()
-                    except VebusError as e:
-                        log.error("%s; keeping the running routes", e)
-                        continue
-                    now = current[1] if current else 0
-                    if now != revision:
-                        await on_routes(current[0] if current else None, now)
-                        revision = now
-                    idle += 1
-                    if on_pauses is not None and idle % 6 == 0:
-                        await pauses_changed()
-                    continue
-                if entry is None:
-                    continue  # the end of the initial values
-                if entry.key == ROUTES_KEY:
-                    if entry.revision <= revision:
-                        continue
-                    if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
-                        await on_routes(None, 0)
-                        revision = 0
-                        continue
-                    try:
-                        route_set = decode_route_set(entry.value)
-                    except VebusError as e:
-                        log.error("%s; keeping the running routes", e)
-                        revision = entry.revision
-                        continue
-                    # the revision counts as seen once applied: a change that raised is
-                    # tried again when the watch restarts
-                    await on_routes(route_set, entry.revision)
-                    revision = entry.revision
-                elif entry.key.startswith(PAUSE_PREFIX) and on_pauses is not None:
-                    if pause_revisions.get(entry.key, 0) >= entry.revision:
-                        continue
-                    pause_revisions[entry.key] = entry.revision
-                    await pauses_changed()
-        except Exception as e:
-            if stopping.is_set():
-                return
-            if isinstance(e, nats.errors.Error | OSError):
-                log.warning("watching %s failed (%r); watching again in 1s", ROUTES_BUCKET, e)
-            else:  # a bug in applying a change: say so loudly, but keep following changes
-                log.exception("applying a change of %s failed; watching again in 1s", ROUTES_BUCKET)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), 1.0)
-        finally:
-            if watcher is not None:
-                with contextlib.suppress(Exception):
-                    await watcher.stop()  # type: ignore[no-untyped-call]
-
-
-# ------------------------------------------------------------------ replica status
-
-
-async def serve_status(nc: Client, status: Callable[[], ReplicaStatus]) -> Subscription:
-    """Answer STATUS_SUBJECT requests with `status()` (every replica answers)."""
-
-    async def answer(msg: Msg) -> None:
-        if msg.reply:
-            with contextlib.suppress(nats.errors.Error):
-                await msg.respond(msgspec.json.encode(status()))
-
-    return await nc.subscribe(STATUS_SUBJECT, cb=answer)
-
-
-async def collect_statuses(nc: Client, wait: float = 1.0) -> list[ReplicaStatus]:
-    """Every replica's status: one request, all answers that arrive within `wait` seconds."""
-    out = []
-    for data in await _gather(nc, STATUS_SUBJECT, wait):
-        with contextlib.suppress(msgspec.DecodeError):  # not a replica we understand
-            out.append(msgspec.json.decode(data, type=ReplicaStatus))
-    return out
-
-
-async def ping(nc: Client, service: str, wait: float = 1.0) -> list[dict[str, Any]]:
-    """`$SRV.PING.vebus-<service>`: every replica of the service that is connected."""
-    answers = []
-    for data in await _gather(nc, f"$SRV.PING.vebus-{service}", wait):
-        with contextlib.suppress(msgspec.DecodeError):
-            answers.append(msgspec.json.decode(data))
-    return [a for a in answers if isinstance(a, dict)]
-
-
-async def _gather(nc: Client, subject: str, wait: float) -> list[bytes]:
-    inbox = nc.new_inbox()
-    got: list[bytes] = []
-
-    async def collect(msg: Msg) -> None:
-        got.append(msg.data)
-
-    sub = await nc.subscribe(inbox, cb=collect)
-    try:
-        await nc.publish(subject, b"", reply=inbox)
-        await nc.flush()
-        await asyncio.sleep(wait)
-    finally:
-        with contextlib.suppress(nats.errors.Error):
-            await sub.unsubscribe()
-    return got
-
-
-def instance_of(ping_answer: Mapping[str, Any]) -> str:
-    """The replica's instance id from its `$SRV.PING` answer (service.py's metadata)."""
-    meta = ping_answer.get("metadata") or {}
-    return str(meta.get("instance") or ping_answer.get("id") or "?")
+def sink_kind(raw_route: Any) -> str:
+    """A written route's sink kind (`webhook`, `function`, ...); "" if it has none."""
+    sink = raw_route.get("sink") if isinstance(raw_route, dict) else None
+    return str(sink.get("kind") or "") if isinstance(sink, dict) else ""
 
 
 def check_routes(raw: Any, where: str) -> list[Any]:

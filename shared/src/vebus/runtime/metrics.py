@@ -1,11 +1,11 @@
 """Prometheus metrics of one vebus service process, served at `/metrics` on its health port.
 
 One `Metrics` (one `CollectorRegistry`) per running service, made by `run_service` and
-reached through `vebus.runtime.telemetry`: the shared wrappers (the pull consumer, `publish`, the
-dispatcher's sink wrapper) count what passes through them, so no handler counts anything
+reached through `vebus.runtime.telemetry`: the shared wrappers (the pull consumer,
+`publish`, the sink wrapper) count what passes through them, so no handler counts anything
 itself. Gauges that need a NATS round trip (consumer backlog, stream depth) are refreshed
-by one background poll (`POLL_INTERVAL`), not per message; the collector's per-vCenter
-state is read from its /readyz details when Prometheus scrapes.
+by one background poll (`POLL_INTERVAL`), not per message; a service's own families (the
+collector's per-vCenter state) are collectors it registers on `registry` itself.
 
 The families counted per message are `FastCounter` and `FastHistogram`: plain numbers
 that the event loop adds to, turned into Prometheus samples only when scraped. The
@@ -20,13 +20,11 @@ Counters of consumers and streams are per replica: sum them over replicas, and t
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import (
     CounterMetricFamily,
-    GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
@@ -39,15 +37,12 @@ __all__ = [
     "FastCounter",
     "FastHistogram",
     "Metrics",
-    "VCenterCollector",
 ]
 
 #: seconds an event has been on its way: from milliseconds to a catch-up of hours
 AGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 #: seconds of one sink call
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
-#: vCenter follower states that mean a live session to vCenter
-CONNECTED_STATES = frozenset({"catching_up", "tailing", "stalled"})
 
 
 class CounterChild:
@@ -264,54 +259,3 @@ class Metrics:
             for labels, value in counter.items()
             if all(labels.get(k) == v for k, v in match.items())
         )
-
-
-class VCenterCollector(Collector):
-    """The collector's vCenter gauges, read at scrape time from its /readyz details.
-
-    `details()` returns `{vcenter: VCenterStatus.as_dict()}` (state, role, holder,
-    position, vcenter_key).
-    """
-
-    def __init__(self, details: Callable[[], dict[str, dict[str, Any]]]) -> None:
-        self._details = details
-
-    def describe(self) -> list[Metric]:
-        return []  # not known until scraped; no name clashes to check
-
-    def collect(self) -> Iterator[Metric]:
-        connected = GaugeMetricFamily(
-            "vebus_vcenter_connected",
-            "1 while this replica has a live session to the vCenter (catching up, tailing or "
-            "stalled), else 0.",
-            labels=["vcenter"],
-        )
-        state = GaugeMetricFamily(
-            "vebus_vcenter_state", "1 for the follower state this replica is in.",
-            labels=["vcenter", "state"],
-        )  # fmt: skip
-        lease = GaugeMetricFamily(
-            "vebus_vcenter_lease_held",
-            "1 when this replica holds the vCenter's lease (the active collector), else 0.",
-            labels=["vcenter"],
-        )
-        key = GaugeMetricFamily(
-            "vebus_vcenter_last_event_key",
-            "Key of the last event published (stored) for the vCenter by this replica.",
-            labels=["vcenter"],
-        )
-        vc_key = GaugeMetricFamily(
-            "vebus_vcenter_latest_key",
-            "Latest event key vCenter reported (key lag = this - vebus_vcenter_last_event_key).",
-            labels=["vcenter"],
-        )
-        for name, d in self._details().items():
-            connected.add_metric([name], 1.0 if d.get("state") in CONNECTED_STATES else 0.0)
-            state.add_metric([name, str(d.get("state"))], 1.0)
-            lease.add_metric([name], 1.0 if d.get("role") == "active" else 0.0)
-            position = d.get("position") or {}
-            if position.get("key") is not None:
-                key.add_metric([name], float(position["key"]))
-            if d.get("vcenter_key") is not None:
-                vc_key.add_metric([name], float(d["vcenter_key"]))
-        yield from (connected, state, lease, key, vc_key)

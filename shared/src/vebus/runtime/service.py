@@ -7,11 +7,17 @@ runs the service body, and on SIGTERM or SIGINT sets `ctx.stopping`: the body st
 fetching and finishes what it has in flight, then the connection is drained and the
 process exits 0.
 
-Observability lives here too: the service's `vebus.runtime.telemetry.Telemetry` (tracing from the
-OTEL_* variables, Prometheus metrics served at `/metrics` on the health port, a background
-poll of consumer backlogs), logs as text or JSON (`--log-format`, VEBUS_LOG_FORMAT) with
-the handled message's event id, route, sink and trace id, and a micro-service `status`
-endpoint whose `$SRV.STATS` data is this replica's status (for `vebus status`).
+The runner knows no service by name: each body registers what is its own on the context:
+its /readyz fields (`health_details`), its metric collectors (`ctx.telemetry`), the gauges
+it refreshes with a NATS round trip (`add_poll`). Its start-up calls to JetStream go
+through `ctx.startup`, which waits out a cluster that is still electing its leaders.
+
+Observability lives here too: the service's `vebus.runtime.telemetry.Telemetry` (tracing
+from the OTEL_* variables, Prometheus metrics served at `/metrics` on the health port, a
+background poll of consumer backlogs), logs as text or JSON (`--log-format`,
+VEBUS_LOG_FORMAT) with the handled message's event id, route, sink and trace id, and a
+micro-service `status` endpoint whose `$SRV.STATS` data is this replica's status (for
+`vebus status`).
 """
 
 from __future__ import annotations
@@ -30,18 +36,19 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-import nats
 import nats.errors
 from aiohttp import web
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
-from vebus import names
+from vebus import aio, names
 from vebus.config import Config, load_config
-from vebus.errors import ConfigError, VebusError
+from vebus.errors import ConfigError, NatsAuthError
+from vebus.runtime.connect import connect_service
 from vebus.runtime.telemetry import LogContextFilter, Telemetry
 
 __all__ = [
@@ -67,13 +74,31 @@ def _dump_tasks() -> None:
         task.print_stack(file=sys.stderr)
 
 
-#: default health ports, one per service so they can share a host under `vebus up`
-DEFAULT_HEALTH_PORTS = {"collector": 8181, "filter": 8182, "dispatcher": 8183, "deadletter": 8184}
 LOG_FORMATS = ("text", "json")
 #: seconds between two polls of consumer backlogs and stream depths (env VEBUS_METRICS_POLL)
 POLL_INTERVAL = 15.0
 #: the micro-service endpoint every replica answers with its status (`vebus status`)
 STATUS_ENDPOINT = "status"
+#: the longest wait between two tries of a start-up call (a cluster electing leaders)
+STARTUP_MAX_DELAY = 5.0
+#: JetStream's "no suitable peers for placement": a cluster whose nodes are still meeting
+JS_ERR_NO_PEERS = 10005
+
+T = TypeVar("T")
+#: a gauge refresh that needs a NATS round trip, run every POLL_INTERVAL
+Poll = Callable[[], Awaitable[None]]
+
+
+def startup_retryable(e: BaseException) -> bool:
+    """Whether a JetStream API call at start failed because the server or cluster is not
+    ready yet (no leader, no responders, no peers, a timeout), not because it was refused."""
+    if isinstance(e, NatsAuthError):
+        return False
+    if isinstance(e, TimeoutError | nats.errors.TimeoutError | nats.errors.NoRespondersError):
+        return True
+    if isinstance(e, APIError):
+        return (e.code or 0) >= 500 or e.err_code == JS_ERR_NO_PEERS
+    return isinstance(e, nats.errors.ConnectionClosedError | nats.errors.StaleConnectionError)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,47 +129,79 @@ class ServiceContext:
     health_details: dict[str, Any] = field(default_factory=dict)
     #: tracing and metrics of this service (what the shared wrappers report to)
     telemetry: Telemetry | None = None
+    #: the body's own gauge refreshes (`add_poll`)
+    polls: list[Poll] = field(default_factory=list)
 
     def details(self) -> dict[str, Any]:
         """The /readyz extra fields as they are now."""
         return {k: v() if callable(v) else v for k, v in self.health_details.items()}
+
+    def add_poll(self, poll: Poll) -> None:
+        """Run `poll` every POLL_INTERVAL with the backlog poll (its errors are counted)."""
+        self.polls.append(poll)
+
+    async def startup(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """`await call()`, tried again with backoff while JetStream is not ready yet (a
+        cluster electing its leaders, a node still starting): a service started before its
+        cluster waits for it instead of crashing. Other errors are raised at once; a stop
+        while waiting raises CancelledError."""
+
+        async def log_retry(state: RetryCallState) -> None:
+            e = state.outcome.exception() if state.outcome else None
+            wait = state.next_action.sleep if state.next_action else 0.0
+            log.warning("%s: JetStream not ready (%r); trying again in %.1fs", what, e, wait)
+
+        async def sleep(seconds: float) -> None:
+            if await aio.sleep(seconds, self.stopping):
+                raise asyncio.CancelledError  # stopped while waiting: the body ends
+
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(startup_retryable),
+            wait=wait_exponential_jitter(initial=0.5, max=STARTUP_MAX_DELAY),
+            before_sleep=log_retry,
+            sleep=sleep,
+            reraise=True,
+        ):
+            with attempt:
+                return await call()
+        raise AssertionError("unreachable")
 
 
 def parse_settings(service: str, argv: Sequence[str] | None = None) -> ServiceSettings:
     """Settings from the command line, falling back to VEBUS_CONFIG and friends."""
     env = os.environ
     p = argparse.ArgumentParser(
-        prog=f"python -m vebus_{service}",
+        prog=f"python -m {names.service_module(service)}",
         description=f"The vebus {service} service.",
     )
     p.add_argument(
         "--config",
-        default=env.get("VEBUS_CONFIG", "vebus.yaml"),
-        help="the vebus.yaml to load (env VEBUS_CONFIG; default ./vebus.yaml)",
+        default=env.get(names.ENV_CONFIG, "vebus.yaml"),
+        help=f"the vebus.yaml to load (env {names.ENV_CONFIG}; default ./vebus.yaml)",
     )
     p.add_argument(
         "--health-host",
-        default=env.get("VEBUS_HEALTH_HOST", "127.0.0.1"),
-        help="address of /healthz and /readyz (env VEBUS_HEALTH_HOST; default 127.0.0.1)",
+        default=env.get(names.ENV_HEALTH_HOST, "127.0.0.1"),
+        help=f"address of /healthz and /readyz (env {names.ENV_HEALTH_HOST}; default 127.0.0.1)",
     )
     p.add_argument(
         "--health-port",
         type=int,
-        default=int(env.get("VEBUS_HEALTH_PORT", DEFAULT_HEALTH_PORTS.get(service, 0))),
-        help="port of /healthz and /readyz, 0 for any free port (env VEBUS_HEALTH_PORT)",
+        default=int(env.get(names.ENV_HEALTH_PORT, names.HEALTH_PORTS.get(service, 0))),
+        help=f"port of /healthz and /readyz, 0 for any free port (env {names.ENV_HEALTH_PORT})",
     )
     p.add_argument(
         "--log-level",
-        default=env.get("VEBUS_LOG_LEVEL", "INFO"),
+        default=env.get(names.ENV_LOG_LEVEL, "INFO"),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="(env VEBUS_LOG_LEVEL; default INFO)",
+        help=f"(env {names.ENV_LOG_LEVEL}; default INFO)",
     )
     p.add_argument(
         "--log-format",
-        default=env.get("VEBUS_LOG_FORMAT", "text"),
+        default=env.get(names.ENV_LOG_FORMAT, "text"),
         choices=LOG_FORMATS,
         help="text, or json: one JSON object a line with event_id, route, sink and trace_id "
-        "when there is one (env VEBUS_LOG_FORMAT; default text)",
+        f"when there is one (env {names.ENV_LOG_FORMAT}; default text)",
     )
     a = p.parse_args(argv)
     return ServiceSettings(
@@ -222,78 +279,9 @@ async def _start_health(ctx: ServiceContext) -> web.AppRunner:
     await runner.setup()
     site = web.TCPSite(runner, ctx.settings.health_host, ctx.settings.health_port)
     await site.start()
-    server = site._server
-    sockets = getattr(server, "sockets", None) or []
-    ctx.health_port = sockets[0].getsockname()[1] if sockets else ctx.settings.health_port
+    addresses = runner.addresses  # the bound (host, port, ...): port 0 picks a free one
+    ctx.health_port = int(addresses[0][1]) if addresses else ctx.settings.health_port
     return runner
-
-
-class NatsAuthError(VebusError):
-    """NATS refused the credentials: retrying cannot help."""
-
-
-def _is_auth_error(e: BaseException) -> bool:
-    text = str(e).lower()
-    return "authorization violation" in text or "authentication" in text
-
-
-async def _connect(config: Config, name: str, stopping: asyncio.Event) -> Client | None:
-    """Connect to NATS, trying again every few seconds until connected or told to stop.
-
-    Wrong credentials are not retried: NatsAuthError says so at once.
-    """
-    servers = config.nats.servers()
-    delay = 0.5
-    refused = asyncio.Event()
-    reason: list[str] = []
-
-    async def on_error(e: Exception) -> None:
-        if _is_auth_error(e):
-            reason.append(str(e))
-            refused.set()
-        else:
-            log.warning("NATS: %r", e)
-
-    while not stopping.is_set():
-        attempt = asyncio.create_task(
-            nats.connect(
-                servers=servers,
-                name=name,
-                user=config.nats.user,
-                password=config.nats.password,
-                connect_timeout=float(config.nats.connect_timeout),
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=1,
-                allow_reconnect=True,
-                error_cb=on_error,
-            )
-        )
-        watch = asyncio.create_task(refused.wait())
-        await asyncio.wait({attempt, watch}, return_when=asyncio.FIRST_COMPLETED)
-        watch.cancel()
-        if refused.is_set():
-            attempt.cancel()
-            with contextlib.suppress(BaseException):
-                await attempt
-            who = f"user {config.nats.user!r}" if config.nats.user else "no credentials"
-            raise NatsAuthError(
-                f"NATS at {config.nats.url} refused {who} ({reason[0]}): check nats.user and "
-                "nats.password in the config and the server's accounts"
-            )
-        try:
-            return attempt.result()
-        except (TimeoutError, OSError, nats.errors.Error) as e:
-            if _is_auth_error(e):
-                raise NatsAuthError(
-                    f"NATS at {config.nats.url} refused the credentials: {e}"
-                ) from e
-            log.warning(
-                "cannot reach NATS at %s (%r); trying again in %.0fs", config.nats.url, e, delay
-            )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), delay)
-            delay = min(delay * 2, 5.0)
-    return None
 
 
 Body = Callable[[ServiceContext], Awaitable[None]]
@@ -301,11 +289,11 @@ Body = Callable[[ServiceContext], Awaitable[None]]
 
 async def _poll(ctx: ServiceContext, interval: float) -> None:
     """Refresh the gauges that need a NATS round trip: the backlog of each consumer this
-    replica runs, and (deadletter only, one service is enough) the depth of each stream."""
+    replica runs, and what the body added (`ctx.add_poll`)."""
     tel = ctx.telemetry
     assert tel is not None
     m = tel.metrics
-    while not ctx.stopping.is_set():
+    async for _ in aio.every(interval, ctx.stopping):
         for stream, durable in sorted(tel.consumers):
             try:
                 info = await ctx.js.consumer_info(stream, durable)
@@ -322,17 +310,12 @@ async def _poll(ctx: ServiceContext, interval: float) -> None:
             m.pending.labels(stream, durable).set(info.num_pending or 0)
             m.ack_pending.labels(stream, durable).set(info.num_ack_pending or 0)
             m.redelivered.labels(stream, durable).set(info.num_redelivered or 0)
-        try:
-            if ctx.settings.service == "deadletter":
-                for stream in (names.EVENTS_STREAM, names.ROUTES_STREAM, names.DLQ_STREAM):
-                    state = (await ctx.js.stream_info(stream)).state
-                    m.stream_messages.labels(stream).set(state.messages)
-                    m.stream_bytes.labels(stream).set(state.bytes)
-        except (TimeoutError, nats.errors.Error) as e:
-            m.poll_errors.labels().inc()
-            log.debug("metrics poll failed: %r", e)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(ctx.stopping.wait(), interval)
+        for poll in ctx.polls:
+            try:
+                await poll()
+            except (TimeoutError, nats.errors.Error) as e:
+                m.poll_errors.labels().inc()
+                log.debug("metrics poll failed: %r", e)
 
 
 def _status(ctx: ServiceContext, version: str, started: float) -> dict[str, Any]:
@@ -383,7 +366,7 @@ async def _register(ctx: ServiceContext, version: str) -> None:
     service = await micro.add_service(
         ctx.nc,
         ServiceConfig(
-            name=f"vebus-{settings.service}",
+            name=names.micro_service(settings.service),
             version=version,
             description=f"vebus {settings.service}",
             metadata={
@@ -397,7 +380,7 @@ async def _register(ctx: ServiceContext, version: str) -> None:
     await service.add_endpoint(
         EndpointConfig(
             name=STATUS_ENDPOINT,
-            subject=f"vebus.status.{settings.service}.{settings.instance}",
+            subject=names.status_subject(settings.service, settings.instance),
             handler=status,
         )
     )
@@ -434,7 +417,9 @@ async def run_service(settings: ServiceSettings, body: Body, *, version: str = "
         loop.add_signal_handler(sig, stop)
 
     try:
-        nc = await _connect(config, f"vebus-{settings.service}-{settings.instance}", stopping)
+        nc = await connect_service(
+            config.nats, f"{names.micro_service(settings.service)}-{settings.instance}", stopping
+        )
     except NatsAuthError as e:
         log.error("%s", e)
         print(f"vebus {settings.service}: {e}", file=sys.stderr)
@@ -446,7 +431,7 @@ async def run_service(settings: ServiceSettings, body: Body, *, version: str = "
         settings=settings, config=config, nc=nc, js=nc.jetstream(), stopping=stopping,
         telemetry=tel,
     )  # fmt: skip
-    token = tel.activate()  # the body's tasks report to `tel`
+    tokens = tel.activate()  # the body's tasks report to `tel`
     runner = await _start_health(ctx)
     log.info(
         "%s started (instance %s); health on http://%s:%d/healthz, NATS %s",
@@ -457,16 +442,16 @@ async def run_service(settings: ServiceSettings, body: Body, *, version: str = "
         config.nats.url,
     )
     await _register(ctx, version)
-    from vebus.runtime.metrics import VCenterCollector
-
-    # the collector's body sets its vCenters' /readyz details: scrapes read them from there
-    tel.metrics.registry.register(VCenterCollector(lambda: ctx.details().get("vcenters") or {}))
     poll = asyncio.create_task(
-        _poll(ctx, float(os.environ.get("VEBUS_METRICS_POLL", POLL_INTERVAL)))
+        _poll(ctx, float(os.environ.get(names.ENV_METRICS_POLL, POLL_INTERVAL)))
     )
     status = 0
     try:
         await body(ctx)
+    except asyncio.CancelledError:
+        if not stopping.is_set():
+            raise
+        log.info("%s stopped while starting", settings.service)  # ctx.startup, interrupted
     except Exception:
         log.exception("%s failed", settings.service)
         status = 1
@@ -481,6 +466,6 @@ async def run_service(settings: ServiceSettings, body: Body, *, version: str = "
             log.warning("drain did not finish cleanly: %r", e)
         await runner.cleanup()
         await asyncio.to_thread(tel.shutdown)  # export the spans still queued
-        tel.deactivate(token)
+        tel.deactivate(tokens)
     log.info("%s stopped", settings.service)
     return status

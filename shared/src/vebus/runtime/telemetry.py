@@ -2,11 +2,12 @@
 
 `run_service` makes one `Telemetry` per service process and makes it `current()` for
 everything the service body runs (a context variable, so tasks inherit it and two services
-in one test process do not share it). The wrappers use it, never the handlers
-(STYLE.md, habit 8): `PullWorker` observes each message it hands to a handler (a CONSUMER
-span, received/handled counters, wait and age histograms, the log scope), `publish` each
-message it stores (a PRODUCER span whose W3C `traceparent` goes into the NATS headers, the
-published counter), the dispatcher's sink wrapper each sink call (a CLIENT span).
+in one test process do not share it); it is also the wire's observer (vebus.bus.observe).
+The wrappers use it, never the handlers (STYLE.md, habit 8): `PullWorker` observes each
+message it hands to a handler (a CONSUMER span, received/handled counters, wait and age
+histograms, the log scope), `publish` each message it stores (a PRODUCER span whose W3C
+`traceparent` goes into the NATS headers, the published counter), the sink wrapper of the
+delivering services each sink call (a CLIENT span).
 
 One trace per event: the collector's publish starts it and also writes it into the event
 as the CloudEvents distributed-tracing extension (`ce-traceparent`, the creation context,
@@ -36,6 +37,8 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from vebus import names
+from vebus.bus import observe
 from vebus.runtime.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -43,7 +46,6 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
 
 __all__ = [
-    "CE_TRACEPARENT",
     "ConsumerObserver",
     "LogContextFilter",
     "MessageScope",
@@ -52,18 +54,17 @@ __all__ = [
     "event_age",
     "message_scope",
     "record_error",
-    "stream_of",
     "tracing_configured",
 ]
 
 log = logging.getLogger(__name__)
 
-#: the CloudEvents distributed-tracing extension as a NATS (and HTTP binary-mode) header
-CE_TRACEPARENT = "ce-traceparent"
-TRACEPARENT = "traceparent"
-DISPATCH_PREFIX = "vebus-dispatch-"
-_STREAMS = {"events": "VEBUS_EVENTS", "routes": "VEBUS_ROUTES", "dlq": "VEBUS_DLQ"}
 _PROPAGATOR = TraceContextTextMapPropagator()
+#: the CloudEvents attributes spans and histograms read, as NATS headers
+_CE_ID, _CE_TYPE, _CE_SOURCE, _CE_TIME = (
+    names.CE_PREFIX + attribute for attribute in ("id", "type", "source", "time")
+)
+_DLQ_SUBJECT_START = names.DLQ_PREFIX + "."
 _CURRENT: ContextVar[Telemetry | None] = ContextVar("vebus_telemetry", default=None)
 _SCOPE: ContextVar[MessageScope | None] = ContextVar("vebus_message_scope", default=None)
 #: publish counters kept per subject; a cache, cleared when it grows past this
@@ -78,14 +79,6 @@ def current() -> Telemetry | None:
 def message_scope() -> MessageScope | None:
     """The message the current task is handling (for log lines), if any."""
     return _SCOPE.get()
-
-
-def stream_of(subject: str) -> tuple[str, str]:
-    """(stream, the subject's third token) of a vebus subject; ("", "") for another one."""
-    parts = subject.split(".", 3)
-    if len(parts) >= 3 and parts[0] == "vebus" and parts[1] in _STREAMS:
-        return _STREAMS[parts[1]], parts[2]
-    return "", ""
 
 
 def tracing_configured(env: Mapping[str, str] | None = None) -> str | None:
@@ -168,11 +161,11 @@ class MessageScope:
 
     @property
     def event_id(self) -> str | None:
-        return self.headers.get("ce-id")
+        return self.headers.get(names.CE_PREFIX + "id")
 
     @property
     def trace_id(self) -> str | None:
-        return _trace_id_of(self.headers.get(TRACEPARENT))
+        return _trace_id_of(self.headers.get(names.TRACEPARENT))
 
 
 class Telemetry:
@@ -228,7 +221,7 @@ class Telemetry:
             exporter = OTLPSpanExporter()  # endpoint, headers, timeout from OTEL_* variables
         resource = Resource.create(
             {
-                "service.name": f"vebus-{service}",
+                "service.name": names.micro_service(service),
                 "service.namespace": "vebus",
                 "service.instance.id": instance,
                 "service.version": version,
@@ -239,13 +232,15 @@ class Telemetry:
         log.info("tracing: spans of vebus-%s exported (%s)", service, exporter_name)
         return cls(service, instance, version, provider=provider)
 
-    def activate(self) -> Token[Telemetry | None]:
-        """Make this the `current()` telemetry of this task and the tasks it starts."""
-        return _CURRENT.set(self)
+    def activate(self) -> tuple[Token[Telemetry | None], Token[Any]]:
+        """Make this the `current()` telemetry, and the wire's observer, of this task and
+        the tasks it starts."""
+        return _CURRENT.set(self), observe.use(self)
 
     @staticmethod
-    def deactivate(token: Token[Telemetry | None]) -> None:
-        _CURRENT.reset(token)
+    def deactivate(tokens: tuple[Token[Telemetry | None], Token[Any]]) -> None:
+        _CURRENT.reset(tokens[0])
+        observe.reset(tokens[1])
 
     def shutdown(self, timeout_ms: int = 5000) -> None:
         """Export the spans still queued (graceful shutdown); blocks, up to `timeout_ms`."""
@@ -255,7 +250,23 @@ class Telemetry:
 
     # -- producing ---------------------------------------------------------------------
 
-    def start_producer(
+    def publishing(
+        self, subject: str, headers: MutableMapping[str, str], body_size: int
+    ) -> observe.PublishObservation:
+        """One publish starts (vebus.bus.observe): its PRODUCER span, when tracing, writes
+        its traceparent into `headers`; the observation counts what becomes of it."""
+        span = self._start_producer(subject, headers, body_size) if self.tracer else None
+        if span is None and not subject.startswith(_DLQ_SUBJECT_START):
+            # the hot path: no span, and a counter child kept per subject
+            counted = self._published.get(subject)
+            if counted is None:
+                if len(self._published) > _SUBJECT_CACHE_MAX:
+                    self._published.clear()
+                counted = self._published[subject] = _Publishing(self, subject, headers, None)
+            return counted
+        return _Publishing(self, subject, headers, span)
+
+    def _start_producer(
         self, subject: str, headers: MutableMapping[str, str], body_size: int
     ) -> Span | None:
         """Start the PRODUCER span of one publish and write its traceparent into `headers`.
@@ -267,7 +278,7 @@ class Telemetry:
         tracer = self.tracer
         if tracer is None:
             return None
-        stream, name = stream_of(subject)
+        stream, name = names.stream_of_subject(subject)
         parent = None
         if not trace.get_current_span().get_span_context().is_valid:
             parent = _PROPAGATOR.extract(headers)
@@ -279,40 +290,34 @@ class Telemetry:
             "messaging.message.body.size": body_size,
         }
         _event_attributes(attributes, headers)
-        if stream == "VEBUS_ROUTES" or stream == "VEBUS_DLQ":
+        if stream in (names.ROUTES_STREAM, names.DLQ_STREAM):
             attributes["vebus.route"] = name
         span = tracer.start_span(
             f"send {stream or subject}", context=parent, kind=SpanKind.PRODUCER,
             attributes=attributes,
         )  # fmt: skip
         _PROPAGATOR.inject(headers, context=trace.set_span_in_context(span))
-        if stream == "VEBUS_EVENTS" and CE_TRACEPARENT not in headers:
-            headers[CE_TRACEPARENT] = headers[TRACEPARENT]
+        if stream == names.EVENTS_STREAM and names.CE_TRACEPARENT not in headers:
+            headers[names.CE_TRACEPARENT] = headers[names.TRACEPARENT]
         return span
 
-    def published(self, subject: str, headers: Mapping[str, str]) -> None:
-        """Count one message JetStream stored."""
-        child = self._published.get(subject)
-        if child is None:
-            if len(self._published) > _SUBJECT_CACHE_MAX:
-                self._published.clear()
-            stream, name = stream_of(subject)
-            if stream == "VEBUS_EVENTS":
-                child = self.metrics.published.labels(stream, "", name)
-            else:
-                child = self.metrics.published.labels(stream or "other", name, "")
-            self._published[subject] = child
-        child.inc()
-        if subject.startswith("vebus.dlq."):
-            self.metrics.dead_lettered.labels(
-                headers.get("vebus-dlq-route", ""),
-                headers.get("vebus-dlq-sink", ""),
-                headers.get("vebus-dlq-code", ""),
-            ).inc()
+    def _published_counter(self, subject: str) -> Any:
+        """The published counter's child for `subject`."""
+        stream, name = names.stream_of_subject(subject)
+        if stream == names.EVENTS_STREAM:
+            return self.metrics.published.labels(stream, "", name)
+        return self.metrics.published.labels(stream or "other", name, "")
 
-    def publish_failed(self, subject: str, reason: str) -> None:
+    def _dead_lettered(self, headers: Mapping[str, str]) -> None:
+        self.metrics.dead_lettered.labels(
+            headers.get(names.H_DLQ_ROUTE, ""),
+            headers.get(names.H_DLQ_SINK, ""),
+            headers.get(names.H_DLQ_CODE, ""),
+        ).inc()
+
+    def _publish_failed(self, subject: str, reason: str) -> None:
         """Count one publish that was refused or never acknowledged."""
-        stream, name = stream_of(subject)
+        stream, name = names.stream_of_subject(subject)
         self.metrics.publish_failed.labels(stream or "other", name, reason).inc()
 
     # -- consuming ---------------------------------------------------------------------
@@ -332,21 +337,51 @@ class Telemetry:
         if self.tracer is None:
             return None
         span = self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
-        headers.pop("tracestate", None)
+        headers.pop(names.TRACESTATE, None)
         _PROPAGATOR.inject(headers, context=trace.set_span_in_context(span))
         return span
 
 
 def _event_attributes(attributes: dict[str, Any], headers: Mapping[str, str]) -> None:
     """The CloudEvents and message-id attributes of a span, from a message's headers."""
-    if msg_id := headers.get("Nats-Msg-Id"):
+    if msg_id := headers.get(names.MSG_ID):
         attributes["messaging.message.id"] = msg_id
-    if ce_id := headers.get("ce-id"):
+    if ce_id := headers.get(_CE_ID):
         attributes["cloudevents.event_id"] = ce_id
-    if ce_type := headers.get("ce-type"):
+    if ce_type := headers.get(_CE_TYPE):
         attributes["cloudevents.event_type"] = ce_type
-    if ce_source := headers.get("ce-source"):
+    if ce_source := headers.get(_CE_SOURCE):
         attributes["cloudevents.event_source"] = ce_source
+
+
+class _Publishing:
+    """One observed publish (or, without a span, every publish to one subject)."""
+
+    __slots__ = ("_counter", "_headers", "_span", "_subject", "_tel")
+
+    def __init__(
+        self, tel: Telemetry, subject: str, headers: Mapping[str, str], span: Span | None
+    ) -> None:
+        self._tel, self._subject, self._span = tel, subject, span
+        self._headers = headers
+        self._counter = tel._published_counter(subject)
+
+    def stored(self) -> None:
+        self._counter.inc()
+        if self._subject.startswith(_DLQ_SUBJECT_START):
+            self._tel._dead_lettered(self._headers)
+        if self._span is not None:
+            self._span.end()
+
+    def failed(self, error: BaseException, reason: str) -> None:
+        self._tel._publish_failed(self._subject, reason)
+        if self._span is not None:
+            record_error(self._span, error)
+            self._span.end()
+
+    def abandoned(self) -> None:
+        if self._span is not None:
+            self._span.end()
 
 
 class _Handling:
@@ -369,7 +404,7 @@ class ConsumerObserver:
     def __init__(self, telemetry: Telemetry, stream: str, durable: str) -> None:
         m = telemetry.metrics
         self.stream, self.durable = stream, durable
-        self.route = durable[len(DISPATCH_PREFIX) :] if durable.startswith(DISPATCH_PREFIX) else ""
+        self.route = names.route_of_durable(durable) or ""
         self._tracer = telemetry.tracer
         self._received = m.received.labels(stream, durable, self.route)
         self._outcomes = {
@@ -386,7 +421,7 @@ class ConsumerObserver:
         now = time.time()
         if (stored := _stored_at(msg.reply)) is not None:
             self._wait.observe(max(0.0, now - stored))
-        if (ce_time := headers.get("ce-time")) and (age := _age(ce_time, now)) is not None:
+        if (ce_time := headers.get(_CE_TIME)) and (age := _age(ce_time, now)) is not None:
             self._age.observe(age)
         scope_token = _SCOPE.set(MessageScope(headers, self.durable, self.route))
         if self._tracer is None:

@@ -14,9 +14,7 @@ from typing import TextIO
 
 from vebus import config
 from vebus.bus.cloudevent import CloudEvent
-from vebus.bus.dlq import ErrorCode
-from vebus.delivery.errors import PermanentDeliveryError
-from vebus.errors import InvalidEventError
+from vebus.errors import ErrorCode, InvalidEventError, PermanentDeliveryError
 from vebus_dispatcher.sinks import encoding
 
 __all__ = ["ConsoleSink", "format_line"]

@@ -18,8 +18,7 @@ from typing import Any
 from urllib.parse import quote
 
 from vebus.bus.cloudevent import CloudEvent
-from vebus.bus.dlq import ErrorCode
-from vebus.delivery.errors import PermanentDeliveryError
+from vebus.errors import ErrorCode, PermanentDeliveryError
 
 __all__ = ["STRUCTURED_CONTENT_TYPE", "binary", "event_class", "structured", "structured_body"]
 

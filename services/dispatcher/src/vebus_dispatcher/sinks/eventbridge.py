@@ -29,9 +29,13 @@ import botocore.exceptions
 
 from vebus import config
 from vebus.bus.cloudevent import CloudEvent
-from vebus.bus.dlq import ErrorCode
-from vebus.delivery.errors import DeliveryError, PermanentDeliveryError, RetryableDeliveryError
-from vebus.errors import ConfigError
+from vebus.errors import (
+    ConfigError,
+    DeliveryError,
+    ErrorCode,
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+)
 from vebus_dispatcher.sinks import encoding
 from vebus_dispatcher.sinks.base import SinkContext
 from vebus_dispatcher.sinks.threads import SinkThreads

@@ -22,8 +22,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from vebus import config
-from vebus.bus.dlq import ErrorCode
-from vebus.delivery.errors import DeliveryError, PermanentDeliveryError, RetryableDeliveryError
+from vebus.errors import DeliveryError, ErrorCode, PermanentDeliveryError, RetryableDeliveryError
 
 __all__ = [
     "Answer",

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from vebus.bus.cloudevent import CloudEvent
-from vebus.delivery.errors import DeliveryError
 from vebus.delivery.sink import Sink
+from vebus.errors import DeliveryError
 from vebus.runtime import telemetry
 
 __all__ = ["OUTCOMES", "ObservedSink"]

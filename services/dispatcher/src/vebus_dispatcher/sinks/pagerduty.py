@@ -18,9 +18,7 @@ from typing import Any
 
 from vebus import config
 from vebus.bus.cloudevent import CloudEvent
-from vebus.bus.dlq import ErrorCode
-from vebus.delivery.errors import PermanentDeliveryError
-from vebus.errors import InvalidEventError
+from vebus.errors import ErrorCode, InvalidEventError, PermanentDeliveryError
 from vebus_dispatcher.sinks.base import SinkContext
 from vebus_dispatcher.sinks.httpclient import new_session, request
 from vebus_dispatcher.sinks.slack import message_text

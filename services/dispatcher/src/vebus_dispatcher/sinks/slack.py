@@ -14,8 +14,7 @@ from collections.abc import Mapping
 
 from vebus import config
 from vebus.bus.cloudevent import CloudEvent
-from vebus.bus.dlq import ErrorCode
-from vebus.delivery.errors import PermanentDeliveryError
+from vebus.errors import ErrorCode, PermanentDeliveryError
 from vebus_dispatcher.sinks.base import SinkContext
 from vebus_dispatcher.sinks.httpclient import new_session, request
 from vebus_dispatcher.sinks.templating import compile_field, render

@@ -20,8 +20,7 @@ from email.utils import formatdate
 
 from vebus import config
 from vebus.bus.cloudevent import CloudEvent
-from vebus.bus.dlq import ErrorCode
-from vebus.delivery.errors import DeliveryError, PermanentDeliveryError, RetryableDeliveryError
+from vebus.errors import DeliveryError, ErrorCode, PermanentDeliveryError, RetryableDeliveryError
 from vebus_dispatcher.sinks.base import SinkContext
 from vebus_dispatcher.sinks.templating import compile_field, render
 from vebus_dispatcher.sinks.threads import SinkThreads

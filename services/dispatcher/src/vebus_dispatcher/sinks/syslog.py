@@ -26,8 +26,7 @@ from urllib.parse import urlsplit
 
 from vebus import config
 from vebus.bus.cloudevent import CloudEvent
-from vebus.bus.dlq import ErrorCode
-from vebus.delivery.errors import RetryableDeliveryError
+from vebus.errors import ErrorCode, RetryableDeliveryError
 from vebus_dispatcher.sinks import encoding
 from vebus_dispatcher.sinks.base import SinkContext
 from vebus_dispatcher.sinks.templating import compile_optional, render

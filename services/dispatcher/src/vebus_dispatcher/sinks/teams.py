@@ -15,8 +15,7 @@ from typing import Any
 
 from vebus import config
 from vebus.bus.cloudevent import CloudEvent
-from vebus.bus.dlq import ErrorCode
-from vebus.delivery.errors import RetryableDeliveryError
+from vebus.errors import ErrorCode, RetryableDeliveryError
 from vebus_dispatcher.sinks.base import SinkContext
 from vebus_dispatcher.sinks.httpclient import new_session, redact, request
 from vebus_dispatcher.sinks.slack import message_text

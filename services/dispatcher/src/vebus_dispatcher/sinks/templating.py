@@ -7,10 +7,8 @@ a dead letter at once, it is not retried.
 from __future__ import annotations
 
 from vebus.bus.cloudevent import CloudEvent
-from vebus.bus.dlq import ErrorCode
-from vebus.delivery.errors import PermanentDeliveryError
-from vebus.errors import ConfigError
-from vebus.events.templates import Template, TemplateError, compile_template
+from vebus.errors import ConfigError, ErrorCode, PermanentDeliveryError, TemplateError
+from vebus.events.templates import Template, compile_template
 
 __all__ = ["compile_field", "compile_optional", "render"]
 

@@ -30,9 +30,14 @@ from urllib.parse import urlsplit
 
 from vebus import config
 from vebus.bus.cloudevent import CloudEvent
-from vebus.bus.dlq import ErrorCode
-from vebus.delivery.errors import DeliveryError, PermanentDeliveryError, RetryableDeliveryError
-from vebus.errors import ConfigError, InvalidEventError
+from vebus.errors import (
+    ConfigError,
+    DeliveryError,
+    ErrorCode,
+    InvalidEventError,
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+)
 from vebus_dispatcher.sinks.base import SinkContext
 from vebus_dispatcher.sinks.templating import compile_field, render
 from vebus_dispatcher.sinks.threads import SinkThreads

@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from vebus import config
-from vebus.bus.cloudevent import TRACEPARENT, CloudEvent
+from vebus.bus.cloudevent import CloudEvent
+from vebus.names import TRACEPARENT
 from vebus_dispatcher.sinks import encoding
 from vebus_dispatcher.sinks.base import SinkContext
 from vebus_dispatcher.sinks.httpclient import Authenticator, new_session, request
