@@ -58,9 +58,9 @@ async def add_consumer(js: JetStreamContext) -> None:
     )
 
 
-async def exhaust(js: JetStreamContext) -> None:
+async def exhaust(js: JetStreamContext, durable: str = DURABLE) -> None:
     """Take the message MAX_DELIVER times without an answer, as a dispatcher that hangs."""
-    psub = await js.pull_subscribe_bind(DURABLE, names.ROUTES_STREAM)
+    psub = await js.pull_subscribe_bind(durable, names.ROUTES_STREAM)
     for n in range(1, MAX_DELIVER + 1):
         [msg] = await psub.fetch(1, timeout=10)
         assert msg.metadata.num_delivered == n

@@ -12,7 +12,6 @@ when NATS cannot tell it so, because by then a standby may hold it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import os
@@ -29,8 +28,7 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
-from vebus import names
-from vebus.aio import raise_if_cancelled
+from vebus import aio, names
 from vebus.bus.kv import ensure_bucket
 from vebus_collector.errors import LeaseLostError
 
@@ -118,21 +116,19 @@ class Lease:
 
     async def wait_acquire(self, stopping: asyncio.Event) -> bool:
         """Poll until the lease is ours (True) or `stopping` is set (False)."""
-        while not stopping.is_set():
+        async for _ in aio.every(POLL_INTERVAL, stopping):
             try:
                 if await self.try_acquire():
                     return True
             except (TimeoutError, nats.errors.Error) as e:
                 log.warning("%s: cannot reach the lease bucket: %r", self.vcenter, e)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), POLL_INTERVAL)
         return False
 
     async def keep(self) -> None:
         """Renew until cancelled; raises LeaseLostError when the lease is gone."""
-        while True:
-            raise_if_cancelled()  # a cancel lost in a renewal would renew for ever (vebus.aio)
-            await asyncio.sleep(self.renew_every)
+        # stopped by cancellation only: aio.every raises a cancel lost in a renewal, which
+        # would otherwise renew for ever
+        async for _ in aio.every(self.renew_every, wait_first=True):
             if self.revision is None:
                 raise LeaseLostError("lease not held")
             started = time.monotonic()

@@ -25,7 +25,7 @@ import msgspec
 import nats.errors
 from nats.js import JetStreamContext
 
-from vebus import names
+from vebus import aio, names
 from vebus.bus.cloudevent import CloudEvent, to_headers
 from vebus.bus.dlq import iter_dead_letters
 from vebus.bus.publish import publish
@@ -143,10 +143,8 @@ class DeadLetterAlert:
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Check every `interval` until stopping."""
-        while not stopping.is_set():
+        async for _ in aio.every(float(self._config.interval), stopping):
             try:
                 await self.check()
             except (VebusError, nats.errors.Error, TimeoutError) as e:
                 log.warning("dead-letter alert check failed: %r", e)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), float(self._config.interval))

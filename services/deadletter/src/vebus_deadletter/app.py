@@ -37,7 +37,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo, DeliverPolicy
 from nats.js.errors import APIError, NotFoundError
 
-from vebus import names
+from vebus import aio, names
 from vebus.bus.dlq import publish_dead_letter
 from vebus.bus.streams import ensure_streams
 from vebus.errors import ErrorCode, Exhausted, VebusError
@@ -227,8 +227,7 @@ class Deadletter:
         log.info(
             "sweep: %d message(s) past MaxDeliver; checking again in %.0fs", len(found), SWEEP_GRACE
         )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), SWEEP_GRACE)
+        await aio.sleep(SWEEP_GRACE, stopping)
         done = 0
         for seq, info in found:
             if stopping.is_set():
@@ -265,15 +264,13 @@ class Deadletter:
 
     async def sweep_forever(self, stopping: asyncio.Event) -> None:
         """Sweep now and every SWEEP_INTERVAL until `stopping` is set."""
-        while not stopping.is_set():
+        async for _ in aio.every(SWEEP_INTERVAL, stopping):
             try:
                 n = await self.sweep(stopping)
                 if n:
                     log.warning("sweep: stored %d message(s) past MaxDeliver as dead letters", n)
             except (VebusError, nats.errors.Error, TimeoutError) as e:
                 log.error("sweep failed: %r; trying again in %.0fs", e, SWEEP_INTERVAL)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), SWEEP_INTERVAL)
 
 
 async def _stream_depths(ctx: ServiceContext) -> None:

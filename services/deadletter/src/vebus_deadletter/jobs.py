@@ -32,7 +32,7 @@ import msgspec
 import nats.errors
 from nats.js import JetStreamContext
 
-from vebus import names
+from vebus import aio, names
 from vebus.bus.dlq import ReplayOutcome, Selection, iter_dead_letters, replay_selection
 from vebus.errors import NotFoundError, StaleRevisionError, VebusError
 from vebus.timespec import format_time, utcnow
@@ -156,10 +156,8 @@ class _Handle:
 
     async def heartbeat(self, stopping: asyncio.Event) -> None:
         """Write the record every HEARTBEAT seconds; on `stopping`, stop the job here."""
-        while not self.stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), HEARTBEAT)
-            if stopping.is_set():
+        async for _ in aio.until_stopped(self.stop):
+            if await aio.sleep(HEARTBEAT, stopping):
                 self.stop.set()
                 return
             try:
@@ -336,13 +334,11 @@ class JobRunner:
 
     async def take_over_forever(self) -> None:
         """Look for jobs to take over now and every SCAN_INTERVAL until stopping."""
-        while not self._stopping.is_set():
+        async for _ in aio.every(SCAN_INTERVAL, self._stopping):
             try:
                 await self.take_over()
             except (nats.errors.Error, TimeoutError, VebusError) as e:
                 log.warning("looking for replay jobs to take over failed: %r", e)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), SCAN_INTERVAL)
 
     async def finish(self) -> None:
         """Wait for the jobs running here to stop (after their dead letter in flight)."""

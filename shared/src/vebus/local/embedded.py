@@ -237,7 +237,7 @@ def start_service(
     args = [
         sys.executable,
         "-m",
-        f"vebus_{service}",
+        names.service_module(service),
         "--config",
         str(config_path),
         "--health-port",

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import nats.errors
 import yaml
 
-from vebus import names
+from vebus import aio, names
 from vebus.config import Config, parse_config, read_yaml
 from vebus.errors import EmbeddedProcessError
 from vebus.local import embedded, natsauth
@@ -159,8 +159,7 @@ async def _supervise(svc: _Service, stopping: asyncio.Event) -> None:
             f"{svc.name} exited with status {code} after {ran:.0f}s; restarting in {delay:.0f}s "
             f"(log: {svc.log_path})"
         )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), delay)
+        await aio.sleep(delay, stopping)
         delay = min(delay * 2, MAX_RESTART_DELAY)
 
 
@@ -191,16 +190,12 @@ class _Node:
 
 async def _watch(node: _Node, stopping: asyncio.Event) -> None:
     delay = 1.0
-    while not stopping.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), 0.5)
+    async for _ in aio.every(0.5, stopping, wait_first=True):
         code = node.proc.poll()
-        if code is None or stopping.is_set():
+        if code is None:
             continue
         _say(f"{node.name} exited with status {code}; restarting in {delay:.0f}s")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), delay)
-        if stopping.is_set():
+        if await aio.sleep(delay, stopping):
             return
         await asyncio.to_thread(node.proc.start)
         node.restarts += 1
