@@ -39,7 +39,7 @@ def test_the_tree_keeps_every_contract() -> None:
     [
         ("shared/src/vebus/bus/kv.py", "import vebus.runtime.service", "each layer imports only"),
         ("shared/src/vebus/names.py", "import vebus.bus.publish", "each layer imports only"),
-        ("shared/src/vebus/routing/router.py", "import vebus_filter.app", "never imports a service"),
+        ("shared/src/vebus/routing/router.py", "import vebus_filter.app", "imports a service"),
         ("services/filter/src/vebus_filter/app.py", "import vebus_dispatcher.app", "each other"),
         ("services/dispatcher/src/vebus_dispatcher/app.py", "import vebus.local.supervisor",
          "command line or the local tooling"),
