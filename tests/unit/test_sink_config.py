@@ -111,3 +111,20 @@ def test_a_wrong_sink_or_delivery_is_one_line_naming_its_path(
     sink: dict[str, Any], delivery: dict[str, Any], line: str
 ) -> None:
     assert errors(sink, **delivery) == [line]
+
+
+def test_every_sink_kind_of_the_config_has_a_dispatcher_sink_class() -> None:
+    """The dispatcher's table of sink classes covers the config's sink kinds (importing
+    each module checks the "module:Class" names too)."""
+    import importlib
+    import typing
+
+    from vebus import config
+    from vebus_dispatcher import sinks
+
+    kinds = set(typing.get_args(config.Sink))
+    assert set(sinks._CLASSES) == kinds
+    for kind, where in sinks._CLASSES.items():
+        module, _, name = where.partition(":")
+        cls = getattr(importlib.import_module(f"vebus_dispatcher.sinks.{module}"), name)
+        assert cls.kind == kind.__struct_config__.tag

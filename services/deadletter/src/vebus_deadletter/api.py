@@ -25,7 +25,7 @@ from vebus.config import Config
 from vebus.errors import DeadLetterNotFoundError, ErrorCode, RetryableError, VebusError
 from vebus.routing.source import RouteSource
 from vebus.timespec import parse_time
-from vebus_deadletter.jobs import JobNotFoundError, JobRunner
+from vebus_deadletter.jobs import JobNotFoundError, JobRunner, ReplayJob
 from vebus_deadletter.openapi import openapi_document
 
 __all__ = ["ApiServer", "build_app"]
@@ -279,15 +279,18 @@ class ApiServer:
         return web.json_response({"items": [msgspec.to_builtins(j) for j in jobs]})
 
     async def get_replay(self, request: web.Request) -> web.Response:
-        try:
-            job = await self._jobs.get(request.match_info["id"])
-        except JobNotFoundError as e:
-            raise _HttpError(404, str(e)) from None
-        return web.json_response(msgspec.to_builtins(job))
+        return await self._job(self._jobs.get, request)
 
     async def cancel_replay(self, request: web.Request) -> web.Response:
+        return await self._job(self._jobs.cancel, request)
+
+    @staticmethod
+    async def _job(
+        act: Callable[[str], Awaitable[ReplayJob]], request: web.Request
+    ) -> web.Response:
+        """The job of the request's `{id}` after `act` (404 when there is none)."""
         try:
-            job = await self._jobs.cancel(request.match_info["id"])
+            job = await act(request.match_info["id"])
         except JobNotFoundError as e:
             raise _HttpError(404, str(e)) from None
         return web.json_response(msgspec.to_builtins(job))

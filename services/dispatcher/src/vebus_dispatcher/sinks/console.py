@@ -16,6 +16,7 @@ from vebus import config
 from vebus.bus.cloudevent import CloudEvent
 from vebus.errors import ErrorCode, InvalidEventError, PermanentDeliveryError
 from vebus_dispatcher.sinks import encoding
+from vebus_dispatcher.sinks.base import SinkContext
 
 __all__ = ["ConsoleSink", "format_line"]
 
@@ -25,7 +26,13 @@ class ConsoleSink:
 
     kind = "console"
 
-    def __init__(self, sink: config.ConsoleSink, stream: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        sink: config.ConsoleSink,
+        ctx: SinkContext | None = None,
+        *,
+        stream: TextIO | None = None,
+    ) -> None:
         self._sink = sink
         self._stream = stream
 
