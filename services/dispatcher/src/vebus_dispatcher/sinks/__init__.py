@@ -27,7 +27,7 @@ def build_sink(ctx: SinkContext) -> Sink:
     sink = _build(ctx)
     if (tel := telemetry.current()) is None:
         return sink
-    from vebus_dispatcher.sinks.observed import ObservedSink
+    from vebus.runtime.observed import ObservedSink
 
     return ObservedSink(sink, ctx.route.name, tel)
 

@@ -1,7 +1,8 @@
 """The one place sink calls are observed: a CLIENT span, attempt counters, call duration.
 
-`build_sink` wraps every sink in `ObservedSink` when it runs inside a service (see
-`vebus.runtime.telemetry`), so no sink module measures or traces anything itself. The span is a
+A delivering service wraps every sink (a dispatcher sink, a function) in `ObservedSink`
+when it runs inside a service (see `vebus.runtime.telemetry`), so no sink measures or
+traces anything itself. The span is a
 child of the dispatcher's CONSUMER span; its W3C `traceparent` replaces the one in the
 headers the sink is given, so HTTP sinks send it as their `traceparent` header, while the
 event keeps the collector's creation context as its `ce-traceparent` extension.
