@@ -94,7 +94,7 @@ async def test_a_self_signed_vcenter_is_refused_unless_trusted(
         await asyncio.sleep(0.2)
     assert not await stream_keys(nc, "verified")
     logs = proc.output()
-    assert "lab: insecure: true: vCenter's TLS certificate is NOT verified" in logs
+    assert "vcenters[lab]: insecure: true: vCenter's TLS certificate is NOT verified" in logs
     assert SECRET not in logs, "no credential in the logs"
 
 

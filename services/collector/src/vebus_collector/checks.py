@@ -55,11 +55,11 @@ from vebus.config import (
     VCenterConfig,
     VmPoweredOffCheck,
 )
+from vebus.vsphere import Session
 from vebus_collector.errors import CheckpointConflictError, LeaseLostError
 from vebus_collector.events import H_VCENTER
 from vebus_collector.mapping import rfc3339
 from vebus_collector.probes import Finding, probe
-from vebus_collector.vcenter import VCenterClient
 
 __all__ = [
     "CHECKS_BUCKET",
@@ -267,7 +267,8 @@ class CheckRunner:
         #: False once the lease is lost: nothing more is published or written
         self.allowed = allowed
         self.clock = clock
-        self._client: VCenterClient | None = None
+        #: logged in at the first probe, again when vCenter ends it (Session.run)
+        self._session = Session(vc, where=f"vcenters[{vc.name}]", notice=False)
         #: one thread: rounds of different checks take turns on the vCenter session
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"checks-{vc.name}")
 
@@ -278,11 +279,11 @@ class CheckRunner:
                 for check in self.checks:
                     tg.create_task(self._loop(check), name=f"check-{self.vc.name}-{check.name}")
         finally:
-            client, self._client = self._client, None
-            if client is not None:
-                closing = asyncio.get_running_loop().run_in_executor(self._executor, client.close)
-                with contextlib.suppress(BaseException):
-                    await asyncio.wait_for(asyncio.shield(closing), 5)
+            logout = asyncio.get_running_loop().run_in_executor(
+                self._executor, self._session.logout
+            )
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(logout), 5)
             self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _loop(self, check: Check) -> None:
@@ -307,17 +308,8 @@ class CheckRunner:
             await asyncio.sleep(wait)
 
     def _probe(self, check: Check, now: dt.datetime) -> list[Finding]:
-        """Blocking: log in when needed, then read inventory; a failure drops the session."""
-        if self._client is None:
-            client = VCenterClient(self.vc)
-            client.connect()
-            self._client = client
-        try:
-            return probe(self._client.si, check, now)
-        except Exception:
-            client, self._client = self._client, None
-            client.close()
-            raise
+        """Blocking: read inventory, logging in when needed (an expired session: again)."""
+        return self._session.run(lambda si: probe(si, check, now))
 
     async def round(self, check: Check) -> None:
         """One probe, then state and events brought up to date (see the module docstring)."""

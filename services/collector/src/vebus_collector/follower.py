@@ -28,7 +28,6 @@ import contextlib
 import datetime as dt
 import logging
 import random
-import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import Executor
@@ -41,6 +40,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_nev
 from vebus.aio import raise_if_cancelled
 from vebus.bus.publish import OutgoingMessage
 from vebus.config import VCenterConfig
+from vebus.errors import VebusError
 from vebus_collector import mapping
 from vebus_collector.checkpoint import CheckpointStore
 from vebus_collector.enrich import Enricher
@@ -57,7 +57,7 @@ from vebus_collector.position import (
 from vebus_collector.publisher import EventPublisher
 from vebus_collector.status import State, VCenterStatus
 
-__all__ = ["VCENTER_RETRY", "Follower", "VCenterSession", "describe_error"]
+__all__ = ["VCENTER_RETRY", "Follower", "VCenterReader", "describe_error"]
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +87,13 @@ VCENTER_RETRY: dict[str, Any] = {
 BACKOFF_INITIAL, BACKOFF_MAX, BACKOFF_JITTER = 1.0, 30.0, 1.0
 
 
-class VCenterSession(Protocol):
+class VCenterReader(Protocol):
     """What the follower needs from a vCenter (VCenterClient; fakes in unit tests)."""
 
-    api_version: str
-    full_name: str
+    @property
+    def api_version(self) -> str: ...
+    @property
+    def full_name(self) -> str: ...
 
     def connect(self) -> None: ...
     def close(self) -> None: ...
@@ -109,7 +111,7 @@ class Follower:
         self,
         cfg: VCenterConfig,
         *,
-        client: VCenterSession,
+        client: VCenterReader,
         publisher: EventPublisher,
         store: CheckpointStore,
         stream_last: Callable[[], Awaitable[Position | None]],
@@ -589,14 +591,6 @@ def _ignore_result(fut: asyncio.Future[Any]) -> None:
 
 
 def describe_error(e: BaseException) -> str:
-    """One line for a vCenter failure, with what to do about the common ones."""
-    msg = getattr(e, "msg", None) or str(e) or ""
-    text = f"{type(e).__name__}: {msg}".strip().rstrip(":")
-    if isinstance(e, ssl.SSLCertVerificationError):
-        text += (
-            " (vCenter's TLS certificate is not trusted: set ca_file to the CA that signed "
-            "it, or insecure: true for a lab)"
-        )
-    elif isinstance(e, vim.fault.InvalidLogin):
-        text += " (check username and password)"
-    return text
+    """One line for a vCenter failure (vebus.vsphere's login errors say what to do)."""
+    msg = str(e) if isinstance(e, VebusError) else getattr(e, "msg", None) or str(e) or ""
+    return f"{type(e).__name__}: {msg}".strip().rstrip(":")
