@@ -68,9 +68,10 @@ def test_the_default_verifies_against_the_systems_cas() -> None:
     ctx = ssl_context(_ep(), "vcenters[vc1]")
     assert ctx.verify_mode == ssl.CERT_REQUIRED
     assert ctx.check_hostname
-    assert ctx.cert_store_stats()["x509_ca"] == ssl.create_default_context().cert_store_stats()[
-        "x509_ca"
-    ]
+    assert (
+        ctx.cert_store_stats()["x509_ca"]
+        == ssl.create_default_context().cert_store_stats()["x509_ca"]
+    )
 
 
 def test_ca_file_verifies_against_that_ca_only(tmp_path: Path) -> None:
@@ -136,9 +137,7 @@ def test_password_file_is_read_at_each_login(
     secret = tmp_path / "pw"
     secret.write_text("first\n")
     used: list[str] = []
-    monkeypatch.setattr(
-        session_module, "connect", lambda ep, pw, *a: used.append(pw) or _fake_si()
-    )
+    monkeypatch.setattr(session_module, "connect", lambda ep, pw, *a: used.append(pw) or _fake_si())
     session = Session(_ep(password="", password_file=str(secret)), where="vcenters[vc1]")
     session.login()
     secret.write_text("rotated\r\n")
