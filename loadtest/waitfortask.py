@@ -26,8 +26,6 @@ import json
 import tempfile
 import threading
 import time
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -38,6 +36,7 @@ from pyVim.connect import Disconnect, SmartConnect
 from pyVim.task import WaitForTask
 from pyVmomi import vim, vmodl
 
+from loadtest.collector import _vc_state
 from loadtest.common import machine, print_table, summary, write_results
 from vebus.local.embedded import free_port, start_nats, start_service, start_vcsim, vcsim_binary
 
@@ -193,9 +192,8 @@ async def run_collector(binary: Path, workdir: Path, args: argparse.Namespace) -
     )
     nc = await nats.connect(f"nats://127.0.0.1:{port}")
     try:
-        readyz: Callable[[], dict[str, Any]] = lambda: _readyz(health)  # noqa: E731
         deadline = time.monotonic() + 60
-        while (readyz().get("vcenters") or {}).get("sim", {}).get("state") != "tailing":
+        while _vc_state(health, "sim").get("state") != "tailing":
             assert time.monotonic() < deadline, collector.output()[-3000:]
             await asyncio.sleep(0.2)
         seen: list[Seen] = []
@@ -210,23 +208,13 @@ async def run_collector(binary: Path, workdir: Path, args: argparse.Namespace) -
         await nc.subscribe("vebus.events.sim.>", cb=on_msg)
         ops = await asyncio.to_thread(drive, url, args.vms, args.cycles, args.gap)
         await asyncio.sleep(args.grace)
-        state = (readyz().get("vcenters") or {}).get("sim", {})
+        state = _vc_state(health, "sim")
         return _row("vebus collector", ops, seen, resyncs=int(state.get("resyncs", 0)))
     finally:
         await nc.close()
         collector.stop()
         nats_proc.stop()
         vcsim.stop()
-
-
-def _readyz(port: int) -> dict[str, Any]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-            return dict(json.loads(r.read()))
-    except urllib.error.HTTPError as e:
-        return dict(json.loads(e.read() or b"{}"))
-    except (OSError, ValueError):
-        return {}
 
 
 def main() -> None:

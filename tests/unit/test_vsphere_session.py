@@ -5,7 +5,6 @@ test_sink_vsphere.py)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import socket
 import ssl
@@ -16,12 +15,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from pyVmomi import vim
 
+from tests.support.sink import self_signed_cert
 from vebus.config import VCenterEndpoint
 from vebus.errors import ConfigError, PermanentError, RetryableError
 from vebus.vsphere import (
@@ -42,25 +38,6 @@ def _ep(url: str = "https://127.0.0.1:8443/sdk", **extra: Any) -> VCenterEndpoin
     return VCenterEndpoint(**fields)
 
 
-def _self_signed(path: Path) -> Path:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vcsim")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return path
-
-
 # ------------------------------------------------------------------------ TLS policy
 
 
@@ -75,7 +52,8 @@ def test_the_default_verifies_against_the_systems_cas() -> None:
 
 
 def test_ca_file_verifies_against_that_ca_only(tmp_path: Path) -> None:
-    ctx = ssl_context(_ep(ca_file=str(_self_signed(tmp_path / "ca.pem"))), "vcenters[vc1]")
+    cert, _ = self_signed_cert(tmp_path)
+    ctx = ssl_context(_ep(ca_file=str(cert)), "vcenters[vc1]")
     assert ctx.verify_mode == ssl.CERT_REQUIRED
     assert ctx.check_hostname
     assert ctx.cert_store_stats()["x509_ca"] == 1
