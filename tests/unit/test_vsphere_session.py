@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -271,3 +273,15 @@ def test_the_pool_lends_each_session_to_one_caller_and_keeps_it_logged_in(
     assert vc.logouts == 3
     warnings = [r for r in caplog.records if "NOT verified" in r.getMessage()]
     assert len(warnings) == 1, "the TLS warning once per pool"
+
+
+def test_the_services_without_vcenter_import_no_pyvmomi() -> None:
+    """pyvmomi is the `vebus[vsphere]` extra: the filter's image does not carry it, and the
+    dispatcher imports it only for a vsphere sink."""
+    code = (
+        "import sys, vebus.config, vebus.cli, vebus_filter.app, vebus_deadletter.app, "
+        "vebus_dispatcher.app, vebus_dispatcher.sinks.vsphere; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pyVmomi', 'pyVim')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

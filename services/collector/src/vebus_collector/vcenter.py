@@ -25,7 +25,7 @@ from typing import Any
 from pyVmomi import vim, vmodl
 
 from vebus.config import VCenterConfig
-from vebus.vsphere import Session
+from vebus.vsphere import Session, VCenterConnectionError
 
 __all__ = ["HISTORY_PAGE", "VCenterClient"]
 
@@ -47,8 +47,12 @@ class VCenterClient:
 
     @property
     def si(self) -> Any:
-        """The logged-in ServiceInstance."""
-        return self.session.si
+        """The ServiceInstance of the last `connect()` (no login here: the watchdog and the
+        enricher must not log in behind the follower's back)."""
+        si = self.session.current
+        if si is None:
+            raise VCenterConnectionError(f"vcenters[{self.cfg.name}]: not logged in")
+        return si
 
     @property
     def api_version(self) -> str:

@@ -99,6 +99,11 @@ class Session:
             return self._si
 
     @property
+    def current(self) -> Any:
+        """The ServiceInstance of the last login, or None (never logs in)."""
+        return self._si
+
+    @property
     def logged_in(self) -> bool:
         """True while the session holds a ServiceInstance (it may have expired on vCenter)."""
         return self._si is not None
