@@ -190,7 +190,12 @@ class Follower:
         e = state.outcome.exception() if state.outcome else None
         wait = state.next_action.sleep if state.next_action else 0.0
         reason = describe_error(e) if e else "failed"
-        log.warning("%s: %s: %s; trying again in %.1fs", self.cfg.name, self.cfg.url, reason, wait)
+        if isinstance(e, VebusError):  # vebus.vsphere's errors name the vCenter and its URL
+            log.warning("%s; trying again in %.1fs", reason, wait)
+        else:
+            log.warning(
+                "%s: %s: %s; trying again in %.1fs", self.cfg.name, self.cfg.url, reason, wait
+            )
         self._set_state("unreachable", reason)
         if self.failing_since is None:
             self.failing_since = time.monotonic()
@@ -591,6 +596,9 @@ def _ignore_result(fut: asyncio.Future[Any]) -> None:
 
 
 def describe_error(e: BaseException) -> str:
-    """One line for a vCenter failure (vebus.vsphere's login errors say what to do)."""
-    msg = str(e) if isinstance(e, VebusError) else getattr(e, "msg", None) or str(e) or ""
+    """One line for a vCenter failure: vebus.vsphere's login errors as they are (they name
+    the vCenter and say what to do), others with their class."""
+    if isinstance(e, VebusError):
+        return str(e)
+    msg = getattr(e, "msg", None) or str(e) or ""
     return f"{type(e).__name__}: {msg}".strip().rstrip(":")
