@@ -30,7 +30,6 @@ import http.client
 import logging
 import ssl
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -82,8 +81,6 @@ class Session:
         self.full_name = ""
         #: logins done (the first one included)
         self.logins = 0
-        #: time.monotonic() of the last login
-        self.logged_in_at = 0.0
         self._si: Any = None
         self._lock = threading.Lock()
         said = tls_notice(endpoint, where) if notice else None
@@ -163,7 +160,6 @@ class Session:
         password = read_password(ep, self.where)
         self._si = connect(ep, password, context, self.timeout, self.where)
         self.logins += 1
-        self.logged_in_at = time.monotonic()
         about = self._si.content.about
         self.api_version, self.full_name = str(about.apiVersion), str(about.fullName)
 
