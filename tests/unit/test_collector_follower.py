@@ -61,7 +61,7 @@ class FakeVCenter:
             self.next = next_key(self.next)
         self.page_version += 1
 
-    # VCenterSession
+    # VCenterReader
     def connect(self) -> None:
         self.connects += 1
 

@@ -53,6 +53,7 @@ __all__ = [
     "SyslogSink",
     "TeamsSink",
     "VCenterConfig",
+    "VCenterEndpoint",
     "VmPoweredOffCheck",
     "VsphereSink",
     "WebhookSink",
@@ -143,20 +144,37 @@ class StreamsConfig(_Base, frozen=True):
     duplicate_window: Duration = Duration(120)
 
 
-class VCenterConfig(_Base, frozen=True):
-    """One vCenter Server (or simulator) to follow."""
+class VCenterEndpoint(_Base, frozen=True):
+    """How to reach and log in to one vCenter: the fields every vCenter-facing block shares
+    (`vcenters[]`, the `vsphere` sink), read by vebus.vsphere's session helper."""
 
-    name: str
     url: str
     username: str
     #: the password itself (usually `${ENV}`), or
     password: str = ""
     #: a file holding it (a mounted secret), read at each login so a rotated one is used
     password_file: str | None = None
-    #: skip TLS certificate verification (lab vCenters with self-signed certificates)
-    insecure: bool = False
-    #: PEM file of the CA (or self-signed certificate) that vCenter's certificate chains to
+    #: PEM file of the CA (or self-signed certificate) that vCenter's certificate chains to;
+    #: trusted instead of the system's CAs
     ca_file: str | None = None
+    #: skip TLS certificate verification (lab vCenters with self-signed certificates; warns)
+    insecure: bool = False
+
+    def __post_init__(self) -> None:
+        _check_http_url("url", self.url)
+        if self.password and self.password_file:
+            raise ValueError("password_file: give either password or password_file, not both")
+        if not self.password and not self.password_file:
+            raise ValueError("password: required (or password_file)")
+        if self.insecure and self.ca_file:
+            raise ValueError("ca_file: insecure: true skips certificate checks, drop one of them")
+
+
+class VCenterConfig(VCenterEndpoint, frozen=True, kw_only=True):
+    """One vCenter Server (or simulator) to follow."""
+
+    #: the event source's name: the subject token `vebus.events.<name>.>`
+    name: str
     #: events per EventHistoryCollector page while tailing
     page_size: int = 10
     #: where a collector with no checkpoint starts: new events only, or all history vCenter has
@@ -176,15 +194,9 @@ class VCenterConfig(_Base, frozen=True):
         _check_name("vcenter", self.name)
         if self.name in RESERVED_SOURCES:
             raise ValueError(f"vcenter name {self.name!r} is reserved for another event source")
-        _check_http_url("url", self.url)
+        super().__post_init__()
         if not 1 <= self.page_size <= 1000:
             raise ValueError(f"page_size: expected 1 to 1000, got {self.page_size}")
-        if self.password and self.password_file:
-            raise ValueError("password_file: give either password or password_file, not both")
-        if not self.password and not self.password_file:
-            raise ValueError("password: required (or password_file)")
-        if self.insecure and self.ca_file:
-            raise ValueError("ca_file: insecure: true skips certificate checks, drop one of them")
         if self.catchup_max_events < 0:
             raise ValueError(f"catchup_max_events: expected >= 0, got {self.catchup_max_events}")
         if self.stall_after <= 0:
@@ -551,13 +563,9 @@ class NatsSink(_Base, frozen=True, tag_field="kind", tag="nats"):
             )
 
 
-class VsphereSink(_Base, frozen=True, tag_field="kind", tag="vsphere"):
+class VsphereSink(VCenterEndpoint, frozen=True, kw_only=True, tag_field="kind", tag="vsphere"):
     """Set a custom attribute or the annotation on the VM the event names (pyvmomi)."""
 
-    url: str
-    username: str
-    password: str
-    insecure: bool = False
     action: Literal["attribute", "annotation"] = "attribute"
     #: the custom attribute's name (action: attribute); created on first use if missing
     attribute: str | None = None
@@ -567,7 +575,7 @@ class VsphereSink(_Base, frozen=True, tag_field="kind", tag="vsphere"):
     append: bool = False
 
     def __post_init__(self) -> None:
-        _check_http_url("url", self.url)
+        super().__post_init__()
         if self.action == "attribute" and not self.attribute:
             raise ValueError("attribute: expected the custom attribute's name (action: attribute)")
         if self.action == "annotation" and self.attribute is not None:

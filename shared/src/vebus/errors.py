@@ -7,6 +7,7 @@ VebusError
 ├── RetryableError               the operation may succeed if tried again later
 │   ├── PublishError             JetStream did not acknowledge a publish in time
 │   ├── RateLimiterUnavailableError  a route's shared send schedule could not be reached
+│   ├── VCenterConnectionError   vCenter cannot be reached or does not answer in time
 │   └── RetryableDeliveryError   a sink may take the event later (5xx, 429, timeout, refused)
 ├── PermanentError               retrying cannot help: the same input fails the same way
 │   ├── InvalidEventError        a message is not a valid CloudEvent (or not one vebus takes)
@@ -16,6 +17,9 @@ VebusError
 │   ├── TemplateError            a template does not compile or cannot be rendered
 │   ├── PermanentDeliveryError   a sink refuses the event every time (4xx, bad answer)
 │   ├── NatsAuthError            NATS refused the credentials
+│   ├── VCenterCertificateError  vCenter's TLS certificate does not verify (system CAs or
+│   │                            `ca_file`)
+│   ├── VCenterLoginError        vCenter refused the username and password
 │   └── StreamConflictError      a stream or consumer exists with a config vebus cannot use
 ├── ConflictError                a compare-and-set lost: someone changed it since it was read
 │   └── StaleRevisionError       ... a stored revision (route set, replay job, alert state)
@@ -59,6 +63,9 @@ __all__ = [
     "StaleRevisionError",
     "StreamConflictError",
     "TemplateError",
+    "VCenterCertificateError",
+    "VCenterConnectionError",
+    "VCenterLoginError",
     "VcsimNotAvailableError",
     "VebusError",
     "is_retryable",
@@ -127,6 +134,10 @@ class PublishError(RetryableError):
 class RateLimiterUnavailableError(RetryableError):
     """A route's shared send schedule could not be read or written (NATS unavailable, or
     too many lost races in a row): the event is retried later."""
+
+
+class VCenterConnectionError(RetryableError):
+    """vCenter cannot be reached, or did not answer as a vSphere SDK endpoint."""
 
 
 class PermanentError(VebusError):
@@ -202,6 +213,14 @@ class PermanentDeliveryError(DeliveryError, PermanentError):
 
 class NatsAuthError(PermanentError):
     """NATS refused the credentials: retrying cannot help."""
+
+
+class VCenterCertificateError(PermanentError):
+    """vCenter's TLS certificate is not trusted (set `ca_file`, or `insecure` for a lab)."""
+
+
+class VCenterLoginError(PermanentError):
+    """vCenter refused the login (wrong username or password)."""
 
 
 class StreamConflictError(PermanentError):

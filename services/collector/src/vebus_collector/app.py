@@ -45,16 +45,6 @@ async def _body(ctx: ServiceContext) -> None:
     if ctx.telemetry is not None:
         ctx.telemetry.metrics.registry.register(VCenterMetrics(statuses))
 
-    for vc in config.vcenters:
-        if vc.insecure:
-            log.warning(
-                "%s: insecure: true: vCenter's TLS certificate is NOT verified; anyone on the "
-                "path can read the credentials (use ca_file for a private CA instead)",
-                vc.name,
-            )
-        elif vc.url.startswith("http://"):
-            log.info("%s: %s is plain HTTP (no TLS)", vc.name, vc.url)
-
     webhook: WebhookSource | None = None
     if config.webhook is not None:
         webhook = WebhookSource(config.webhook, ctx.js, ctx.nc.max_payload)

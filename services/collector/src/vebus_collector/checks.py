@@ -42,8 +42,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from vebus import names
-from vebus.aio import raise_if_cancelled
+from vebus import aio, names
 from vebus.bus.cloudevent import CloudEvent, to_headers
 from vebus.bus.kv import ensure_bucket
 from vebus.bus.publish import OutgoingMessage, publish
@@ -56,10 +55,10 @@ from vebus.config import (
     VmPoweredOffCheck,
 )
 from vebus.names import MSG_ID
+from vebus.vsphere import Session
 from vebus_collector.errors import CheckpointConflictError, LeaseLostError
 from vebus_collector.mapping import rfc3339
 from vebus_collector.probes import Finding, probe
-from vebus_collector.vcenter import VCenterClient
 
 __all__ = [
     "EVENT_NAMES",
@@ -265,7 +264,8 @@ class CheckRunner:
         #: False once the lease is lost: nothing more is published or written
         self.allowed = allowed
         self.clock = clock
-        self._client: VCenterClient | None = None
+        #: logged in at the first probe, again when vCenter ends it (Session.run)
+        self._session = Session(vc, where=f"vcenters[{vc.name}]", notice=False)
         #: one thread: rounds of different checks take turns on the vCenter session
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"checks-{vc.name}")
 
@@ -276,14 +276,16 @@ class CheckRunner:
                 for check in self.checks:
                     tg.create_task(self._loop(check), name=f"check-{self.vc.name}-{check.name}")
         finally:
-            client, self._client = self._client, None
-            if client is not None:
-                closing = asyncio.get_running_loop().run_in_executor(self._executor, client.close)
-                with contextlib.suppress(BaseException):
-                    await asyncio.wait_for(asyncio.shield(closing), 5)
+            logout = asyncio.get_running_loop().run_in_executor(
+                self._executor, self._session.logout
+            )
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(logout), 5)
             self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _loop(self, check: Check) -> None:
+        # stopped by cancellation only (the term ends): aio.sleep raises a cancel lost in
+        # a round, which would otherwise check for ever
         while True:
             wait = float(check.interval)
             try:
@@ -301,21 +303,11 @@ class CheckRunner:
                     min(wait, RETRY_AFTER),
                 )
                 wait = min(wait, RETRY_AFTER)
-            raise_if_cancelled()  # a stop's cancel lost inside the round (vebus.aio)
-            await asyncio.sleep(wait)
+            await aio.sleep(wait)
 
     def _probe(self, check: Check, now: dt.datetime) -> list[Finding]:
-        """Blocking: log in when needed, then read inventory; a failure drops the session."""
-        if self._client is None:
-            client = VCenterClient(self.vc)
-            client.connect()
-            self._client = client
-        try:
-            return probe(self._client.si, check, now)
-        except Exception:
-            client, self._client = self._client, None
-            client.close()
-            raise
+        """Blocking: read inventory, logging in when needed (an expired session: again)."""
+        return self._session.run(lambda si: probe(si, check, now))
 
     async def round(self, check: Check) -> None:
         """One probe, then state and events brought up to date (see the module docstring)."""
