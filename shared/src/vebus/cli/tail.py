@@ -147,6 +147,7 @@ def tail(
 
         try:
             await nc.subscribe(subject, cb=on_msg)
+            await nc.flush()  # the server has the subscription: "listening" is true
             click.echo(f"listening on {subject} (Ctrl-C to stop)", err=True)
             await done.wait()
         except nats.errors.Error as e:
