@@ -181,7 +181,7 @@ def test_unknown_route_exits_2_and_lists_the_routes(config: Path) -> None:
         ),
         pytest.param(
             json.dumps({"data": {"Vm": 1}}),
-            "stdin: not a CloudEvent: missing required attribute(s) specversion, id, source, type",
+            "stdin: not a CloudEvent: missing required attribute(s) id, source, type, specversion",
             id="bare-data",
         ),
         pytest.param(

@@ -321,7 +321,7 @@ def test_invalid_data_members() -> None:
         (doc() + b"\n" + doc(), "not valid JSON"),  # two events: one at a time
         (
             json.dumps({"data": {"Vm": 1}}).encode(),
-            "not a CloudEvent: missing required attribute(s) specversion, id, source, type",
+            "not a CloudEvent: missing required attribute(s) id, source, type, specversion",
         ),
     ],
 )

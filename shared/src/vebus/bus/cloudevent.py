@@ -39,7 +39,10 @@ CE_PREFIX = "ce-"
 
 _REQUIRED = ("id", "source", "type", "specversion")
 _OPTIONAL = ("time", "subject", "dataschema")
-_RESERVED = {*_REQUIRED, *_OPTIONAL, "datacontenttype", "data"}
+_CORE = frozenset({*_REQUIRED, *_OPTIONAL, "datacontenttype"})
+#: `ce-` headers that carry no attribute: data is no attribute name, and in binary mode
+#: the content-type header carries datacontenttype
+_NOT_HEADERS = frozenset({"data", "datacontenttype"})
 _json = msgspec.json.Decoder()
 _VSPHERE_TYPE = re.compile(r"^com\.vmware\.vsphere\.(?P<cls>.+?)\.v\d+$")
 
@@ -87,6 +90,38 @@ class CloudEvent(msgspec.Struct, frozen=True, kw_only=True):
     #: extension attributes, e.g. eventclass, vsphereapiversion (lower-case names)
     extensions: dict[str, str] = msgspec.field(default_factory=dict)
     data: bytes = b""
+
+    @classmethod
+    def from_attributes(
+        cls, attributes: Mapping[str, str], data: bytes = b"", *, prefix: str = ""
+    ) -> CloudEvent:
+        """The event of these attributes (core ones by name, the others are extensions) and
+        data; each binding checks first what else its format requires.
+
+        InvalidEventError when a required attribute is missing or empty or specversion is
+        not 1.0, naming it as the binding calls it: `prefix` + name (`ce-id`).
+        """
+        missing = [prefix + name for name in _REQUIRED if not attributes.get(name)]
+        if missing:
+            raise InvalidEventError(
+                "not a CloudEvent: missing required attribute(s) " + ", ".join(missing)
+            )
+        if attributes["specversion"] != "1.0":
+            raise InvalidEventError(
+                f"{prefix}specversion: only 1.0 is supported, got {attributes['specversion']!r}"
+            )
+        return cls(
+            id=attributes["id"],
+            source=attributes["source"],
+            type=attributes["type"],
+            specversion=attributes["specversion"],
+            time=attributes.get("time"),
+            subject=attributes.get("subject"),
+            dataschema=attributes.get("dataschema"),
+            datacontenttype=attributes.get("datacontenttype"),
+            extensions={k: v for k, v in attributes.items() if k not in _CORE},
+            data=data,
+        )
 
     def attributes(self) -> dict[str, str]:
         """Every attribute set on the event, extensions included, as strings."""
@@ -176,35 +211,10 @@ def from_headers(headers: Mapping[str, str] | None, body: bytes) -> CloudEvent:
     if not headers:
         raise InvalidEventError("message has no headers (expected CloudEvents ce- headers)")
     attrs: dict[str, str] = {}
-    ext: dict[str, str] = {}
-    content_type = None
     for raw_name, value in headers.items():
         name = raw_name.lower()
         if name == CONTENT_TYPE:
-            content_type = value
-        elif name.startswith(CE_PREFIX):
-            attr = name[len(CE_PREFIX) :]
-            if attr in _RESERVED:
-                attrs[attr] = value
-            else:
-                ext[attr] = value
-    missing = [a for a in _REQUIRED if not attrs.get(a)]
-    if missing:
-        raise InvalidEventError(
-            "message lacks required CloudEvents header(s): "
-            + ", ".join(CE_PREFIX + m for m in missing)
-        )
-    if attrs["specversion"] != "1.0":
-        raise InvalidEventError(f"unsupported ce-specversion {attrs['specversion']!r}")
-    return CloudEvent(
-        id=attrs["id"],
-        source=attrs["source"],
-        type=attrs["type"],
-        specversion=attrs["specversion"],
-        time=attrs.get("time"),
-        subject=attrs.get("subject"),
-        dataschema=attrs.get("dataschema"),
-        datacontenttype=content_type,
-        extensions=ext,
-        data=body,
-    )
+            attrs["datacontenttype"] = value
+        elif name.startswith(CE_PREFIX) and name[len(CE_PREFIX) :] not in _NOT_HEADERS:
+            attrs[name[len(CE_PREFIX) :]] = value
+    return CloudEvent.from_attributes(attrs, body, prefix=CE_PREFIX)

@@ -360,20 +360,11 @@ def _event(
         attributes = {**attributes, "datacontenttype": content_type}
     for name, value in attributes.items():
         if found := _NOT_IN_STRING.search(value):
+            where = "Content-Type" if prefix and name == "datacontenttype" else prefix + name
             raise InvalidEventError(
-                f"{prefix}{name}: U+{ord(found.group()):04X} is not allowed: attribute values "
+                f"{where}: U+{ord(found.group()):04X} is not allowed: attribute values "
                 "hold no control characters, unpaired surrogates or noncharacters"
             )
-    missing = [name for name in _REQUIRED if not attributes.get(name)]
-    if missing:
-        raise InvalidEventError(
-            "not a CloudEvent: missing required attribute(s) "
-            + ", ".join(prefix + name for name in missing)
-        )
-    if attributes["specversion"] != "1.0":
-        raise InvalidEventError(
-            f"{prefix}specversion: only 1.0 is supported, got {attributes['specversion']!r}"
-        )
     for name in ("subject", "dataschema"):
         if attributes.get(name) == "":
             raise InvalidEventError(f"{prefix}{name}: must not be empty when present")
@@ -387,18 +378,7 @@ def _event(
         raise InvalidEventError(
             f"{where}: expected a media type such as application/json, got {content_type!r}"
         )
-    return CloudEvent(
-        id=attributes["id"],
-        source=attributes["source"],
-        type=attributes["type"],
-        specversion=attributes["specversion"],
-        time=attributes.get("time"),
-        subject=attributes.get("subject"),
-        dataschema=attributes.get("dataschema"),
-        datacontenttype=content_type,
-        extensions={k: v for k, v in attributes.items() if k not in _CORE},
-        data=data,
-    )
+    return CloudEvent.from_attributes(attributes, data, prefix=prefix)
 
 
 def _is_rfc3339(value: str) -> bool:
