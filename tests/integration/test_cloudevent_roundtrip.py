@@ -94,7 +94,8 @@ async def test_tail_json_to_routes_test_to_the_webhook_source(stack: Stack, nc: 
         assert tail.stderr is not None
         assert b"listening on" in await asyncio.wait_for(tail.stderr.readline(), 30)
         js = nc.jetstream()
-        for ev, source in ((DISK_FULL, "lab"), (VM_OFF, "vc01")):
+        # a third: --count 2 prints two lines, whatever else arrives meanwhile
+        for ev, source in ((DISK_FULL, "lab"), (VM_OFF, "vc01"), (VM_OFF, "vc02")):
             headers = to_headers(ev, {MSG_ID: f"{source}:1:{ev.id}"})
             await js.publish(event_subject(source, ev.type), ev.data, headers=headers)
         out, _ = await asyncio.wait_for(tail.communicate(), 30)

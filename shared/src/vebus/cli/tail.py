@@ -132,6 +132,8 @@ def tail(
 
         async def on_msg(msg: Msg) -> None:
             nonlocal seen
+            if done.is_set():  # --count reached: messages already delivered stay unprinted
+                return
             if envelope:
                 click.echo(format_envelope(msg))
             elif not as_json:
