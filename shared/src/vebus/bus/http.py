@@ -46,11 +46,12 @@ without control characters, unpaired surrogates or Unicode noncharacters; `time`
 3339; `datacontenttype` a media type. Errors are InvalidEventError naming the attribute
 (`ce-<name>` in binary mode); UnsupportedModeError for batch mode or another format.
 
-The `cloudevents` SDK (2.x) is not used: it invents an `id` and a `time` for an event that
-has none, re-formats `time` (VEBA's seven fractional digits become six) and decodes `data`
-into Python objects even for binary mode; and every service reads or writes these formats,
-not only the dispatcher. The tests check that the SDK reads what this writes as the same
-event, and that this reads what the SDK writes.
+The `cloudevents` SDK (2.x, a dispatcher dependency) is not used: it invents a `time` for
+an event that has none, re-formats `time` (VEBA's seven fractional digits become six), and
+writes bytes only as `data_base64`, so JSON data would be decoded into Python objects and
+encoded again for every event; and now the collector and the CLI read and write these
+formats too, which the shared package would then have to depend on. The tests check that
+the SDK reads what this writes as the same event, and that this reads what the SDK writes.
 """
 
 from __future__ import annotations
