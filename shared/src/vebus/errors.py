@@ -11,6 +11,7 @@ VebusError
 │   └── RetryableDeliveryError   a sink may take the event later (5xx, 429, timeout, refused)
 ├── PermanentError               retrying cannot help: the same input fails the same way
 │   ├── InvalidEventError        a message is not a valid CloudEvent (or not one vebus takes)
+│   │   ├── UnsupportedModeError a CloudEvents mode or format vebus does not read (batch)
 │   │   └── RequestRefusedError  an HTTP request to vebus is refused; `status` says how
 │   ├── RouteFullError           a route's queue in VEBUS_ROUTES is at its limit
 │   ├── MessageTooLargeError     headers and body exceed the server's max_payload
@@ -63,6 +64,7 @@ __all__ = [
     "StaleRevisionError",
     "StreamConflictError",
     "TemplateError",
+    "UnsupportedModeError",
     "VCenterCertificateError",
     "VCenterConnectionError",
     "VCenterLoginError",
@@ -146,6 +148,11 @@ class PermanentError(VebusError):
 
 class InvalidEventError(PermanentError):
     """A NATS message is not a valid vebus CloudEvent."""
+
+
+class UnsupportedModeError(InvalidEventError):
+    """A CloudEvents content mode or format vebus does not read: batch mode, or a
+    structured format other than JSON."""
 
 
 class RequestRefusedError(InvalidEventError):
