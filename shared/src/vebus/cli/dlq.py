@@ -25,7 +25,6 @@ from vebus.bus.dlq import (
     replay_dead_letter,
     replay_selection,
 )
-from vebus.bus.http import to_json
 from vebus.cli._common import (
     check_route_name,
     config_option,
@@ -306,10 +305,7 @@ def show(ident: int, as_json: bool, config_path: str, nats_url: str | None) -> N
     """
     dl: DeadLetter = run_async(_get, load_or_default(config_path), nats_url, ident)
     if as_json:
-        detail = dl.detail()
-        if (event := dl.event()) is not None:
-            detail["event"] = json.loads(to_json(event))
-        click.echo(json.dumps(detail, indent=2, ensure_ascii=False))
+        click.echo(json.dumps(dl.detail(), indent=2, ensure_ascii=False))
     else:
         _print_show(dl)
 
