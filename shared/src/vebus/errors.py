@@ -18,6 +18,8 @@ VebusError
 │   ├── TemplateError            a template does not compile or cannot be rendered
 │   ├── PermanentDeliveryError   a sink refuses the event every time (4xx, bad answer)
 │   ├── NatsAuthError            NATS refused the credentials
+│   ├── NatsTlsError             the TLS handshake with NATS failed (an untrusted server
+│   │                            certificate, no client certificate where one is required)
 │   ├── VCenterCertificateError  vCenter's TLS certificate does not verify (system CAs or
 │   │                            `ca_file`)
 │   ├── VCenterLoginError        vCenter refused the username and password
@@ -51,6 +53,7 @@ __all__ = [
     "InvalidEventError",
     "MessageTooLargeError",
     "NatsAuthError",
+    "NatsTlsError",
     "NotFoundError",
     "PatternError",
     "PermanentDeliveryError",
@@ -228,6 +231,10 @@ class VCenterCertificateError(PermanentError):
 
 class VCenterLoginError(PermanentError):
     """vCenter refused the login (wrong username or password)."""
+
+
+class NatsTlsError(PermanentError):
+    """The TLS handshake with NATS failed; the message says which side and what to set."""
 
 
 class StreamConflictError(PermanentError):
