@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import msgspec
 import nats.errors
 import yaml
 
 from vebus import aio, names
-from vebus.config import Config, NatsConfig, parse_config, read_yaml
+from vebus.config import Config, NatsConfig, NatsTls, parse_config, read_yaml
 from vebus.errors import EmbeddedProcessError
 from vebus.local import embedded, natsauth
 from vebus.local.tls import LocalTls, ensure_local_tls
@@ -78,6 +79,14 @@ def _local_port(url: str) -> int | None:
     return None
 
 
+def _client_tls(tls: LocalTls | None) -> NatsTls | None:
+    """The client side of the local CA: its certificate and the client key pair."""
+    if tls is None:
+        return None
+    return NatsTls(ca_file=str(tls.ca_file), cert_file=str(tls.client_cert),
+                   key_file=str(tls.client_key))  # fmt: skip
+
+
 def effective_config(
     raw: dict[str, Any], opts: UpOptions, vcsim_url: str | None, tls: LocalTls | None = None
 ) -> dict[str, Any]:
@@ -93,12 +102,8 @@ def effective_config(
         # one file for all services: each gets its own user and password in its environment
         nats_cfg["user"] = f"${{{natsauth.USER_ENV}}}"
         nats_cfg["password"] = f"${{{natsauth.PASSWORD_ENV}}}"
-    if tls is not None:
-        nats_cfg["tls"] = {
-            "ca_file": str(tls.ca_file),
-            "cert_file": str(tls.client_cert),
-            "key_file": str(tls.client_key),
-        }
+    if (client := _client_tls(tls)) is not None:
+        nats_cfg["tls"] = msgspec.to_builtins(client)
     out["nats"] = nats_cfg
     if vcsim_url is not None:
         out["vcenters"] = [
@@ -378,7 +383,7 @@ async def run_up(opts: UpOptions, raw: dict[str, Any]) -> int:
                 )
                 _say(f"                 {_admin_hint(auth_path)}")
             admin_user = "admin" if passwords else None
-            waiting = parse_config(effective_config({}, opts, None, tls)).nats
+            waiting = NatsConfig(url=",".join(opts.nats_urls), tls=_client_tls(tls))
             try:
                 await _wait_for_jetstream(waiting, admin_user, passwords.get("admin"))
             except EmbeddedProcessError as e:
