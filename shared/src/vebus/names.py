@@ -80,6 +80,7 @@ __all__ = [
     "SRV_STATS",
     "STATUS_PREFIX",
     "SUBJECT_ROOT",
+    "SUBSCRIBER_DURABLE",
     "TRACEPARENT",
     "TRACESTATE",
     "TRUNCATED_EXTENSION",
@@ -174,6 +175,9 @@ def stream_of_subject(subject: str) -> tuple[str, str]:
 # ---------------------------------------------------------------- durable consumers
 
 FILTER_DURABLE = "vebus-filter"
+#: the durable consumer on VEBUS_EVENTS that the `subscriber` NATS user may use (and no
+#: other): how another program reads the events at-least-once (deploy/nats/auth.conf)
+SUBSCRIBER_DURABLE = "subscriber"
 #: the consumer every dispatcher replica shares for a route: the route name follows
 DISPATCHER_DURABLE_PREFIX = "vebus-dispatch-"
 #: the consumer every functions replica shares for a route whose sink is a function
