@@ -57,6 +57,8 @@ __all__ = [
     "H_DLQ_STATUS",
     "H_EPOCH",
     "H_KEY",
+    "H_SIGNATURE",
+    "H_SIGNED_AT",
     "H_VCENTER",
     "JS_ERR_MAX_MSGS_PER_SUBJECT",
     "JS_ERR_MSG_DELETE_FAILED",
@@ -273,6 +275,10 @@ H_KEY = "vebus-key"
 TRUNCATED_EXTENSION = "vebustruncated"
 #: extension set on a replayed event: when it was replayed
 REPLAY_EXTENSION = "vebusreplay"
+#: HTTP headers of a signed request (a webhook sink's `hmac` auth, the webhook source's
+#: `hmac` check): `sha256=<hex>`, and the Unix time the signature covers
+H_SIGNATURE = "X-Vebus-Signature-256"
+H_SIGNED_AT = "X-Vebus-Timestamp"
 #: a dead letter's headers: what happened to the event it carries
 DLQ_HEADER_PREFIX = "vebus-dlq-"
 H_DLQ_ROUTE = DLQ_HEADER_PREFIX + "route"
