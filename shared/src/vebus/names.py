@@ -28,6 +28,7 @@ __all__ = [
     "DLQ_STREAM",
     "DLQ_SUBJECTS",
     "ENV_CONFIG",
+    "ENV_EVENT_LOOP",
     "ENV_HEALTH_HOST",
     "ENV_HEALTH_PORT",
     "ENV_LOG_FORMAT",
@@ -319,6 +320,8 @@ DEADLETTER_API_PORT = 8085
 # ---------------------------------------------------------------- environment variables
 
 ENV_CONFIG = "VEBUS_CONFIG"
+#: the event loop a service runs on: `uvloop` (the default where it is installed) or `asyncio`
+ENV_EVENT_LOOP = "VEBUS_EVENT_LOOP"
 ENV_HEALTH_HOST = "VEBUS_HEALTH_HOST"
 ENV_HEALTH_PORT = "VEBUS_HEALTH_PORT"
 ENV_LOG_LEVEL = "VEBUS_LOG_LEVEL"
