@@ -1,4 +1,4 @@
-"""The runner's five scenarios: latency, throughput, scale-out, backlog, routes.
+"""The runner's scenarios: latency, throughput, scale-out, backlog, routes, burst.
 
 Each is `async def <name>(workdir, short) -> dict` returning its results: `rows` (the table
 printed), `chart` (series for the PNG), `goal` (what the issue asks, met or not, the
@@ -22,7 +22,7 @@ from typing import Any
 from loadtest import dispatcher as dbench
 from loadtest import filter as fbench
 from loadtest import rawpipe
-from loadtest.collector import _connect, _vc_state
+from loadtest.collector import _connect, _vc_state, follow_run
 from loadtest.pipeline import Bench, ms, rate_of, routes_yaml, vm_hwm_mb
 from vebus.local.embedded import start_vcsim, vcsim_binary
 from vebus.runtime import eventloop
@@ -544,10 +544,79 @@ async def routes(workdir: Path, short: bool) -> dict[str, Any]:
     }
 
 
+# ------------------------------------------------------------------------------ 6 burst
+
+
+async def burst(workdir: Path, short: bool) -> dict[str, Any]:
+    """A burst of 10,000 events (short: 300) posted to vcsim by 4 threads as fast as it
+    takes them, followed by the raw pyvmomi reader (WaitForUpdatesEx on `latestPage` of
+    the page size, new keys only), then by the collector with that `page_size`, one
+    simulator per page size (loadtest/collector.py). vcsim keeps 1,000 events: a key
+    must be read before the ring passes it. Lag: from PostEvent's return to the reader
+    seeing the event, or to the stream storing it (the publish ack); rate: events over the
+    time from the first post to the last seen, against the posting rate of that phase."""
+    events = 300 if short else 10_000
+    pages = (10,) if short else (1, 10, 100, 1000)
+    binary = vcsim_binary(REPO / "build")
+    per: list[dict[str, Any]] = []
+    async with Bench(workdir / "nats") as b:
+        for page in pages:
+            per.append(
+                await asyncio.to_thread(follow_run, workdir, b.nats_url, binary, page, events, 4)
+            )
+        settings = await b.settings()
+    rows = []
+    for r in per:
+        c, raw = r["collector"], r["raw"]
+        rows.append({"page": r["page_size"], "reader": "collector", "seen": c["seen"],
+                     "dup": r["duplicates"], "post/s": r["post_rate"], "read/s": c["rate"],
+                     "x_post": c["rate"] / r["post_rate"], "lag_p50_ms": c["lag_p50_ms"],
+                     "lag_p99_ms": c["lag_p99_ms"]})  # fmt: skip
+        rows.append({"page": r["page_size"], "reader": "raw pyvmomi", "seen": raw["seen"],
+                     "dup": "-", "post/s": r["post_rate_raw_phase"], "read/s": raw["rate"],
+                     "x_post": raw["rate"] / r["post_rate_raw_phase"],
+                     "lag_p50_ms": raw["lag_p50_ms"], "lag_p99_ms": raw["lag_p99_ms"]})  # fmt: skip
+    met = all(
+        r["collector"]["seen"] == events
+        and r["duplicates"] == 0
+        and r["collector"]["lag_p99_ms"] <= 2000
+        and r["collector"]["rate"] >= 0.8 * r["post_rate"]
+        for r in per
+    )
+    worst = max(per, key=lambda r: r["collector"]["lag_p99_ms"])
+    return {
+        "events": events,
+        "posters": 4,
+        "runs": per,
+        "rows": rows,
+        "chart": {
+            "series": {
+                f"{who} lag p99": {f"page {r['page_size']}": r[key]["lag_p99_ms"] for r in per}
+                for who, key in (("collector", "collector"), ("raw pyvmomi", "raw"))
+            },
+            "ylabel": "ms from PostEvent to stored / seen",
+        },
+        "goal": _goal(
+            f"{events:,}-event burst: every key once, lag p99 <= 2 s at any page size, rate "
+            ">= 0.8 of the posting rate",
+            met,
+            "; ".join(
+                f"page {r['page_size']}: {r['collector']['seen']:,} seen, {r['duplicates']} dup, "
+                f"p99 {r['collector']['lag_p99_ms'] / 1000:.2f} s, "
+                f"{r['collector']['rate'] / r['post_rate']:.2f} of the posting rate"
+                for r in per
+            )
+            + f" (worst p99 at page {worst['page_size']})",
+        ),
+        "settings": settings,
+    }
+
+
 SCENARIOS = {
     "latency": latency,
     "throughput": throughput,
     "scaleout": scaleout,
     "backlog": backlog,
     "routes": routes,
+    "burst": burst,
 }
