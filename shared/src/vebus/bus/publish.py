@@ -143,9 +143,9 @@ async def _publish(
 async def publish_all(
     js: JetStreamContext, messages: Sequence[OutgoingMessage], *, timeout: float = 5.0
 ) -> list[PubAck]:
-    """Publish a batch concurrently and wait for every ack (PublishError if any fails)."""
-    return list(
-        await asyncio.gather(
-            *(publish(js, m.subject, m.body, m.headers, timeout=timeout) for m in messages)
-        )
-    )
+    """Publish a batch and wait for every ack, in order (PublishError if any fails): async
+    publishes with a window of acks outstanding (vebus.bus.pubwindow), no task or round
+    trip per message."""
+    from vebus.bus.pubwindow import PublishWindow  # it builds on this module
+
+    return await PublishWindow(js, ack_timeout=timeout).publish_acks(messages)
