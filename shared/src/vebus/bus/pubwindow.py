@@ -4,7 +4,7 @@ Each message goes out with `js.publish_async` (no round trip per message); at mo
 `window` wait for their ack at once. Acks are taken in publish order, and `on_ack` is
 called for each message once it and every message before it are stored, so a caller that
 moves a position (the collector's checkpoint) only ever covers a stored prefix; a caller
-for which order does not matter (`vebus.bus.publish.publish_all`: replays, bulk loads)
+for which order does not matter (`vebus.bus.publish.publish_all`: bulk loads)
 simply waits for them all. A message whose ack does not come in time, or comes as an
 error, is published again with `vebus.bus.publish.publish` (retries with backoff, the
 typed errors: RouteFullError, PublishError); the same Nats-Msg-Id makes a second copy
