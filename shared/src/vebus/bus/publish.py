@@ -24,7 +24,7 @@ from tenacity import (
 )
 
 from vebus import names
-from vebus.bus import natsapi, observe
+from vebus.bus import acks, natsapi, observe
 from vebus.errors import MessageTooLargeError, PublishError, RouteFullError
 
 __all__ = ["OutgoingMessage", "check_size", "message_size", "publish", "publish_all"]
@@ -122,7 +122,7 @@ async def _publish(
     check_size(js, subject, body, headers)
     try:
         try:  # the first attempt without the retry machinery: it is the hot path
-            return await js.publish(subject, body, timeout=timeout, headers=headers)
+            return await acks.publish(natsapi.connection(js), subject, body, headers, timeout)
         except _RETRYABLE as e:
             failed: BaseException | None = e
         async for attempt in AsyncRetrying(**PUBLISH_RETRY):  # type: ignore[arg-type]
