@@ -28,7 +28,7 @@ async def test_stored_duplicate_refused_no_responders_and_no_answer(
     ack = await acks.publish(nc, "acks.a", b"1", {MSG_ID: "one"}, 5.0)
     assert (ack.stream, ack.seq, ack.duplicate) == ("ACKS", 1, False)
     again = await acks.publish(nc, "acks.a", b"1", {MSG_ID: "one"}, 5.0)
-    assert again.duplicate and again.seq == 1
+    assert (again.duplicate, again.seq) == (True, 1)
     with pytest.raises(APIError) as refused:  # the subject is full
         await acks.publish(nc, "acks.a", b"2", {MSG_ID: "two"}, 5.0)
     assert refused.value.err_code == names.JS_ERR_MAX_MSGS_PER_SUBJECT
