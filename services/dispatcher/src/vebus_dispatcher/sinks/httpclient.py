@@ -121,7 +121,6 @@ async def request(
 ) -> Answer:
     """Send one request; the 2xx answer, or the DeliveryError that says how it failed
     (naming the URL without its path and query, which may hold a secret)."""
-    shown = redact(url)
     try:
         async with session.session.request(
             method, url, data=body, headers=headers, allow_redirects=False
@@ -135,7 +134,7 @@ async def request(
                 return Answer(resp.status, raw, resp.headers)
             raw = await resp.content.read(DETAIL_CHARS * 4)
             raise status_error(
-                shown,
+                redact(url),
                 resp.status,
                 resp.reason or "",
                 raw.decode("utf-8", "replace")[:DETAIL_CHARS],
@@ -143,9 +142,9 @@ async def request(
             )
     except aiohttp.ClientError as e:
         if isinstance(e, TimeoutError):
-            raise RetryableDeliveryError(f"{shown}: timed out", code=ErrorCode.TIMEOUT) from e
+            raise RetryableDeliveryError(f"{redact(url)}: timed out", code=ErrorCode.TIMEOUT) from e
         raise RetryableDeliveryError(
-            f"{shown}: connection failed: {_describe(e)}", code=ErrorCode.CONNECTION_FAILURE
+            f"{redact(url)}: connection failed: {_describe(e)}", code=ErrorCode.CONNECTION_FAILURE
         ) from e
 
 
