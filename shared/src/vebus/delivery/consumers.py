@@ -32,12 +32,20 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
+from tenacity import (
+    AsyncRetrying,
+    before_sleep_log,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
 from vebus import aio, names
 from vebus.bus.consume import PullWorker
@@ -75,7 +83,17 @@ RETIRE_CHECKS = 3
 #: how often a route that could not start is tried again
 RESTART_EVERY = 5.0
 #: routes started at once (each creates or checks its consumer: a round trip or two)
-START_CONCURRENCY = 32
+START_CONCURRENCY = 16
+#: creating a route's consumer when JetStream is slow to answer (thousands of consumers
+#: being created at once): the request is repeated, which is harmless (ensure_consumer
+#: finds the consumer if the first request made it)
+CONSUMER_RETRY: dict[str, Any] = {
+    "retry": retry_if_exception_type(nats.errors.TimeoutError),
+    "stop": stop_after_attempt(4),
+    "wait": wait_exponential_jitter(initial=0.5, max=4.0),
+    "before_sleep": before_sleep_log(log, logging.WARNING),
+    "reraise": True,
+}
 
 #: makes the sink of a route (ConfigError if it cannot: a missing extra, a bad template)
 MakeSink = Callable[[Route], Sink]
@@ -249,7 +267,11 @@ class RouteConsumers:
 
     async def _start(self, route: Route) -> _Running:
         durable = self._durable(route.name)
-        await ensure_consumer(self.js, names.ROUTES_STREAM, route_consumer_config(route, durable))
+        async for attempt in AsyncRetrying(**CONSUMER_RETRY):
+            with attempt:
+                await ensure_consumer(
+                    self.js, names.ROUTES_STREAM, route_consumer_config(route, durable)
+                )
         sink = self._make_sink(route)
         limiter = None
         if route.delivery.rate is not None:
