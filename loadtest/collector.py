@@ -134,8 +134,20 @@ def raw_reader(
         ],
     )
     pc.CreateFilter(spec, partialUpdates=True)
-    version, last = "", None
     seen: dict[int, float] = {}
+    # SIGTERM (the runner giving up on a reader that fell too far behind, e.g. decoding a
+    # page of 1,000 per event) still writes what was seen
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        _raw_follow(pc, expect, idle, limit, seen)
+    finally:
+        out.write_text(json.dumps(seen))
+
+
+def _raw_follow(pc: Any, expect: int, idle: float, limit: float, seen: dict[int, float]) -> None:
+    from pyVmomi import vmodl
+
+    version, last = "", None
     print("ready", flush=True)
     quiet_since = time.time()
     first: float | None = None
@@ -167,7 +179,6 @@ def raw_reader(
                 for change in obj.changeSet or [] for e in change.val or []]  # fmt: skip
         if keys:
             last = max([*keys, last or 0])
-    out.write_text(json.dumps(seen))
 
 
 # ------------------------------------------------------------------- the vebus side
@@ -256,7 +267,11 @@ def follow_run(
             assert reader.stdout is not None
             assert reader.stdout.readline().strip() == "ready"
             raw_posted, raw_start, raw_end = _post_all(url, events, posters)
-            reader.wait(180)
+            try:
+                reader.wait(180)
+            except subprocess.TimeoutExpired:  # fell too far behind: take what it saw
+                reader.terminate()
+                reader.wait(60)
         finally:
             if reader.poll() is None:
                 reader.kill()
