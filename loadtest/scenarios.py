@@ -21,7 +21,7 @@ from typing import Any
 
 from loadtest import dispatcher as dbench
 from loadtest import filter as fbench
-from loadtest import rawpipe
+from loadtest import rawpipe, wqconsumers
 from loadtest.collector import _connect, _vc_state, follow_run
 from loadtest.pipeline import Bench, ms, rate_of, routes_yaml, vm_hwm_mb
 from vebus.local.embedded import start_vcsim, vcsim_binary
@@ -516,6 +516,9 @@ async def routes(workdir: Path, short: bool) -> dict[str, Any]:
             print(f"!! routes {label} failed: {failed[label]}", flush=True)
             continue
         settings = per[label].pop("settings")
+    # the limit without vebus: nats-server's own cost per message on a work-queue stream
+    # with as many consumers (loadtest/wqconsumers.py)
+    server = [await wqconsumers.server_cost(workdir, c, n) for c in (1, most)]
     one = per["1"]
     ratio = per[str(most)]["events_per_s"] / one["events_per_s"]
     cpu_x = per[str(most)]["cpu_us_per_event"]["dispatcher"] / one["cpu_us_per_event"]["dispatcher"]
@@ -534,10 +537,25 @@ async def routes(workdir: Path, short: bool) -> dict[str, Any]:
         }
         for k, v in per.items()
     ]
+    rows += [
+        {
+            "routes": f"raw nats: {w['consumers']} consumer(s)",
+            "events/s": w["events_per_s"],
+            "x_one": w["events_per_s"] / server[0]["events_per_s"],
+            "filter_cpu_us/ev": "-",
+            "dispatcher_cpu_us/ev": "-",
+            "x_one_cpu": w["server_cpu_us_per_event"] / server[0]["server_cpu_us_per_event"],
+            "nats_cpu_us/ev": w["server_cpu_us_per_event"],
+            "dispatcher_start_s": f"create {w['create_consumers_s']:.2f}",
+            "dispatcher_rss_mb": "-",
+        }
+        for w in server
+    ]
     return {
         "events": n,
         "event_loop": eventloop.chosen(),
         "runs": list(per.values()),
+        "raw_nats_server": server,
         "rows": rows,
         "ratio_most_1": ratio,
         "dispatcher_cpu_most_vs_1": cpu_x,
