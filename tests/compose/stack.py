@@ -74,6 +74,8 @@ class Compose:
     sink_port: int = 0
     vcenter_password: str = ""
     sink_token: str = ""
+    #: container name -> RestartCount when a test last looked
+    seen_restarts: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.env_file = self.workdir / "compose.env"
