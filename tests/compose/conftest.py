@@ -79,6 +79,11 @@ def engine(report: Report) -> Iterator[Engine]:
     report.add(
         f"dockerd (pool {engine.pool}, exec root {engine.exec_root}) up in "
         f"{time.monotonic() - start:.1f}s"
+        + (
+            f"; FORWARD drops by default: chain {engine.chain} lets the pool through"
+            if engine.chain
+            else ""
+        )
     )
     yield engine
     cleaned = engine.stop()
@@ -103,6 +108,8 @@ def images(engine: Engine, report: Report) -> Engine:
     text = log.read_text(errors="replace")
     assert done.returncode == 0, f"scripts/images failed ({done.returncode}):\n{text[-5000:]}"
     report.add(f"scripts/images: {time.monotonic() - start:.1f}s")
+    # the engine's data root stays in build/: images a code change left behind go
+    engine.docker("image", "prune", "--force")
     report.add("\n".join(f"  {line}" for line in text.splitlines() if line.startswith("images: ")))
     return engine
 

@@ -51,6 +51,21 @@ class EngineError(RuntimeError):
     """The private dockerd could not start, or a docker command failed."""
 
 
+def _path() -> str:
+    """PATH with the sbin directories, where Debian puts dockerd, runc and iptables."""
+    return os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin"
+
+
+def _which(tool: str) -> str | None:
+    return shutil.which(tool, path=_path())
+
+
+def _sh(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run a system tool (ip, iptables, umount) with the sbin directories on PATH."""
+    env = {**os.environ, "PATH": _path()}
+    return subprocess.run(args, capture_output=True, text=True, check=check, env=env)
+
+
 def why_docker_cannot_run() -> tuple[str, bool] | None:
     """None when this machine can run the compose test; else (why, fixable): `fixable` when
     scripts/setup would install what is missing (root with apt-get), so that a CI machine
@@ -63,42 +78,46 @@ def why_docker_cannot_run() -> tuple[str, bool] | None:
         "containerd": "containerd",
         "runc": "runc",
     }
-    missing = sorted({pkg for tool, pkg in tools.items() if shutil.which(tool) is None})
-    compose = shutil.which("docker") and subprocess.run(
+    missing = sorted({pkg for tool, pkg in tools.items() if _which(tool) is None})
+    compose = _which("docker") and subprocess.run(
         ["docker", "compose", "version"], capture_output=True, check=False, timeout=30
     )
     if not compose or compose.returncode != 0:
         missing.append("Docker Compose v2")
     if not missing:
         return None
-    if shutil.which("apt-get") is None:
+    if _which("apt-get") is None:
         return f"Docker cannot be installed here (no apt-get): {', '.join(missing)} missing", False
     return f"{', '.join(missing)} missing: run ./scripts/setup (as root it installs them)", True
 
 
 def _routes() -> list[ipaddress.IPv4Network]:
-    out = subprocess.run(
-        ["ip", "-4", "-o", "route", "show", "table", "all"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout
+    """Every IPv4 destination the machine routes (all tables), the default route aside."""
     nets = []
-    for line in out.splitlines():
-        dest = line.split()[0] if line.split() else ""
-        if dest in ("default", "broadcast", "local", "unreachable", "multicast"):
-            dest = line.split()[1]
-        with contextlib.suppress(ValueError):
-            nets.append(ipaddress.IPv4Network(dest, strict=False))
+    for line in _sh("ip", "-4", "-o", "route", "show", "table", "all").stdout.splitlines():
+        words = line.split()
+        if words and words[0] in ("broadcast", "local", "unreachable", "multicast", "blackhole"):
+            words = words[1:]
+        with contextlib.suppress(ValueError, IndexError):
+            nets.append(ipaddress.IPv4Network(words[0], strict=False))
     return nets
 
 
-def _pick_pool() -> ipaddress.IPv4Network:
+def _pick_pool() -> tuple[ipaddress.IPv4Network, IO[str]]:
+    """A /16 no route uses, and a lock on it that other test engines respect (they start
+    with no network yet, so routes alone would not keep two of them apart)."""
     used = _routes()
     for second in range(200, 250):
         pool = ipaddress.IPv4Network(f"10.{second}.0.0/16")
-        if not any(pool.overlaps(n) for n in used if n.prefixlen > 0):
-            return pool
+        if any(pool.overlaps(n) for n in used if n.prefixlen > 0):
+            continue
+        lock = open(f"/tmp/vebus-test-pool-10.{second}.lock", "w")  # noqa: SIM115 (held)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            continue
+        return pool, lock
     raise EngineError("no free /16 in 10.200.0.0-10.249.0.0 for the engine's networks")
 
 
@@ -111,9 +130,7 @@ def _cmdline(pid: int) -> list[str]:
 
 
 def _bridges() -> set[str]:
-    out = subprocess.run(
-        ["ip", "-o", "link", "show", "type", "bridge"], capture_output=True, text=True, check=False
-    ).stdout
+    out = _sh("ip", "-o", "link", "show", "type", "bridge").stdout
     return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line}
 
 
@@ -130,6 +147,7 @@ class Engine:
     proc: subprocess.Popen[bytes] | None = None
     chain: str | None = None
     _lock: IO[str] | None = None
+    _pool_lock: IO[str] | None = None
     _bridges_before: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
@@ -149,7 +167,7 @@ class Engine:
         """os.environ for docker and compose commands against this engine only."""
         env = {k: v for k, v in os.environ.items() if k not in _DOCKER_ENV}
         env["DOCKER_HOST"] = self.host
-        env["PATH"] = env.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin"
+        env["PATH"] = _path()
         env.update(extra)
         return env
 
@@ -167,7 +185,7 @@ class Engine:
                 f"another compose test of this checkout runs its dockerd on {self.data_root}"
                 f" (lock {self.home / 'engine.lock'}): wait for it to finish"
             ) from None
-        self.pool = _pick_pool()
+        self.pool, self._pool_lock = _pick_pool()
         self._bridges_before = _bridges()
         self.exec_root = Path(tempfile.mkdtemp(prefix="vebus-dockerd-", dir="/tmp"))
         self._allow_forwarding()
@@ -218,12 +236,9 @@ class Engine:
     def _allow_forwarding(self) -> None:
         """If another dockerd made FORWARD drop by default, let the pool's traffic through
         in a chain of this engine's own (removed by stop)."""
-        if shutil.which("iptables") is None or self.pool is None:
+        if _which("iptables") is None or self.pool is None:
             return
-        rules = subprocess.run(
-            ["iptables", "-w", "-S", "FORWARD"], capture_output=True, text=True, check=False
-        ).stdout
-        if "-P FORWARD DROP" not in rules:
+        if "-P FORWARD DROP" not in _sh("iptables", "-w", "-S", "FORWARD").stdout:
             return
         self.chain = f"VEBUS-TEST-{os.getpid()}"
         pool = str(self.pool)
@@ -233,7 +248,7 @@ class Engine:
             ["-A", self.chain, "-d", pool, "-j", "ACCEPT"],
             ["-I", "FORWARD", "1", "-j", self.chain],
         ):
-            subprocess.run(["iptables", "-w", *cmd], check=True, capture_output=True)
+            _sh("iptables", "-w", *cmd, check=True)
 
     # ------------------------------------------------------------------ stop
 
@@ -258,11 +273,11 @@ class Engine:
                 os.kill(pid, signal.SIGKILL)
                 cleaned.append(f"process {pid} ({' '.join(_cmdline(pid))[:80]}) killed")
         for mount in self._mounts():
-            subprocess.run(["umount", "-l", mount], check=False, capture_output=True)
+            _sh("umount", "-l", mount)
             cleaned.append(f"unmounted {mount}")
         for bridge in sorted(_bridges() - self._bridges_before):
             if bridge.startswith("br-") or bridge.startswith("docker"):
-                subprocess.run(["ip", "link", "delete", bridge], check=False, capture_output=True)
+                _sh("ip", "link", "delete", bridge)
                 cleaned.append(f"bridge {bridge} removed")
         if self.chain:
             for cmd in (
@@ -270,13 +285,14 @@ class Engine:
                 ["-F", self.chain],
                 ["-X", self.chain],
             ):
-                subprocess.run(["iptables", "-w", *cmd], check=False, capture_output=True)
+                _sh("iptables", "-w", *cmd)
             self.chain = None
         if self.exec_root.is_dir() and self.exec_root.name.startswith("vebus-dockerd-"):
             shutil.rmtree(self.exec_root, ignore_errors=True)
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
+        for lock in (self._pool_lock, self._lock):
+            if lock is not None:
+                lock.close()
+        self._lock = self._pool_lock = None
         return cleaned
 
     def _leftovers(self) -> list[int]:
