@@ -13,7 +13,8 @@ running on the machine (the system's, or another checkout's test):
 Where another dockerd has set the FORWARD policy to DROP (its bridges' traffic passes
 through iptables when br_netfilter is loaded), the engine adds one chain of its own that
 lets its pool's traffic through, and removes it at the end. `stop()` ends the daemon (and
-its containerd), then removes the bridges, chains and mounts it left behind.
+its containerd), then removes the bridges (those with an address in its pool), chains and
+mounts it left behind.
 """
 
 from __future__ import annotations
@@ -129,9 +130,17 @@ def _cmdline(pid: int) -> list[str]:
     return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
 
 
-def _bridges() -> set[str]:
-    out = _sh("ip", "-o", "link", "show", "type", "bridge").stdout
-    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if ":" in line}
+def _bridges_in(pool: ipaddress.IPv4Network) -> set[str]:
+    """The bridges with an address in `pool`: this engine's, since it holds the pool's lock
+    (another engine's bridges, made after this one started, are in another pool)."""
+    found = set()
+    for line in _sh("ip", "-o", "-4", "addr", "show").stdout.splitlines():
+        words = line.split()
+        if len(words) > 3 and words[1].startswith("br-") and words[2] == "inet":
+            with contextlib.suppress(ValueError):
+                if ipaddress.IPv4Interface(words[3]).ip in pool:
+                    found.add(words[1])
+    return found
 
 
 @dataclass
@@ -148,7 +157,6 @@ class Engine:
     chain: str | None = None
     _lock: IO[str] | None = None
     _pool_lock: IO[str] | None = None
-    _bridges_before: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.data_root = self.home / "docker"
@@ -186,7 +194,6 @@ class Engine:
                 f" (lock {self.home / 'engine.lock'}): wait for it to finish"
             ) from None
         self.pool, self._pool_lock = _pick_pool()
-        self._bridges_before = _bridges()
         self.exec_root = Path(tempfile.mkdtemp(prefix="vebus-dockerd-", dir="/tmp"))
         self._allow_forwarding()
         args = [
@@ -275,10 +282,9 @@ class Engine:
         for mount in self._mounts():
             _sh("umount", "-l", mount)
             cleaned.append(f"unmounted {mount}")
-        for bridge in sorted(_bridges() - self._bridges_before):
-            if bridge.startswith("br-") or bridge.startswith("docker"):
-                _sh("ip", "link", "delete", bridge)
-                cleaned.append(f"bridge {bridge} removed")
+        for bridge in sorted(_bridges_in(self.pool) if self.pool else ()):
+            _sh("ip", "link", "delete", bridge)
+            cleaned.append(f"bridge {bridge} removed")
         if self.chain:
             for cmd in (
                 ["-D", "FORWARD", "-j", self.chain],
