@@ -49,7 +49,8 @@ from nats.js.api import StreamConfig
 from nats.js.errors import NotFoundError
 
 from loadtest.common import print_table, summary, write_results
-from vebus.embedded import (
+from vebus.bus.publish import OutgoingMessage, publish_all
+from vebus.local.embedded import (
     ManagedProcess,
     free_port,
     start_nats,
@@ -57,8 +58,7 @@ from vebus.embedded import (
     start_vcsim,
     vcsim_binary,
 )
-from vebus.publish import OutgoingMessage, publish_all
-from vebus.subjects import EVENTS_STREAM
+from vebus.names import EVENTS_STREAM
 
 REPO = Path(__file__).resolve().parents[1]
 MARK = "lt-"

@@ -36,14 +36,14 @@ import aiohttp
 import nats
 
 from loadtest.common import RESULTS, print_table, write_results
-from vebus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus.bus.cloudevent import CloudEvent, to_headers
+from vebus.bus.http import to_binary
+from vebus.bus.publish import OutgoingMessage, publish_all
+from vebus.bus.streams import ensure_consumer, ensure_streams
 from vebus.config import load_config
-from vebus.embedded import ManagedProcess, free_port, start_nats, start_service
-from vebus.publish import OutgoingMessage, publish_all
-from vebus.streams import ensure_consumer, ensure_streams
-from vebus.subjects import ROUTES_STREAM, dispatcher_durable, route_subject
-from vebus_dispatcher.app import route_consumer_config
-from vebus_dispatcher.sinks.encoding import binary
+from vebus.delivery.consumers import route_consumer_config
+from vebus.local.embedded import ManagedProcess, free_port, start_nats, start_service
+from vebus.names import MSG_ID, ROUTES_STREAM, dispatcher_durable, route_subject
 
 ROUTE = "load"
 CONCURRENCY = 16  # the default max_in_flight
@@ -201,7 +201,7 @@ def sample_event(n: int) -> CloudEvent:
 
 async def raw_post_loop(url: str, count: int, *, keepalive: bool = True) -> float:
     """Events/s of `count` POSTs from CONCURRENCY workers over one aiohttp session."""
-    headers, body = binary(sample_event(0))
+    headers, body = to_binary(sample_event(0))
     connector = aiohttp.TCPConnector(limit=CONCURRENCY, force_close=not keepalive)
     async with aiohttp.ClientSession(connector=connector) as session:
         left = count
@@ -246,12 +246,14 @@ async def dispatcher_run(
     js = nc.jetstream()
     procs: list[ManagedProcess] = []
     try:
-        await ensure_streams(js, cfg)
+        await ensure_streams(js, cfg.stream_settings())
         await js.purge_stream(ROUTES_STREAM)
         durable = dispatcher_durable(ROUTE)
         with contextlib.suppress(nats.js.errors.NotFoundError):
             await js.delete_consumer(ROUTES_STREAM, durable)
-        await ensure_consumer(js, ROUTES_STREAM, route_consumer_config(cfg.route(ROUTE)))
+        await ensure_consumer(
+            js, ROUTES_STREAM, route_consumer_config(cfg.route(ROUTE), dispatcher_durable(ROUTE))
+        )
         await js.pause_consumer(ROUTES_STREAM, durable, "2999-01-01T00:00:00Z")
         batch = []
         for n in range(count):

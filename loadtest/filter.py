@@ -43,12 +43,13 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from loadtest.common import RESULTS, print_table, write_results
-from vebus import subjects
-from vebus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus import names
+from vebus.bus.cloudevent import CloudEvent, to_headers
+from vebus.bus.publish import OutgoingMessage, publish_all
+from vebus.bus.streams import ensure_streams
 from vebus.config import load_config
-from vebus.embedded import ManagedProcess, free_port, start_nats
-from vebus.publish import OutgoingMessage, publish_all
-from vebus.streams import ensure_streams
+from vebus.local.embedded import ManagedProcess, free_port, start_nats
+from vebus.names import MSG_ID
 from vebus_filter import app as filter_app
 
 ROUTES = 10
@@ -96,17 +97,17 @@ async def raw_loop(nats_url: str, count: int) -> None:
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
     await js.add_consumer(
-        subjects.EVENTS_STREAM,
+        names.EVENTS_STREAM,
         ConsumerConfig(
             durable_name=RAW_DURABLE,
-            filter_subject=subjects.EVENTS_SUBJECTS,
+            filter_subject=names.EVENTS_SUBJECTS,
             deliver_policy=DeliverPolicy.ALL,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=filter_app.ACK_WAIT,
             max_ack_pending=IN_FLIGHT * 8,
         ),
     )
-    psub = await js.pull_subscribe_bind(RAW_DURABLE, subjects.EVENTS_STREAM)
+    psub = await js.pull_subscribe_bind(RAW_DURABLE, names.EVENTS_STREAM)
     in_flight = 0
     done = 0
     room = asyncio.Event()
@@ -202,7 +203,7 @@ async def one_run(
     nc = await nats.connect(url)
     try:
         js = nc.jetstream()
-        await ensure_streams(js, load_config(config))
+        await ensure_streams(js, load_config(config).stream_settings())
         await _load(js, count, run.name)
         args = [sys.executable]
         if profile is not None:
@@ -217,7 +218,7 @@ async def one_run(
         # CPU from the first copy seen to the last: start-up (imports, connecting) excluded
         cpu_start: tuple[float | None, int] | None = None
         while True:
-            info = await js.stream_info(subjects.ROUTES_STREAM)
+            info = await js.stream_info(names.ROUTES_STREAM)
             if cpu_start is None and info.state.messages > 0:
                 cpu_start = (_cpu_seconds(proc.pid), info.state.messages)
             if info.state.messages >= count:
@@ -233,8 +234,8 @@ async def one_run(
             await asyncio.sleep(0.05)
         if info.state.messages != count:
             raise RuntimeError(f"{contender}: {info.state.messages} copies for {count} events")
-        first = await js.get_msg(subjects.ROUTES_STREAM, seq=info.state.first_seq)
-        last = await js.get_msg(subjects.ROUTES_STREAM, seq=info.state.last_seq)
+        first = await js.get_msg(names.ROUTES_STREAM, seq=info.state.first_seq)
+        last = await js.get_msg(names.ROUTES_STREAM, seq=info.state.last_seq)
         per_second = (count - 1) / (_stamp(last.time) - _stamp(first.time))
         per_cpu = None
         assert cpu_start is not None

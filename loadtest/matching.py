@@ -33,8 +33,8 @@ from typing import Any
 
 from loadtest.common import print_table, write_results
 from vebus.config import Route, parse_config
-from vebus.patterns import compile_pattern
-from vebus_filter.router import Router
+from vebus.events.patterns import compile_pattern
+from vebus.routing.router import Router
 
 SAMPLE = (
     Path(__file__).resolve().parents[1] / "tests" / "data" / "veba" / "veba-VmPoweredOffEvent.json"

@@ -24,11 +24,12 @@ from nats.aio.client import Client
 from loadtest.common import jetstream_settings, summary
 from loadtest.dispatcher import Sink, _wait_http, cpu_seconds
 from loadtest.filter import SAMPLE, _stamp
-from vebus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus.bus.cloudevent import CloudEvent, to_headers
+from vebus.bus.publish import OutgoingMessage, publish_all
+from vebus.bus.streams import ensure_streams
 from vebus.config import load_config
-from vebus.embedded import ManagedProcess, free_port, start_nats, start_service
-from vebus.publish import OutgoingMessage, publish_all
-from vebus.streams import ensure_streams
+from vebus.local.embedded import ManagedProcess, free_port, start_nats, start_service
+from vebus.names import MSG_ID
 
 _VEBA = json.loads(SAMPLE.read_text(encoding="utf-8"))
 
@@ -114,7 +115,7 @@ class Bench:
         self.config.write_text(text)
 
     async def ensure_streams(self) -> None:
-        await ensure_streams(self.js, load_config(self.config))
+        await ensure_streams(self.js, load_config(self.config).stream_settings())
 
     async def start(self, service: str, name: str | None = None) -> ManagedProcess:
         """Start a service process and wait until its /readyz answers 200."""

@@ -23,7 +23,7 @@ from loadtest import dispatcher as dbench
 from loadtest import filter as fbench
 from loadtest.collector import _connect, _vc_state
 from loadtest.pipeline import Bench, ms, rate_of, routes_yaml, vm_hwm_mb
-from vebus.embedded import start_vcsim, vcsim_binary
+from vebus.local.embedded import start_vcsim, vcsim_binary
 
 REPO = Path(__file__).resolve().parents[1]
 #: events queued in the backlog scenario (the runner's --backlog changes the full one)

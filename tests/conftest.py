@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import nats
 import pytest
 from nats.aio.client import Client
 
+from tests.support.auth import AuthNats, start_auth_nats
 from tests.support.sink import RecordingSink
 from tests.support.stack import Stack
-from vebus.embedded import ManagedProcess, build_vcsim, start_nats, start_vcsim
+from vebus.local.embedded import (
+    ManagedProcess,
+    build_vcsim,
+    free_port,
+    start_nats,
+    start_vcsim,
+    wait_for_port,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "tests" / "data" / "veba"
@@ -63,10 +71,38 @@ def vcsim(vcsim_binary: Path, tmp_path: Path) -> Iterator[Vcsim]:
 
 
 @pytest.fixture
+def tls_vcsim(vcsim_binary: Path, tmp_path: Path) -> Iterator[Callable[[], tuple[str, Path]]]:
+    """Starts simulators over HTTPS; each call returns a URL and the PEM of its self-signed
+    certificate (for 127.0.0.1, ::1 and localhost)."""
+    procs: list[ManagedProcess] = []
+
+    def start() -> tuple[str, Path]:
+        port = free_port()
+        cert = tmp_path / f"vcsim-{port}.pem"
+        args = [str(vcsim_binary), "-listen", f"127.0.0.1:{port}", "-tls", "-cert-file", str(cert)]
+        proc = ManagedProcess("vcsim-tls", args, tmp_path / f"vcsim-{port}.log").start()
+        procs.append(proc)
+        assert wait_for_port(port, timeout=30), proc.output()
+        return f"https://127.0.0.1:{port}/sdk", cert
+
+    yield start
+    for proc in procs:
+        proc.stop()
+
+
+@pytest.fixture
 async def sink() -> AsyncIterator[RecordingSink]:
     s = await RecordingSink().start()
     yield s
     await s.stop()
+
+
+@pytest.fixture
+def auth_nats(tmp_path: Path) -> Iterator[AuthNats]:
+    """nats-server with deploy/nats/auth.conf (tests/support/auth.PASSWORDS)."""
+    server = start_auth_nats(tmp_path)
+    yield server
+    server.proc.kill()
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from nats.js import JetStreamContext
 
 from tests.support.ledger import Ledger, SinkHub, UpCluster
 from tests.support.sink import RecordingSink
-from vebus import subjects
+from vebus import names
 
 BIN = Path(sys.executable).parent
 
@@ -136,11 +136,9 @@ class Bus:
 
     async def max_ack_pending(self, js: JetStreamContext, *routes: str) -> int:
         """The largest max_ack_pending of the filter's and these routes' consumers."""
-        infos = [await js.consumer_info(subjects.EVENTS_STREAM, subjects.FILTER_DURABLE)]
+        infos = [await js.consumer_info(names.EVENTS_STREAM, names.FILTER_DURABLE)]
         for r in routes:
-            infos.append(
-                await js.consumer_info(subjects.ROUTES_STREAM, subjects.dispatcher_durable(r))
-            )
+            infos.append(await js.consumer_info(names.ROUTES_STREAM, names.dispatcher_durable(r)))
         return max(int(i.config.max_ack_pending or 0) for i in infos)
 
 

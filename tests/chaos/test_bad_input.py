@@ -31,13 +31,14 @@ from tests.support.ledger import (
     settle,
     wait_until,
 )
-from vebus import subjects
-from vebus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus import names
+from vebus.bus.cloudevent import CloudEvent, to_headers
+from vebus.names import MSG_ID
 
 pytestmark = pytest.mark.chaos
 
 ROUTE = "bad"
-SUBJECT = subjects.event_subject("chaos", "BadInput")
+SUBJECT = names.event_subject("chaos", "BadInput")
 
 
 def good_headers(event_id: str, **extra: str) -> dict[str, str]:
@@ -91,7 +92,7 @@ async def test_invalid_events_are_dead_lettered_and_the_rest_delivered(
     led = ledger("bad input among good events", sink)
     led.max_ack_pending = await bus.max_ack_pending(js, ROUTE)
     restarts = {r.label: bus.cluster.restarts(r.label) for r in bus.cluster.replicas}
-    before = max([d.seq for d in await dead_letters(js, subjects.DLQ_INVALID_ROUTE)], default=0)
+    before = max([d.seq for d in await dead_letters(js, names.DLQ_INVALID_ROUTE)], default=0)
     run = f"b{time.time_ns()}"
     producer = Producer(js, led, source=source(ROUTE), prefix=run, count=200, rate=100)
     producing = asyncio.create_task(producer.run())
@@ -105,7 +106,7 @@ async def test_invalid_events_are_dead_lettered_and_the_rest_delivered(
     unknown = CloudEvent(id=f"{run}-unknown", source=source(ROUTE),
                          type="com.vmware.vsphere.NoSuchEventAnywhere.v0",
                          extensions={"eventclass": "event"}, data=b'{"Key": 1}')  # fmt: skip
-    await js.publish(subjects.event_subject("chaos", "NoSuchEventAnywhere"), unknown.data,
+    await js.publish(names.event_subject("chaos", "NoSuchEventAnywhere"), unknown.data,
                      headers=to_headers(unknown, {MSG_ID: f"bad:{run}:unknown"}))  # fmt: skip
     # invalid UTF-8 in a header value: the clients read it as U+FFFD, the event is valid
     block = (
@@ -123,7 +124,7 @@ async def test_invalid_events_are_dead_lettered_and_the_rest_delivered(
 
     async def all_dead() -> bool:
         invalid[:] = [
-            d for d in await dead_letters(js, subjects.DLQ_INVALID_ROUTE, after=before)
+            d for d in await dead_letters(js, names.DLQ_INVALID_ROUTE, after=before)
             if (d.msg_id or "").startswith(f"bad:{run}:") or d.msg_id is None
         ]  # fmt: skip
         return len(invalid) >= expected
@@ -137,7 +138,7 @@ async def test_invalid_events_are_dead_lettered_and_the_rest_delivered(
     for name, (headers, _) in bad.items():
         d = by_id.get((headers or {}).get(MSG_ID))
         assert d is not None, f"{name}: no dead letter"
-        assert d.route == subjects.DLQ_INVALID_ROUTE
+        assert d.route == names.DLQ_INVALID_ROUTE
     note = [r for r in sink.accepted if r.headers.get("ce-id") == f"{run}-hdr-utf8"]
     # the HTTP binding percent-encodes header values
     assert note, "the event with invalid UTF-8 in a header was delivered"
@@ -197,7 +198,7 @@ async def test_an_event_at_the_limit_does_not_loop_in_the_filter(
     async def outcome() -> bool:
         if event_id in sink.accepted_ids():
             return True
-        for route in (ROUTE, subjects.DLQ_INVALID_ROUTE):
+        for route in (ROUTE, names.DLQ_INVALID_ROUTE):
             if any(d.event_id == event_id for d in await dead_letters(js, route)):
                 return True
         return False
@@ -214,7 +215,7 @@ async def test_an_event_at_the_limit_does_not_loop_in_the_filter(
         assert letter.body == b"", "the letter cannot hold a body larger than max_payload"
     finally:
         # it would take a filter replica down every ack_wait for the rest of the run
-        await js.delete_msg(subjects.EVENTS_STREAM, ack.seq)
+        await js.delete_msg(names.EVENTS_STREAM, ack.seq)
 
 
 async def test_a_text_event_is_routed(bus: Bus, js: JetStreamContext, ledger: MakeLedger) -> None:
@@ -229,7 +230,7 @@ async def test_a_text_event_is_routed(bus: Bus, js: JetStreamContext, ledger: Ma
     async def outcome() -> bool:
         if event_id in sink.accepted_ids():
             return True
-        invalid = await dead_letters(js, subjects.DLQ_INVALID_ROUTE)
+        invalid = await dead_letters(js, names.DLQ_INVALID_ROUTE)
         return any(d.event_id == event_id for d in invalid)
 
     await eventually(outcome, 10)

@@ -15,7 +15,7 @@ from nats.js import JetStreamContext
 
 from tests.chaos.conftest import SIGSTOP_ACK_WAIT, Bus, MakeLedger, source
 from tests.support.ledger import Producer, settle, wait_until
-from vebus import subjects
+from vebus import names
 
 pytestmark = pytest.mark.chaos
 
@@ -46,7 +46,7 @@ FORMS = [
 async def test_a_stopped_dispatcher_is_redelivered_around(
     bus: Bus, js: JetStreamContext, ledger: MakeLedger, form: Form
 ) -> None:
-    info = await js.consumer_info(subjects.ROUTES_STREAM, subjects.dispatcher_durable(ROUTE))
+    info = await js.consumer_info(names.ROUTES_STREAM, names.dispatcher_durable(ROUTE))
     assert info.config.ack_wait == SIGSTOP_ACK_WAIT
     led = ledger(
         f"dispatcher SIGSTOP {SIGSTOP_ACK_WAIT + form.beyond_ack_wait:.0f}s", bus.sink(ROUTE)

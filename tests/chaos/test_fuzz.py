@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from vebus import config as config_module
 from vebus.config import Config, load_config, parse_config
-from vebus.errors import ConfigError
-from vebus.patterns import OPERATORS, Pattern, PatternError, compile_pattern
+from vebus.errors import ConfigError, PatternError
+from vebus.events.patterns import OPERATORS, Pattern, compile_pattern
 
 LONG = os.environ.get("VEBUS_CHAOS_LONG") == "1"
 EXAMPLES = 3000 if LONG else 300

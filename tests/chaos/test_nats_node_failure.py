@@ -19,10 +19,11 @@ import yaml
 from tests.e2e.test_up import _pids_of, _wait_for
 from tests.support.ports import free_run
 from tests.support.sink import RecordingSink
-from vebus.cloudevent import MSG_ID, CloudEvent, to_headers
-from vebus.embedded import free_port
+from vebus.bus.cloudevent import CloudEvent, to_headers
+from vebus.bus.publish import publish
 from vebus.errors import PublishError
-from vebus.publish import publish
+from vebus.local.embedded import free_port
+from vebus.names import MSG_ID
 
 pytestmark = pytest.mark.chaos
 

@@ -16,12 +16,12 @@ from nats.js import JetStreamContext
 
 from tests.chaos.conftest import Bus, MakeLedger, source
 from tests.support.ledger import Fault, Producer, settle
-from vebus import subjects
+from vebus import names
 
 pytestmark = pytest.mark.chaos
 
 ROUTE = "nodes"
-STREAMS = (subjects.EVENTS_STREAM, subjects.ROUTES_STREAM, subjects.DLQ_STREAM)
+STREAMS = (names.EVENTS_STREAM, names.ROUTES_STREAM, names.DLQ_STREAM)
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ async def test_nats_nodes_killed_one_after_another(
     last: int | None = None
     for k in range(form.kills):
         # the stream leaders first: that is where a failover has the most to do
-        stream = subjects.ROUTES_STREAM if k % 2 == 0 else subjects.EVENTS_STREAM
+        stream = names.ROUTES_STREAM if k % 2 == 0 else names.EVENTS_STREAM
         n = await leader_of(js, stream)
         if n is None or n == last:
             n = next(i for i in (1, 2, 3) if i != last)

@@ -21,7 +21,7 @@ from tests.support.ledger import (
     settle,
     wait_until,
 )
-from vebus import subjects
+from vebus import names
 
 pytestmark = pytest.mark.chaos
 
@@ -36,13 +36,13 @@ FORMS = [
 
 
 async def stored_on(js: JetStreamContext, route: str) -> int:
-    subject = subjects.route_subject(route)
-    info = await js.stream_info(subjects.ROUTES_STREAM, subjects_filter=subject)
+    subject = names.route_subject(route)
+    info = await js.stream_info(names.ROUTES_STREAM, subjects_filter=subject)
     return int((info.state.subjects or {}).get(subject, 0))
 
 
 async def filter_idle(js: JetStreamContext) -> bool:
-    info = await js.consumer_info(subjects.EVENTS_STREAM, subjects.FILTER_DURABLE)
+    info = await js.consumer_info(names.EVENTS_STREAM, names.FILTER_DURABLE)
     return bool(info.num_pending == 0 and info.num_ack_pending == 0)
 
 

@@ -19,7 +19,7 @@ from nats.js import JetStreamContext
 from tests.chaos.conftest import Bus, MakeLedger, source
 from tests.support.ledger import Producer, dead_letters, settle
 from tests.support.sink import Received
-from vebus import subjects
+from vebus import names
 
 pytestmark = pytest.mark.chaos
 
@@ -43,8 +43,8 @@ async def everything_stored(js: JetStreamContext) -> list[tuple[str, bytes]]:
     seq = 1
     while True:
         try:
-            raw = await js.get_msg(subjects.DLQ_STREAM, seq=seq, next=True,
-                                   subject=subjects.DLQ_SUBJECTS)  # fmt: skip
+            raw = await js.get_msg(names.DLQ_STREAM, seq=seq, next=True,
+                                   subject=names.DLQ_SUBJECTS)  # fmt: skip
         except Exception:
             return out
         blob = repr(raw.headers).encode() + b"\n" + (raw.data or b"")

@@ -24,7 +24,7 @@ from tests.support.ledger import (
     settle,
     wait_until,
 )
-from vebus import subjects
+from vebus import names
 
 pytestmark = pytest.mark.chaos
 
@@ -86,7 +86,7 @@ async def test_sink_failing_forever_dead_letters_then_replay_delivers(
     route = "fail500"
     max_attempts = ROUTES[route]["delivery"]["max_attempts"]
     sink = bus.sink(route)
-    await js.purge_stream(subjects.DLQ_STREAM)  # `--all` below must replay only ours
+    await js.purge_stream(names.DLQ_STREAM)  # `--all` below must replay only ours
     led = ledger(f"sink answers 500 for ever ({events} events)", sink)
     led.max_ack_pending = await bus.max_ack_pending(js, route)
     sink.status = 500

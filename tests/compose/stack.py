@@ -90,7 +90,7 @@ class Compose:
         self.nats_port, self.vcsim_port, self.sink_port = first, first + 1, first + 2
         self.passwords = {
             name: _password()
-            for name in ("collector", "filter", "dispatcher", "deadletter", "admin")
+            for name in ("collector", "filter", "dispatcher", "deadletter", "subscriber", "admin")
         }
         self.vcenter_password = _password()
         self.sink_token = _password()

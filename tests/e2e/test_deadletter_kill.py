@@ -16,12 +16,14 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from tests.support.stack import Stack
-from vebus import subjects
-from vebus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus import names
+from vebus.bus.cloudevent import CloudEvent, to_headers
+from vebus.bus.dlq import iter_dead_letters, publish_dead_letter
+from vebus.bus.streams import ensure_streams
 from vebus.config import load_config
-from vebus.dlq import ErrorCode, Exhausted, iter_dead_letters, publish_dead_letter
-from vebus.embedded import free_port
-from vebus.streams import ensure_streams
+from vebus.errors import ErrorCode, Exhausted
+from vebus.local.embedded import free_port
+from vebus.names import MSG_ID
 
 pytestmark = pytest.mark.e2e
 
@@ -43,7 +45,7 @@ async def route_events(js: JetStreamContext) -> list[str]:
     while True:
         try:
             raw = await js.get_msg(
-                subjects.ROUTES_STREAM, seq=seq, subject=subjects.route_subject("r1"), next=True
+                names.ROUTES_STREAM, seq=seq, subject=names.route_subject("r1"), next=True
             )
         except NotFoundError:
             return out
@@ -52,7 +54,7 @@ async def route_events(js: JetStreamContext) -> list[str]:
 
 
 async def on_route(js: JetStreamContext) -> int:
-    info = await js.stream_info(subjects.ROUTES_STREAM)
+    info = await js.stream_info(names.ROUTES_STREAM)
     return int(info.state.messages)
 
 
@@ -68,7 +70,7 @@ async def test_killed_mid_replay_loses_nothing_and_duplicates_nothing(
         }
     )
     js = nc.jetstream()
-    await ensure_streams(js, load_config(stack.config_path))
+    await ensure_streams(js, load_config(stack.config_path).stream_settings())
     events = [str(1000 + n) for n in range(LETTERS)]
     for key in events:
         ev = CloudEvent(

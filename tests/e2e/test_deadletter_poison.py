@@ -22,9 +22,10 @@ from nats.js import JetStreamContext
 
 from tests.support.sink import Received, RecordingSink
 from tests.support.stack import Stack
-from vebus import subjects
-from vebus.cloudevent import MSG_ID, CloudEvent, to_headers
-from vebus.dlq import DeadLetter, iter_dead_letters
+from vebus import names
+from vebus.bus.cloudevent import CloudEvent, to_headers
+from vebus.bus.dlq import DeadLetter, iter_dead_letters
+from vebus.names import MSG_ID
 
 pytestmark = pytest.mark.e2e
 
@@ -62,7 +63,7 @@ async def publish_events(js: JetStreamContext, ids: list[str]) -> None:
             data=json.dumps({"Key": int(event_id)}).encode(),
         )
         await js.publish(
-            subjects.event_subject("vc01", "VmPoweredOffEvent"),
+            names.event_subject("vc01", "VmPoweredOffEvent"),
             ev.data,
             headers=to_headers(ev, {MSG_ID: f"vc01:1:{event_id}"}),
         )

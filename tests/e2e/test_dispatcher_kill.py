@@ -11,11 +11,11 @@ from nats.aio.client import Client
 
 from tests.support.sink import Received, RecordingSink
 from tests.support.stack import Stack
-from vebus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus.bus.cloudevent import CloudEvent, to_headers
+from vebus.bus.publish import OutgoingMessage, publish_all
+from vebus.bus.streams import ensure_streams
 from vebus.config import load_config
-from vebus.publish import OutgoingMessage, publish_all
-from vebus.streams import ensure_streams
-from vebus.subjects import ROUTES_STREAM, dispatcher_durable, route_subject
+from vebus.names import MSG_ID, ROUTES_STREAM, dispatcher_durable, route_subject
 
 pytestmark = pytest.mark.e2e
 
@@ -65,7 +65,7 @@ async def test_a_killed_dispatcher_loses_no_event(stack: Stack, nc: Client) -> N
             }
         )  # fmt: skip
         js = nc.jetstream()
-        await ensure_streams(js, load_config(stack.config_path))
+        await ensure_streams(js, load_config(stack.config_path).stream_settings())
         await asyncio.to_thread(stack.start, "dispatcher")
         killer.target = stack  # armed only now: the kill cannot race the readiness check
 

@@ -29,7 +29,7 @@ from tests.conftest import REPO, Vcsim
 from tests.support.sink import SERVICENOW_PASSWORD, SERVICENOW_USER, RecordingSink, SaasFake
 from tests.support.stack import Stack
 from tests.support.vsphere import VSphere
-from vebus.embedded import free_port
+from vebus.local.embedded import free_port
 
 pytestmark = pytest.mark.e2e
 

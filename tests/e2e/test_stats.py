@@ -14,7 +14,7 @@ from nats.aio.client import Client
 from tests.conftest import Vcsim
 from tests.support.stack import Stack
 from tests.support.streams import stream_messages
-from vebus.subjects import EVENTS_STREAM
+from vebus.names import EVENTS_STREAM
 
 pytestmark = pytest.mark.e2e
 

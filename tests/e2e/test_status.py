@@ -17,7 +17,7 @@ from tests.conftest import Vcsim
 from tests.support.sink import RecordingSink
 from tests.support.stack import Stack
 from tests.support.vsphere import VSphere
-from vebus.embedded import free_port, start_service
+from vebus.local.embedded import free_port, start_service
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from vebus.embedded import free_port
+from vebus.local.embedded import free_port
 
 pytestmark = pytest.mark.e2e
 

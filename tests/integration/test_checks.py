@@ -18,7 +18,7 @@ from tests.support.collector import start_replica, wait_until
 from tests.support.stack import Stack
 from tests.support.streams import stream_messages
 from tests.support.vsphere import VSphere
-from vebus.subjects import EVENTS_STREAM
+from vebus.names import EVENTS_STREAM
 
 pytestmark = pytest.mark.integration
 

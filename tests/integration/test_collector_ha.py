@@ -18,7 +18,7 @@ from tests.conftest import Vcsim
 from tests.support.collector import start_replica, stream_keys, vcenter_state, wait_until
 from tests.support.stack import Stack
 from tests.support.vsphere import VSphere
-from vebus.subjects import CHECKPOINT_BUCKET
+from vebus.names import CHECKPOINT_BUCKET
 
 pytestmark = pytest.mark.integration
 

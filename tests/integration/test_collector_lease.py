@@ -8,9 +8,10 @@ import time
 import pytest
 from nats.aio.client import Client
 
+from vebus.names import LEASE_BUCKET
 from vebus_collector.checkpoint import CheckpointStore, ensure_bucket
 from vebus_collector.errors import CheckpointConflictError, LeaseLostError
-from vebus_collector.lease import LEASE_BUCKET, Lease, ensure_lease_bucket
+from vebus_collector.lease import Lease, ensure_lease_bucket
 from vebus_collector.position import Position
 
 pytestmark = pytest.mark.integration
@@ -92,7 +93,7 @@ async def test_an_active_replica_that_cannot_reach_its_vcenter_hands_the_lease_o
     nc: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from vebus.config import VCenterConfig
-    from vebus.embedded import free_port
+    from vebus.local.embedded import free_port
     from vebus_collector import runner as runner_module
     from vebus_collector.runner import VCenterRunner
     from vebus_collector.status import VCenterStatus

@@ -16,8 +16,8 @@ from tests.conftest import Vcsim
 from tests.support.stack import Stack
 from tests.support.streams import stream_messages
 from tests.support.vsphere import VSphere
-from vebus.embedded import start_vcsim
-from vebus.subjects import CHECKPOINT_BUCKET, EVENTS_STREAM
+from vebus.local.embedded import start_vcsim
+from vebus.names import CHECKPOINT_BUCKET, EVENTS_STREAM
 
 pytestmark = pytest.mark.integration
 

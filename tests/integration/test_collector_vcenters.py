@@ -22,8 +22,8 @@ from tests.support.collector import (
 from tests.support.stack import Stack
 from tests.support.streams import stream_messages
 from tests.support.vsphere import VSphere
-from vebus.embedded import free_port, start_vcsim
-from vebus.subjects import EVENTS_STREAM
+from vebus.local.embedded import free_port, start_vcsim
+from vebus.names import EVENTS_STREAM
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 
-from vebus.consumer import Ack, Disposition, PullWorker
+from vebus.bus.consume import Ack, Disposition, PullWorker
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +81,7 @@ async def test_a_consumer_deleted_under_a_waiting_request_is_recreated_and_work_
     await js.publish("gone.x", b"before")
     await rec.wait_seen({"before"})
     await asyncio.sleep(0.3)  # idle: its long-poll request waits on the consumer
-    with caplog.at_level(logging.WARNING, logger="vebus.consumer"):
+    with caplog.at_level(logging.WARNING, logger="vebus.bus.consume"):
         await js.delete_consumer(STREAM, DURABLE)
         await asyncio.sleep(1.0)
         await js.publish("gone.x", b"after")
@@ -99,7 +99,7 @@ async def test_a_worker_whose_consumer_does_not_exist_creates_it_through_the_hoo
     await js.publish("gone.x", b"waiting")  # in the work queue, no consumer yet
     rec = Recorder(js)
     stopping = asyncio.Event()
-    with caplog.at_level(logging.WARNING, logger="vebus.consumer"):
+    with caplog.at_level(logging.WARNING, logger="vebus.bus.consume"):
         task = asyncio.create_task(_worker(js, rec).run(stopping))
         await rec.wait_seen({"waiting"})
     stopping.set()

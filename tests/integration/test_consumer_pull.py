@@ -13,7 +13,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, StreamConfig
 
-from vebus.consumer import Ack, Disposition, PullWorker
+from vebus.bus.consume import Ack, Disposition, PullWorker
 
 pytestmark = pytest.mark.integration
 

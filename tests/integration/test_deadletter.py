@@ -14,14 +14,15 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import NotFoundError
 
 from tests.support.stack import Stack
-from vebus import subjects
-from vebus.cloudevent import MSG_ID, CloudEvent, to_headers
-from vebus.dlq import DeadLetter, iter_dead_letters
+from vebus import names
+from vebus.bus.cloudevent import CloudEvent, to_headers
+from vebus.bus.dlq import DeadLetter, iter_dead_letters
+from vebus.names import MSG_ID
 
 pytestmark = pytest.mark.integration
 
 ROUTE = "r1"
-DURABLE = subjects.dispatcher_durable(ROUTE)
+DURABLE = names.dispatcher_durable(ROUTE)
 ACK_WAIT = 1.0
 MAX_DELIVER = 2
 
@@ -40,16 +41,16 @@ async def publish_event(js: JetStreamContext, key: int) -> int:
         data=json.dumps({"Key": key}).encode(),
     )
     headers = to_headers(ev, {MSG_ID: f"vc01:1:{key}:{ROUTE}"})
-    ack = await js.publish(subjects.route_subject(ROUTE), ev.data, headers=headers)
+    ack = await js.publish(names.route_subject(ROUTE), ev.data, headers=headers)
     return int(ack.seq)
 
 
 async def add_consumer(js: JetStreamContext) -> None:
     await js.add_consumer(
-        subjects.ROUTES_STREAM,
+        names.ROUTES_STREAM,
         ConsumerConfig(
             durable_name=DURABLE,
-            filter_subject=subjects.route_subject(ROUTE),
+            filter_subject=names.route_subject(ROUTE),
             ack_policy=AckPolicy.EXPLICIT,
             max_deliver=MAX_DELIVER,
             ack_wait=ACK_WAIT,
@@ -57,9 +58,9 @@ async def add_consumer(js: JetStreamContext) -> None:
     )
 
 
-async def exhaust(js: JetStreamContext) -> None:
+async def exhaust(js: JetStreamContext, durable: str = DURABLE) -> None:
     """Take the message MAX_DELIVER times without an answer, as a dispatcher that hangs."""
-    psub = await js.pull_subscribe_bind(DURABLE, subjects.ROUTES_STREAM)
+    psub = await js.pull_subscribe_bind(durable, names.ROUTES_STREAM)
     for n in range(1, MAX_DELIVER + 1):
         [msg] = await psub.fetch(1, timeout=10)
         assert msg.metadata.num_delivered == n
@@ -84,7 +85,7 @@ async def gone_from_routes(js: JetStreamContext, seq: int, timeout: float = 10.0
     deadline = asyncio.get_running_loop().time() + timeout
     while asyncio.get_running_loop().time() < deadline:
         try:
-            await js.get_msg(subjects.ROUTES_STREAM, seq=seq)
+            await js.get_msg(names.ROUTES_STREAM, seq=seq)
         except NotFoundError:
             return True
         await asyncio.sleep(0.2)
@@ -138,7 +139,7 @@ async def test_sweep_at_start_records_what_no_replica_heard(stack: Stack, nc: Cl
     await add_consumer(js)
     seq = await publish_event(js, 1001)
     await exhaust(js)
-    await js.get_msg(subjects.ROUTES_STREAM, seq=seq)  # a work queue keeps it
+    await js.get_msg(names.ROUTES_STREAM, seq=seq)  # a work queue keeps it
 
     stack.restart("deadletter")
 

@@ -12,12 +12,13 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from tests.support.stack import Stack
-from vebus import subjects
-from vebus.cloudevent import from_headers
+from vebus import names
+from vebus.bus.cloudevent import from_headers
+from vebus.bus.dlq import delete_dead_letter, publish_dead_letter
+from vebus.bus.streams import ensure_streams
 from vebus.config import load_config
-from vebus.dlq import ErrorCode, Exhausted, delete_dead_letter, publish_dead_letter
-from vebus.embedded import free_port, start_service
-from vebus.streams import ensure_streams
+from vebus.errors import ErrorCode, Exhausted
+from vebus.local.embedded import free_port, start_service
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +44,7 @@ async def store(js: JetStreamContext, route: str, n: int) -> int:
         attempts=1,
         exhausted=Exhausted.MAX_ATTEMPTS,
     )
-    return int((await js.stream_info(subjects.DLQ_STREAM)).state.last_seq)
+    return int((await js.stream_info(names.DLQ_STREAM)).state.last_seq)
 
 
 async def alerts(js: JetStreamContext) -> list[tuple[str, dict[str, object]]]:
@@ -52,7 +53,7 @@ async def alerts(js: JetStreamContext) -> list[tuple[str, dict[str, object]]]:
     while True:
         try:
             raw = await js.get_msg(
-                subjects.ROUTES_STREAM, seq=seq, subject=subjects.route_subject("alerts"), next=True
+                names.ROUTES_STREAM, seq=seq, subject=names.route_subject("alerts"), next=True
             )
         except NotFoundError:
             return out
@@ -87,7 +88,7 @@ async def test_threshold_alert_once_per_change_with_two_replicas(stack: Stack, n
         }
     )
     js = nc.jetstream()
-    await ensure_streams(js, load_config(stack.config_path))
+    await ensure_streams(js, load_config(stack.config_path).stream_settings())
     await asyncio.to_thread(stack.start, "deadletter")
     second = start_service(
         "deadletter",

@@ -21,21 +21,21 @@ from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
 
 from tests.support.stack import Stack
-from vebus import subjects
-from vebus.cloudevent import MSG_ID, CloudEvent, to_headers
-from vebus.config import load_config
-from vebus.dlq import (
-    ErrorCode,
-    Exhausted,
+from vebus import names
+from vebus.bus.cloudevent import CloudEvent, to_headers
+from vebus.bus.dlq import (
     Selection,
     get_dead_letter,
     iter_dead_letters,
     publish_dead_letter,
     replay_msg_id,
 )
-from vebus.embedded import free_port
-from vebus.publish import publish
-from vebus.streams import ensure_streams
+from vebus.bus.publish import publish
+from vebus.bus.streams import ensure_streams
+from vebus.config import load_config
+from vebus.errors import ErrorCode, Exhausted
+from vebus.local.embedded import free_port
+from vebus.names import MSG_ID
 from vebus_deadletter.jobs import ReplayJob
 from vebus_deadletter.state import StateStore
 
@@ -150,7 +150,7 @@ async def api(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Ap
 @pytest.fixture
 async def js(nc: Client, stack: Stack) -> JetStreamContext:
     js = nc.jetstream()
-    await ensure_streams(js, load_config(stack.config_path))
+    await ensure_streams(js, load_config(stack.config_path).stream_settings())
     return js
 
 
@@ -185,7 +185,7 @@ async def store(
         status=503 if code == ErrorCode.HTTP_5XX else None,
         first_attempt=dt.datetime(2025, 1, 2, 3, 4, 6, tzinfo=dt.UTC),
     )
-    info = await js.stream_info(subjects.DLQ_STREAM)
+    info = await js.stream_info(names.DLQ_STREAM)
     return int(info.state.last_seq)
 
 
@@ -200,7 +200,7 @@ async def route_messages(js: JetStreamContext, route: str) -> list[RawStreamMsg]
     while True:
         try:
             raw = await js.get_msg(
-                subjects.ROUTES_STREAM, seq=seq, subject=subjects.route_subject(route), next=True
+                names.ROUTES_STREAM, seq=seq, subject=names.route_subject(route), next=True
             )
         except NotFoundError:
             return out
@@ -431,12 +431,12 @@ async def test_a_job_whose_replica_died_is_finished_once(
     port = free_port()
     write_config(stack, port)
     js = nc.jetstream()
-    await ensure_streams(js, load_config(stack.config_path))
+    await ensure_streams(js, load_config(stack.config_path).stream_settings())
     a, _, c = await store(js, 701), await store(js, 702), await store(js, 703)
     dl = await get_dead_letter(js, a)
     await publish(
         js,
-        subjects.route_subject("r1"),
+        names.route_subject("r1"),
         dl.body,
         {**dl.headers, MSG_ID: replay_msg_id(dl), "ce-vebusreplay": "2025-01-01T00:00:00Z"},
     )

@@ -31,15 +31,15 @@ from tests.support.dispatcher import (
 )
 from tests.support.sink import RecordingSink
 from tests.support.stack import Stack
-from vebus.cloudevent import CloudEvent
+from vebus.bus.cloudevent import CloudEvent
+from vebus.bus.consume import Ack
+from vebus.bus.dlq import iter_dead_letters
+from vebus.bus.streams import ensure_consumer
 from vebus.config import Route, parse_config
-from vebus.consumer import Ack
-from vebus.dlq import iter_dead_letters
-from vebus.streams import ensure_consumer
-from vebus.subjects import ROUTES_STREAM, dispatcher_durable
-from vebus_dispatcher.app import route_consumer_config
-from vebus_dispatcher.delivery import RouteDelivery
-from vebus_dispatcher.ratelimit import RateLimiter, rate_bucket
+from vebus.delivery.consumers import route_consumer_config
+from vebus.delivery.ratelimit import RateLimiter, rate_bucket
+from vebus.delivery.route import RouteDelivery
+from vebus.names import ROUTES_STREAM, dispatcher_durable
 
 pytestmark = pytest.mark.integration
 
@@ -130,7 +130,7 @@ class ListSink:
 
 
 async def _fetch_one(js: JetStreamContext, r: Route) -> Msg:
-    await ensure_consumer(js, ROUTES_STREAM, route_consumer_config(r))
+    await ensure_consumer(js, ROUTES_STREAM, route_consumer_config(r, dispatcher_durable(r.name)))
     psub = await js.pull_subscribe_bind(dispatcher_durable(r.name), ROUTES_STREAM)
     (msg,) = await psub.fetch(1, timeout=5)
     return msg
@@ -173,7 +173,7 @@ async def test_time_the_route_was_paused_does_not_count_toward_max_age(
 async def test_two_limiters_on_one_schedule_hand_out_evenly_spaced_slots(nc: Client) -> None:
     js = nc.jetstream()
     config = parse_config({}, {})
-    kv = await rate_bucket(js, config)
+    kv = await rate_bucket(js, replicas=config.nats.replicas)
     rate = 50.0
     a, b = RateLimiter(kv, "shared", rate), RateLimiter(kv, "shared", rate)
     slots = await asyncio.gather(*(lim.reserve() for _ in range(60) for lim in (a, b)))

@@ -14,11 +14,14 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from tests.conftest import NatsServer
-from vebus import subjects
-from vebus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus import names
+from vebus.bus.cloudevent import CloudEvent, to_headers
+from vebus.bus.dlq import get_dead_letter, iter_dead_letters, publish_dead_letter
+from vebus.bus.http import from_json
+from vebus.bus.streams import ensure_streams
 from vebus.config import parse_config
-from vebus.dlq import ErrorCode, Exhausted, iter_dead_letters, publish_dead_letter
-from vebus.streams import ensure_streams
+from vebus.errors import ErrorCode, Exhausted
+from vebus.names import MSG_ID
 
 pytestmark = pytest.mark.integration
 
@@ -92,7 +95,7 @@ async def store(
 @pytest.fixture
 async def js(nc: Client, nats_server: NatsServer) -> JetStreamContext:
     js = nc.jetstream()
-    await ensure_streams(js, parse_config({"nats": {"url": nats_server.url}}))
+    await ensure_streams(js, parse_config({"nats": {"url": nats_server.url}}).stream_settings())
     return js
 
 
@@ -155,6 +158,13 @@ async def test_list_filters_and_show(js: JetStreamContext, cli: Cli) -> None:
     assert doc["event"]["id"] == "101"
     assert doc["event"]["eventclass"] == "event"
     assert doc["data"]["Vm"]["Name"] == "vm-01"
+    # the event is the CloudEvent in JSON, as tail --json prints it: routes test takes it
+    assert doc["event"]["data"]["Vm"]["Name"] == "vm-01"
+    original = (await get_dead_letter(js, int(ident))).event()
+    shown_event = from_json(json.dumps(doc["event"]))
+    assert original is not None
+    assert shown_event.attributes() == original.attributes()
+    assert json.loads(shown_event.data) == json.loads(original.data)
     assert doc["msg_id"] == "vc01:1:101:r1"
 
     missing = await cli("show", "999")
@@ -172,7 +182,7 @@ async def test_replay_one(js: JetStreamContext, cli: Cli) -> None:
     assert "to route r1" in r.stdout
     assert "replayed 1 dead letter(s)" in r.stdout
 
-    msg = await js.get_msg(subjects.ROUTES_STREAM, subject="vebus.routes.r1")
+    msg = await js.get_msg(names.ROUTES_STREAM, subject="vebus.routes.r1")
     headers = msg.headers or {}
     assert headers["ce-id"] == "201"
     assert headers["ce-type"] == "com.vmware.vsphere.VmPoweredOffEvent.v0"
@@ -186,7 +196,7 @@ async def test_replay_one(js: JetStreamContext, cli: Cli) -> None:
     again = await cli("replay", str(ident))
     assert again.returncode == 1
     assert f"no dead letter with id {ident}" in again.stderr
-    info = await js.stream_info(subjects.ROUTES_STREAM)
+    info = await js.stream_info(names.ROUTES_STREAM)
     assert info.state.messages == 1  # not replayed a second time
 
 
@@ -198,7 +208,7 @@ async def test_replay_to_other_route_and_bulk(js: JetStreamContext, cli: Cli) ->
 
     r = await cli("replay", str(first), "--to-route", "r9")
     assert r.returncode == 0, r.stderr
-    moved = await js.get_msg(subjects.ROUTES_STREAM, subject="vebus.routes.r9")
+    moved = await js.get_msg(names.ROUTES_STREAM, subject="vebus.routes.r9")
     assert (moved.headers or {})["ce-id"] == "301"
 
     refused = await cli("replay", "--all")
@@ -215,7 +225,7 @@ async def test_replay_to_other_route_and_bulk(js: JetStreamContext, cli: Cli) ->
     assert bulk.stdout.count("to route r2") == 2
     assert "replayed 2 dead letter(s)" in bulk.stdout
     assert await cli.json() == []
-    info = await js.stream_info(subjects.ROUTES_STREAM)
+    info = await js.stream_info(names.ROUTES_STREAM)
     assert info.state.messages == 3
 
 
@@ -240,7 +250,7 @@ async def test_purge(js: JetStreamContext, cli: Cli) -> None:
     assert "purged 2 dead letter(s)" in r.stdout
     assert (await cli("list")).stdout.strip() == "no dead letters"
     with pytest.raises(NotFoundError):
-        await js.get_msg(subjects.ROUTES_STREAM, subject="vebus.routes.r1")  # nothing replayed
+        await js.get_msg(names.ROUTES_STREAM, subject="vebus.routes.r1")  # nothing replayed
 
 
 async def test_help_has_examples(cli: Cli) -> None:

@@ -14,10 +14,10 @@ from nats.js import JetStreamContext
 
 from tests.conftest import NatsServer
 from tests.integration.test_dlq_cli import Cli, ids, store
-from vebus import subjects
+from vebus import names
+from vebus.bus.streams import ensure_streams
 from vebus.config import parse_config
-from vebus.dlq import ErrorCode
-from vebus.streams import ensure_streams
+from vebus.errors import ErrorCode
 from vebus.timespec import format_time
 
 pytestmark = pytest.mark.integration
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 async def js(nc: Client, nats_server: NatsServer) -> JetStreamContext:
     js = nc.jetstream()
-    await ensure_streams(js, parse_config({"nats": {"url": nats_server.url}}))
+    await ensure_streams(js, parse_config({"nats": {"url": nats_server.url}}).stream_settings())
     return js
 
 
@@ -75,7 +75,7 @@ async def test_replay_by_filter_at_a_rate(js: JetStreamContext, cli: Cli) -> Non
     assert took >= 0.7  # 8 replays, 0.1s apart
     left = [row["event_id"] for row in await cli.json()]
     assert left == ["209", "210"]
-    info = await js.stream_info(subjects.ROUTES_STREAM)
+    info = await js.stream_info(names.ROUTES_STREAM)
     assert info.state.messages == 8
 
     nothing = await cli("replay", "--code", "POISON", "--yes")

@@ -13,8 +13,9 @@ from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
 
 from tests.support.stack import Stack
-from vebus import subjects
-from vebus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus import names
+from vebus.bus.cloudevent import CloudEvent, to_headers
+from vebus.names import MSG_ID
 
 pytestmark = pytest.mark.integration
 
@@ -74,7 +75,7 @@ async def settled(nc: Client, timeout: float = 20) -> bool:
     js = nc.jetstream()
     deadline = asyncio.get_running_loop().time() + timeout
     while asyncio.get_running_loop().time() < deadline:
-        info = await js.consumer_info(subjects.EVENTS_STREAM, subjects.FILTER_DURABLE)
+        info = await js.consumer_info(names.EVENTS_STREAM, names.FILTER_DURABLE)
         if info.num_pending == 0 and info.num_ack_pending == 0:
             return True
         await asyncio.sleep(0.1)
@@ -102,7 +103,7 @@ async def test_an_event_is_copied_once_to_each_matching_route(stack: Stack, nc: 
     await asyncio.to_thread(stack.start, "filter")
     events = [vm_event(1, "web-01"), vm_event(2, "db-01", user="root"), vm_event(3, "web-02")]
     await publish_events(nc, events)
-    copies = await wait_for(nc, subjects.ROUTES_STREAM, "vebus.routes.>", 7)
+    copies = await wait_for(nc, names.ROUTES_STREAM, "vebus.routes.>", 7)
     assert await settled(nc), stack.logs()
     got = sorted((c.subject, c.headers[MSG_ID]) for c in copies)
     assert got == sorted(
@@ -129,7 +130,7 @@ async def test_an_event_no_route_matches_is_acknowledged_and_dropped(
     await asyncio.to_thread(stack.start, "filter")
     await publish_events(nc, [vm_event(1, "db-01"), vm_event(2, "web-01")])
     assert await settled(nc), stack.logs()
-    copies = await wait_for(nc, subjects.ROUTES_STREAM, "vebus.routes.>", 1)
+    copies = await wait_for(nc, names.ROUTES_STREAM, "vebus.routes.>", 1)
     assert [c.headers[MSG_ID] for c in copies] == ["vc01:1:2:web"]
 
 
@@ -138,10 +139,10 @@ async def test_an_invalid_event_is_dead_lettered(stack: Stack, nc: Client) -> No
     await asyncio.to_thread(stack.start, "filter")
     js = nc.jetstream()
     await js.publish("vebus.events.vc01.Broken", b"{}", headers={"ce-id": "x"}, timeout=5)
-    letters = await wait_for(nc, subjects.DLQ_STREAM, "vebus.dlq._invalid", 1)
+    letters = await wait_for(nc, names.DLQ_STREAM, "vebus.dlq._invalid", 1)
     assert len(letters) == 1, stack.logs()
     assert await settled(nc), stack.logs()
-    assert await stream_messages(nc, subjects.ROUTES_STREAM, "vebus.routes.>") == []
+    assert await stream_messages(nc, names.ROUTES_STREAM, "vebus.routes.>") == []
 
 
 async def test_a_thousand_routes_each_get_their_own_events(stack: Stack, nc: Client) -> None:
@@ -151,7 +152,7 @@ async def test_a_thousand_routes_each_get_their_own_events(stack: Stack, nc: Cli
     await asyncio.to_thread(stack.start, "filter")
     picks = [3, 999, 0, 512, 3]
     await publish_events(nc, [vm_event(k, f"vm-{vm}") for k, vm in enumerate(picks)])
-    copies = await wait_for(nc, subjects.ROUTES_STREAM, "vebus.routes.>", 10)
+    copies = await wait_for(nc, names.ROUTES_STREAM, "vebus.routes.>", 10)
     assert await settled(nc), stack.logs()
     got = sorted(c.headers[MSG_ID] for c in copies)
     expected = [f"vc01:1:{k}:vm-{vm}" for k, vm in enumerate(picks)]

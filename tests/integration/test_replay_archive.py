@@ -17,10 +17,11 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from tests.conftest import NatsServer
-from vebus import subjects
-from vebus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus import names
+from vebus.bus.cloudevent import CloudEvent, to_headers
+from vebus.bus.streams import ensure_streams
 from vebus.config import parse_config
-from vebus.streams import ensure_streams
+from vebus.names import MSG_ID
 from vebus.timespec import format_time
 
 pytestmark = pytest.mark.integration
@@ -48,7 +49,7 @@ def config(url: str) -> dict[str, Any]:
 @pytest.fixture
 async def js(nc: Client, nats_server: NatsServer) -> JetStreamContext:
     js = nc.jetstream()
-    await ensure_streams(js, parse_config(config(nats_server.url)))
+    await ensure_streams(js, parse_config(config(nats_server.url)).stream_settings())
     return js
 
 
@@ -71,11 +72,11 @@ async def burst(js: JetStreamContext, keys: range, kind: str = OFF) -> list[dt.d
         )
         cls = kind.split(".")[-2]
         ack = await js.publish(
-            subjects.event_subject("vc01", cls),
+            names.event_subject("vc01", cls),
             ev.data,
             headers=to_headers(ev, {MSG_ID: f"vc01:1:{key}"}),
         )
-        raw = await js.get_msg(subjects.EVENTS_STREAM, seq=ack.seq)
+        raw = await js.get_msg(names.EVENTS_STREAM, seq=ack.seq)
         assert raw.time is not None
         times.append(raw.time)
     return times
@@ -104,7 +105,7 @@ async def route(js: JetStreamContext, name: str) -> list[dict[str, str]]:
     while True:
         try:
             raw = await js.get_msg(
-                subjects.ROUTES_STREAM, seq=seq, subject=subjects.route_subject(name), next=True
+                names.ROUTES_STREAM, seq=seq, subject=names.route_subject(name), next=True
             )
         except NotFoundError:
             return out

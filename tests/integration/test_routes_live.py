@@ -20,8 +20,9 @@ from nats.aio.client import Client
 
 from tests.support.sink import RecordingSink
 from tests.support.stack import Stack
-from vebus.cloudevent import MSG_ID, CloudEvent, to_headers
-from vebus.embedded import free_port, start_service
+from vebus.bus.cloudevent import CloudEvent, to_headers
+from vebus.local.embedded import free_port, start_service
+from vebus.names import MSG_ID
 
 pytestmark = pytest.mark.integration
 

@@ -23,7 +23,7 @@ from nats.js.errors import NotFoundError
 from tests.support.dispatcher import event, eventually, inject, route, start_dispatcher
 from tests.support.sink import RecordingSink
 from tests.support.stack import Stack
-from vebus.subjects import ROUTES_STREAM, dispatcher_durable, route_subject
+from vebus.names import ROUTES_STREAM, dispatcher_durable, route_subject
 
 pytestmark = pytest.mark.integration
 

@@ -28,7 +28,7 @@ from tests.support.dispatcher import (
 )
 from tests.support.sink import self_signed_cert
 from tests.support.stack import Stack
-from vebus.embedded import free_port
+from vebus.local.embedded import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ from nats.aio.client import Client
 from tests.support.dispatcher import event, inject, route, start_dispatcher
 from tests.support.stack import Stack
 from vebus.config import parse_config
-from vebus.embedded import free_port
+from vebus.local.embedded import free_port
 from vebus_dispatcher.sinks import SinkContext
 from vebus_dispatcher.sinks.eventbridge import EventBridgeSink
 

@@ -20,7 +20,8 @@ from tests.support.dispatcher import (
 )
 from tests.support.stack import Stack
 from tests.support.streams import stream_messages
-from vebus.cloudevent import MSG_ID, from_headers
+from vebus.bus.cloudevent import from_headers
+from vebus.names import MSG_ID
 
 pytestmark = pytest.mark.integration
 

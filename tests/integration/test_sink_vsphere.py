@@ -1,10 +1,12 @@
 """The vsphere sink against the vCenter simulator: the attribute or annotation is set on
-the VM the event names, read back with pyvmomi."""
+the VM the event names, read back with pyvmomi; over HTTPS its certificate is verified."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +14,7 @@ from nats.aio.client import Client
 
 from tests.conftest import Vcsim
 from tests.support.dispatcher import (
+    dead_letters,
     event,
     eventually,
     inject,
@@ -78,5 +81,40 @@ async def test_an_attribute_and_the_annotation_are_set_on_the_events_vm(
         novm = await eventually(one_dead_letter(js, "tag"), "a dead letter", stack)
         assert (novm.code, novm.exhausted) == ("INVALID_EVENT", "not_retryable")
         assert "names no VM" in novm.error
+    finally:
+        await asyncio.to_thread(vs.close)
+
+
+async def test_a_vcenter_whose_certificate_does_not_verify_is_refused_unless_trusted(
+    stack: Stack, nc: Client, tls_vcsim: Callable[[], tuple[str, Path]]
+) -> None:
+    """Over HTTPS to 127.0.0.1 (where pyvmomi, given no SSL context, verifies nothing): the
+    simulator's self-signed certificate is a dead letter saying what to set, at once; with
+    `ca_file` the attribute is set."""
+    url, cert = tls_vcsim()
+    common = {"kind": "vsphere", "url": url, "username": "user", "password": "pass",
+              "attribute": "vebus-tls", "value": "{{ id }}"}  # fmt: skip
+    js = await start_dispatcher(
+        stack,
+        nc,
+        [route("unverified", sink=common), route("trusted", sink={**common, "ca_file": str(cert)})],
+    )
+    vs = await asyncio.to_thread(VSphere, url, str(cert))
+    try:
+        vm = (await asyncio.to_thread(vs.vms))[0]
+        await inject(js, "unverified", vm_event("1", vm._moId, vm.name))
+        await inject(js, "trusted", vm_event("2", vm._moId, vm.name))
+        refused = await eventually(one_dead_letter(js, "unverified"), "a dead letter", stack)
+        assert (refused.code, refused.exhausted, refused.attempts) == (
+            "SINK_ERROR",
+            "not_retryable",
+            1,
+        )
+        assert "CERTIFICATE_VERIFY_FAILED" in refused.error
+        assert "set ca_file to the CA that signed it" in refused.error
+        await eventually(route_settled(js, "trusted"), "route trusted emptied", stack)
+        assert not await dead_letters(js, "trusted")
+        got = await asyncio.to_thread(attributes, vs, vm)
+        assert got == {"vebus-tls": "2"}
     finally:
         await asyncio.to_thread(vs.close)

@@ -11,19 +11,13 @@ from __future__ import annotations
 import pytest
 from nats.aio.client import Client
 
-from vebus import subjects
-from vebus.cloudevent import MSG_ID
+from vebus import names
+from vebus.bus.dlq import iter_dead_letters, publish_dead_letter, replay_dead_letter
+from vebus.bus.publish import message_size, publish
+from vebus.bus.streams import ensure_streams
 from vebus.config import Config
-from vebus.dlq import (
-    ErrorCode,
-    Exhausted,
-    iter_dead_letters,
-    publish_dead_letter,
-    replay_dead_letter,
-)
-from vebus.errors import MessageTooLargeError, VebusError
-from vebus.publish import message_size, publish
-from vebus.streams import ensure_streams
+from vebus.errors import ErrorCode, Exhausted, MessageTooLargeError, VebusError
+from vebus.names import MSG_ID
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +34,7 @@ async def test_a_message_over_max_payload_is_refused_and_the_connection_stays(
     nc: Client,
 ) -> None:
     js = nc.jetstream()
-    await ensure_streams(js, Config())
+    await ensure_streams(js, Config().stream_settings())
     headers = {**HEADERS, MSG_ID: "big-1"}
     body = b'"' + b"x" * (nc.max_payload - message_size(b"", headers) - 2) + b'"'
     assert message_size(body, headers) == nc.max_payload  # exactly at the limit: allowed
@@ -48,7 +42,7 @@ async def test_a_message_over_max_payload_is_refused_and_the_connection_stays(
 
     longer = {**headers, MSG_ID: "big-1:some-route"}
     with pytest.raises(MessageTooLargeError, match="max_payload"):
-        await publish(js, subjects.route_subject("some-route"), body, longer)
+        await publish(js, names.route_subject("some-route"), body, longer)
     assert nc.is_connected, "the server must never see the oversized message"
 
     await publish_dead_letter(

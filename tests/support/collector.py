@@ -13,8 +13,8 @@ from nats.aio.client import Client
 
 from tests.support.stack import Stack
 from tests.support.streams import stream_messages
-from vebus.embedded import ManagedProcess, free_port, start_service
-from vebus.subjects import EVENTS_STREAM
+from vebus.local.embedded import ManagedProcess, free_port, start_service
+from vebus.names import EVENTS_STREAM
 
 
 def readyz(port: int) -> tuple[int, dict[str, Any]]:

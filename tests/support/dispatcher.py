@@ -11,12 +11,12 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from tests.support.stack import Stack
-from vebus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus.bus.cloudevent import CloudEvent, to_headers
+from vebus.bus.dlq import DeadLetter, iter_dead_letters
+from vebus.bus.publish import publish
+from vebus.bus.streams import ensure_streams
 from vebus.config import load_config
-from vebus.dlq import DeadLetter, iter_dead_letters
-from vebus.publish import publish
-from vebus.streams import ensure_streams
-from vebus.subjects import ROUTES_STREAM, dispatcher_durable, route_subject
+from vebus.names import MSG_ID, ROUTES_STREAM, dispatcher_durable, route_subject
 
 T = TypeVar("T")
 
@@ -93,7 +93,7 @@ async def prepare(stack: Stack, nc: Client, routes: list[dict[str, Any]]) -> Jet
     """Write the config and create the streams as a deployment would."""
     stack.write_config({"routes": routes})
     js = nc.jetstream()
-    await ensure_streams(js, load_config(stack.config_path))
+    await ensure_streams(js, load_config(stack.config_path).stream_settings())
     return js
 
 

@@ -37,10 +37,11 @@ from nats.js.errors import NotFoundError
 
 from tests.support.ports import free_run
 from tests.support.sink import Received, RecordingSink
-from vebus import subjects
-from vebus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus import names
+from vebus.bus.cloudevent import CloudEvent, to_headers
+from vebus.bus.publish import publish
 from vebus.errors import PublishError
-from vebus.publish import publish
+from vebus.names import MSG_ID
 
 __all__ = [
     "DeadLetterRecord",
@@ -249,10 +250,10 @@ async def dead_letters(
     """Every dead letter stored for `route` (`_invalid` for those never routed)."""
     out: list[DeadLetterRecord] = []
     seq = after + 1
-    subject = subjects.dlq_subject(route)
+    subject = names.dlq_subject(route)
     while True:
         try:
-            raw = await js.get_msg(subjects.DLQ_STREAM, seq=seq, subject=subject, next=True)
+            raw = await js.get_msg(names.DLQ_STREAM, seq=seq, subject=subject, next=True)
         except NotFoundError:
             return out
         h = dict(raw.headers or {})
@@ -287,7 +288,7 @@ async def settle(
     and their duplicates are counted), then fill the ledger. Returns after `timeout` either
     way: the ledger then shows what is missing."""
     pick = key or (lambda r: r.headers.get("ce-id", ""))
-    durable = subjects.dispatcher_durable(route)
+    durable = names.dispatcher_durable(route)
     deadline = time.monotonic() + timeout
     quiet_since: float | None = None
     while True:
@@ -298,8 +299,8 @@ async def settle(
         idle = False
         if not ledger.lost:
             with contextlib.suppress(Exception):
-                info = await js.consumer_info(subjects.ROUTES_STREAM, durable)
-                flt = await js.consumer_info(subjects.EVENTS_STREAM, subjects.FILTER_DURABLE)
+                info = await js.consumer_info(names.ROUTES_STREAM, durable)
+                flt = await js.consumer_info(names.EVENTS_STREAM, names.FILTER_DURABLE)
                 idle = (
                     info.num_pending == 0
                     and info.num_ack_pending == 0
@@ -357,7 +358,7 @@ class Producer:
             data=json.dumps({"n": n, "prefix": self.prefix}).encode(),
         )
         headers = to_headers(ev, {MSG_ID: f"chaos:{self.prefix}:{n}"})
-        return subjects.event_subject("chaos", self.event_class), ev.data, headers
+        return names.event_subject("chaos", self.event_class), ev.data, headers
 
     async def _one(self, n: int, slots: asyncio.Semaphore) -> None:
         subject, body, headers = self.event(n)

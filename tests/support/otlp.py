@@ -19,7 +19,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from vebus.embedded import free_port
+from vebus.local.embedded import free_port
 
 __all__ = ["OtlpReceiver", "ReceivedSpan"]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from vebus.embedded import free_port
+from vebus.local.embedded import free_port
 
 
 @dataclass

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from vebus.embedded import ManagedProcess, free_port, start_service
+from vebus.local.embedded import ManagedProcess, free_port, start_service
 
 SERVICES = ("collector", "filter", "dispatcher", "deadletter")
 
@@ -30,6 +30,12 @@ class Stack:
         return self.config_path
 
     def start(self, *services: str, ready_timeout: float = 30.0) -> None:
+        self.start_unready(*services)
+        for name in services or SERVICES:
+            self.wait_ready(name, ready_timeout)
+
+    def start_unready(self, *services: str) -> None:
+        """Start the services without waiting for them to be ready."""
         for name in services or SERVICES:
             port = free_port()
             self.health[name] = port
@@ -39,8 +45,6 @@ class Stack:
                 health_port=port,
                 log_path=self.workdir / f"{name}.log",
             )
-        for name in services or SERVICES:
-            self.wait_ready(name, ready_timeout)
 
     def wait_ready(self, name: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import ssl
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -12,12 +13,18 @@ from pyVmomi import vim
 
 
 class VSphere:
-    """A pyvmomi session with the simulator (blocking: call from a thread in async tests)."""
+    """A pyvmomi session with the simulator (blocking: call from a thread in async tests);
+    over https it trusts `ca_file` (the simulator's own certificate)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, ca_file: str | None = None) -> None:
         parts = urlsplit(url)
         self.si = SmartConnect(
-            host=parts.hostname, port=parts.port, user="user", pwd="pass", protocol="http"
+            host=parts.hostname,
+            port=parts.port,
+            user="user",
+            pwd="pass",
+            protocol=parts.scheme,
+            sslContext=ssl.create_default_context(cafile=ca_file) if ca_file else None,
         )
         self.content = self.si.RetrieveContent()
 

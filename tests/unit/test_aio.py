@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from vebus import aio
 from vebus.aio import cancel_requested, raise_if_cancelled
 
 
@@ -93,3 +94,76 @@ async def test_python_3_11_wait_for_loses_a_cancel_that_races_with_its_result() 
     task.cancel()
     assert await task == 1
     assert seen == [True]
+
+
+async def test_every_ends_although_a_cancel_was_lost_in_a_round() -> None:
+    """The loop helper does the check itself: a loop written with it cannot forget it."""
+    round_ = LosesOneCancel()
+
+    async def loop() -> None:
+        async for _ in aio.every(3600, wait_first=False):
+            await round_()
+
+    task = asyncio.create_task(loop())
+    await round_.entered.wait()
+    task.cancel()
+    await asyncio.wait({task}, timeout=0.5)
+    assert round_.lost
+    assert task.done()
+    assert task.cancelled()
+
+
+async def test_until_stopped_ends_although_a_cancel_was_lost_in_a_round() -> None:
+    round_ = LosesOneCancel()
+
+    async def loop() -> None:
+        async for _ in aio.until_stopped(asyncio.Event()):
+            await round_()
+
+    task = asyncio.create_task(loop())
+    await round_.entered.wait()
+    task.cancel()
+    await asyncio.wait({task}, timeout=0.5)
+    assert round_.lost
+    assert task.done()
+    assert task.cancelled()
+
+
+async def test_every_counts_rounds_and_a_stop_ends_its_wait_at_once() -> None:
+    stopping = asyncio.Event()
+    rounds: list[int] = []
+
+    async def loop() -> None:
+        async for n in aio.every(3600, stopping):
+            rounds.append(n)
+
+    task = asyncio.create_task(loop())
+    await asyncio.sleep(0.05)
+    assert rounds == [0]  # the first round at once, then an hour's wait
+    stopping.set()
+    await asyncio.wait_for(task, 1.0)  # the wait ended with the stop, not after the hour
+    assert rounds == [0]
+
+
+async def test_every_with_wait_first_waits_an_interval_before_the_first_round() -> None:
+    stopping = asyncio.Event()
+    rounds: list[int] = []
+
+    async def loop() -> None:
+        async for n in aio.every(0.05, stopping, wait_first=True):
+            rounds.append(n)
+            if n == 2:
+                stopping.set()
+
+    started = asyncio.get_running_loop().time()
+    await asyncio.wait_for(loop(), 2.0)
+    assert rounds == [0, 1, 2]
+    assert asyncio.get_running_loop().time() - started >= 0.15
+
+
+async def test_sleep_says_whether_it_was_stopped() -> None:
+    stopping = asyncio.Event()
+    assert await aio.sleep(0.01, stopping) is False
+    asyncio.get_running_loop().call_later(0.02, stopping.set)
+    assert await asyncio.wait_for(aio.sleep(3600, stopping), 1.0) is True
+    assert await aio.sleep(3600, stopping) is True  # already set: no wait at all

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from vebus.config import Backoff, Duration
-from vebus_dispatcher.backoff import backoff_delay
+from vebus.delivery.backoff import backoff_delay
 
 
 def policy(

@@ -65,7 +65,7 @@ def test_webhook_source() -> None:
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ({}, "webhook.bearer_token: give bearer_token and/or username/password"),
+        ({}, "webhook.bearer_token: give bearer_token, username/password and/or hmac"),
         ({"anonymous": True, "listen": "nope"}, "webhook.listen: expected host:port"),
         ({"username": "u"}, "webhook.username: basic auth needs both"),
         ({"anonymous": True, "path": "x"}, "webhook.path: expected a path"),
@@ -74,17 +74,3 @@ def test_webhook_source() -> None:
 )
 def test_webhook_errors_name_the_field(raw: dict[str, Any], message: str) -> None:
     assert any(message in line for line in _errors({"webhook": raw})), _errors({"webhook": raw})
-
-
-def test_password_file_is_read_at_login_and_ca_file_must_be_pem(tmp_path: Any) -> None:
-    from vebus_collector.vcenter import _password, ssl_context
-
-    secret = tmp_path / "pw"
-    secret.write_text("s3cret\n")
-    vc = parse_config({"vcenters": [_vc(password="", password_file=str(secret))]}, env={})
-    assert _password(vc.vcenters[0]) == "s3cret"
-    bad = tmp_path / "ca.pem"
-    bad.write_text("not a certificate")
-    vc = parse_config({"vcenters": [_vc(ca_file=str(bad))]}, env={})
-    with pytest.raises(ValueError, match=r"vcenters\[vc1\]\.ca_file .*cannot load it as PEM"):
-        ssl_context(vc.vcenters[0])

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from pyVmomi import vim
 
+from vebus.bus.publish import OutgoingMessage
 from vebus.config import VCenterConfig
-from vebus.publish import OutgoingMessage
 from vebus_collector import follower as follower_module
 from vebus_collector.follower import Follower
 from vebus_collector.position import Position, next_key
@@ -61,7 +61,7 @@ class FakeVCenter:
             self.next = next_key(self.next)
         self.page_version += 1
 
-    # VCenterSession
+    # VCenterReader
     def connect(self) -> None:
         self.connects += 1
 

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from vebus.dlq import DeadLetter, Pacer, Selection, replay_msg_id
+from vebus.bus.dlq import DeadLetter, Pacer, Selection, replay_msg_id
 from vebus.timespec import format_time, parse_time
 
 NOW = dt.datetime(2025, 1, 2, 12, 0, 0, tzinfo=dt.UTC)

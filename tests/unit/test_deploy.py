@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from vebus.config import load_config
-from vebus.service import parse_settings
+from vebus.runtime.service import parse_settings
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

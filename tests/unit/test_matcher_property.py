@@ -1,7 +1,7 @@
 """Property test: the compiled index (and each compiled pattern) against a plain evaluator.
 
 The plain evaluator below reads the pattern JSON directly, one rule per line of the
-EventBridge semantics that vebus.patterns documents; hypothesis draws patterns and events
+EventBridge semantics that vebus.events.patterns documents; hypothesis draws patterns and events
 from one small vocabulary so that they often meet, and checks that `PatternIndex.matching`
 returns exactly the patterns the plain evaluator accepts.
 """
@@ -16,7 +16,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vebus.patterns import PatternIndex, compile_pattern
+from vebus.events.patterns import PatternIndex, compile_pattern
 
 # --- the plain evaluator ----------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
-from vebus.natsauth import USERS, is_local_url, load_or_create, password_var, read_env_file
+from vebus.local.natsauth import USERS, is_local_url, load_or_create, password_var, read_env_file
 
 
 def test_passwords_are_generated_once_and_kept(tmp_path: Path) -> None:

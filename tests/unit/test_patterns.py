@@ -1,4 +1,4 @@
-"""Unit tests for vebus.patterns: EventBridge-style matching over CloudEvents."""
+"""Unit tests for vebus.events.patterns: EventBridge-style matching over CloudEvents."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-import vebus.patterns
-from vebus.patterns import Explanation, Pattern, PatternError, compile_pattern
+import vebus.events.patterns
+from vebus.errors import PatternError
+from vebus.events.patterns import Explanation, Pattern, compile_pattern
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "veba"
 
@@ -854,11 +855,10 @@ def test_explanation_is_immutable() -> None:
 
 
 def test_public_names() -> None:
-    assert set(vebus.patterns.__all__) == {
+    assert set(vebus.events.patterns.__all__) == {
         "OPERATORS",
         "Explanation",
         "Pattern",
-        "PatternError",
         "PatternIndex",
         "compile_pattern",
     }

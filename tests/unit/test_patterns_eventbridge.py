@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from vebus.patterns import PatternIndex, compile_pattern
+from vebus.events.patterns import PatternIndex, compile_pattern
 
 EC2_EVENT: dict[str, Any] = {
     "version": "0",

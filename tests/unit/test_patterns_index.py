@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vebus.patterns import PatternIndex, compile_pattern
+from vebus.events.patterns import PatternIndex, compile_pattern
 
 
 def build(*patterns: dict[str, Any] | None) -> PatternIndex[int]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vebus.config import parse_config
-from vebus_filter.router import Router
+from vebus.routing.router import Router
 
 
 def test_routes_are_matched_independently() -> None:

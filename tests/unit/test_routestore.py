@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vebus.routestore import PausePeriod, PauseRecord, missing_env
+from vebus.routing.store import PausePeriod, PauseRecord, missing_env
 
 
 def record(*periods: tuple[float, float | None]) -> PauseRecord:

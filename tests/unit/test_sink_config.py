@@ -53,6 +53,11 @@ def test_every_sink_decodes_with_its_defaults() -> None:
     vs = one({"kind": "vsphere", "url": "https://vc/sdk", "username": "u", "password": "p",
               "attribute": "owner"}).sink  # fmt: skip
     assert isinstance(vs, VsphereSink)
+    assert (vs.ca_file, vs.insecure, vs.password_file) == (None, False, None)
+    vs = one({"kind": "vsphere", "url": "https://vc/sdk", "username": "u", "attribute": "owner",
+              "password_file": "/run/secrets/vc", "ca_file": "/etc/vebus/ca.pem"}).sink  # fmt: skip
+    assert isinstance(vs, VsphereSink)
+    assert (vs.password_file, vs.ca_file) == ("/run/secrets/vc", "/etc/vebus/ca.pem")
     r = one({"kind": "console"}, max_age="1h", rate=2.5)
     assert (r.delivery.max_age, r.delivery.rate) == (3600.0, 2.5)
     assert (one({"kind": "console"}).delivery.max_age, one({"kind": "console"}).delivery.rate) == (
@@ -101,6 +106,11 @@ def test_every_sink_decodes_with_its_defaults() -> None:
          "routes[0].sink.subject: expected a NATS subject without wildcards, got 'a.*'"),
         ({"kind": "vsphere", "url": "https://vc/sdk", "username": "u", "password": "p"}, {},
          "routes[0].sink.attribute: expected the custom attribute's name (action: attribute)"),
+        ({"kind": "vsphere", "url": "https://vc/sdk", "username": "u", "password": "p",
+          "attribute": "a", "insecure": True, "ca_file": "/ca.pem"}, {},
+         "routes[0].sink.ca_file: insecure: true skips certificate checks, drop one of them"),
+        ({"kind": "vsphere", "url": "https://vc/sdk", "username": "u", "attribute": "a"}, {},
+         "routes[0].sink.password: required (or password_file)"),
         ({"kind": "console"}, {"rate": 0},
          "routes[0].delivery.rate: expected events per second, > 0 and <= 100000, got 0.0"),
         ({"kind": "console"}, {"max_age": "0s"},
@@ -111,3 +121,20 @@ def test_a_wrong_sink_or_delivery_is_one_line_naming_its_path(
     sink: dict[str, Any], delivery: dict[str, Any], line: str
 ) -> None:
     assert errors(sink, **delivery) == [line]
+
+
+def test_every_sink_kind_of_the_config_has_a_dispatcher_sink_class() -> None:
+    """The dispatcher's table of sink classes covers the config's sink kinds (importing
+    each module checks the "module:Class" names too)."""
+    import importlib
+    import typing
+
+    from vebus import config
+    from vebus_dispatcher import sinks
+
+    kinds = set(typing.get_args(config.Sink))
+    assert set(sinks._CLASSES) == kinds
+    for kind, where in sinks._CLASSES.items():
+        module, _, name = where.partition(":")
+        cls = getattr(importlib.import_module(f"vebus_dispatcher.sinks.{module}"), name)
+        assert cls.kind == kind.__struct_config__.tag

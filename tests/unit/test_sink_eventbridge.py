@@ -11,7 +11,7 @@ from botocore.stub import ANY, Stubber
 
 from tests.support.dispatcher import event, route
 from vebus.config import parse_config
-from vebus_dispatcher.errors import PermanentDeliveryError, RetryableDeliveryError
+from vebus.errors import PermanentDeliveryError, RetryableDeliveryError
 from vebus_dispatcher.sinks import SinkContext
 from vebus_dispatcher.sinks.eventbridge import EventBridgeSink
 

@@ -1,6 +1,6 @@
-"""The pure parts of vebus.telemetry and vebus.metrics: which exporter the OTEL_* variables
-choose, the ack-subject timestamp, the fast metric families' Prometheus exposition, and the
-log fields added while a message is handled."""
+"""The pure parts of vebus.runtime.telemetry and vebus.runtime.metrics: which exporter the OTEL_*
+variables choose, the ack-subject timestamp, the fast metric families' Prometheus exposition,
+and the log fields added while a message is handled."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from vebus.metrics import Metrics
-from vebus.telemetry import (
+from vebus.names import stream_of_subject as stream_of
+from vebus.runtime.metrics import Metrics
+from vebus.runtime.telemetry import (
     LogContextFilter,
     MessageScope,
     Telemetry,
     _stored_at,
-    stream_of,
     tracing_configured,
 )
 
@@ -49,8 +49,10 @@ def test_no_exporter_means_no_tracer(monkeypatch: pytest.MonkeyPatch) -> None:
     tel = Telemetry.from_env("filter", "abc", "1.0")
     assert tel.tracer is None
     headers = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
-    assert tel.start_producer("vebus.routes.r", headers, 10) is None
+    observation = tel.publishing("vebus.routes.r", headers, 10)
     assert headers == {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    observation.stored()  # counted, with no span to end
+    assert tel.metrics.total(tel.metrics.published) == 1
 
 
 def test_the_ack_subject_says_when_the_message_was_stored() -> None:
@@ -100,7 +102,7 @@ def test_fast_families_expose_as_prometheus_counters_and_histograms() -> None:
 
 
 def test_log_lines_name_the_message_being_handled() -> None:
-    from vebus.telemetry import _SCOPE
+    from vebus.runtime.telemetry import _SCOPE
 
     record = logging.LogRecord("x", logging.WARNING, __file__, 1, "failed", None, None)
     f = LogContextFilter("dispatcher", "abc")

@@ -1,4 +1,4 @@
-"""Unit tests for vebus.templates: sandboxed Jinja2 over a CloudEvent."""
+"""Unit tests for vebus.events.templates: sandboxed Jinja2 over a CloudEvent."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-import vebus.templates
-from vebus.cloudevent import CloudEvent
-from vebus.errors import PermanentError
-from vebus.templates import Template, TemplateError, compile_template
+import vebus.events.templates
+from vebus.bus.cloudevent import CloudEvent
+from vebus.errors import PermanentError, TemplateError
+from vebus.events.templates import Template, compile_template
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "veba"
 PATH = "routes[0].sink.text"
@@ -241,4 +241,4 @@ def test_template_is_reusable_and_keeps_its_source(vm_off: CloudEvent) -> None:
 
 
 def test_public_names() -> None:
-    assert set(vebus.templates.__all__) == {"Template", "TemplateError", "compile_template"}
+    assert set(vebus.events.templates.__all__) == {"Template", "compile_template"}

@@ -18,8 +18,9 @@ from urllib.parse import urlsplit
 import msgspec
 import yaml
 
+from vebus.bus.streams import StreamSettings
 from vebus.errors import ConfigError
-from vebus.subjects import RESERVED_SOURCES, token
+from vebus.names import H_SIGNATURE, NATS_PORT, RESERVED_SOURCES, token
 
 __all__ = [
     "SERVICE_SECRETS",
@@ -43,6 +44,7 @@ __all__ = [
     "HttpSink",
     "NatsConfig",
     "NatsSink",
+    "NatsTls",
     "PagerDutySink",
     "Route",
     "Sink",
@@ -52,10 +54,14 @@ __all__ = [
     "SyslogSink",
     "TeamsSink",
     "VCenterConfig",
+    "VCenterEndpoint",
     "VmPoweredOffCheck",
     "VsphereSink",
+    "WebhookHmac",
+    "WebhookRateLimit",
     "WebhookSink",
     "WebhookSourceConfig",
+    "env_references",
     "is_unresolved",
     "load_config",
     "parse_config",
@@ -114,16 +120,42 @@ def _check_http_url(field: str, url: str) -> None:
         raise ValueError(f"{field}: expected an http(s) URL, got {url!r}")
 
 
+class NatsTls(_Base, frozen=True):
+    """TLS to NATS: the CA that signed the servers' certificates, and for mutual TLS the
+    client's own certificate and key (PEM files)."""
+
+    #: the CA certificate(s) to trust (default: the system's CAs)
+    ca_file: str | None = None
+    #: this client's certificate and private key, when the server verifies clients
+    cert_file: str | None = None
+    key_file: str | None = None
+    #: the name the servers' certificates must carry (default: each URL's host)
+    server_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file: give both (mutual TLS) or neither")
+
+
 class NatsConfig(_Base, frozen=True):
     """How to reach NATS."""
 
     #: one URL, or several comma-separated (`nats://a:4222,nats://b:4222`)
-    url: str = "nats://127.0.0.1:4222"
+    url: str = f"nats://127.0.0.1:{NATS_PORT}"
     user: str | None = None
     password: str | None = None
+    #: a NATS credentials file (NKEY seed and user JWT: decentralised auth), instead of
+    #: user and password
+    creds: str | None = None
+    #: TLS to the servers (also when a URL says `tls://`)
+    tls: NatsTls | None = None
     #: JetStream stream replicas (1 embedded, 3 on a cluster)
     replicas: int = 1
     connect_timeout: Duration = Duration(5)
+
+    def __post_init__(self) -> None:
+        if self.creds is not None and (self.user or self.password):
+            raise ValueError("creds: give a credentials file or user and password, not both")
 
     def servers(self) -> list[str]:
         """The server URLs: `url` may list several, comma-separated (a cluster's nodes)."""
@@ -141,20 +173,37 @@ class StreamsConfig(_Base, frozen=True):
     duplicate_window: Duration = Duration(120)
 
 
-class VCenterConfig(_Base, frozen=True):
-    """One vCenter Server (or simulator) to follow."""
+class VCenterEndpoint(_Base, frozen=True):
+    """How to reach and log in to one vCenter: the fields every vCenter-facing block shares
+    (`vcenters[]`, the `vsphere` sink), read by vebus.vsphere's session helper."""
 
-    name: str
     url: str
     username: str
     #: the password itself (usually `${ENV}`), or
     password: str = ""
     #: a file holding it (a mounted secret), read at each login so a rotated one is used
     password_file: str | None = None
-    #: skip TLS certificate verification (lab vCenters with self-signed certificates)
-    insecure: bool = False
-    #: PEM file of the CA (or self-signed certificate) that vCenter's certificate chains to
+    #: PEM file of the CA (or self-signed certificate) that vCenter's certificate chains to;
+    #: trusted instead of the system's CAs
     ca_file: str | None = None
+    #: skip TLS certificate verification (lab vCenters with self-signed certificates; warns)
+    insecure: bool = False
+
+    def __post_init__(self) -> None:
+        _check_http_url("url", self.url)
+        if self.password and self.password_file:
+            raise ValueError("password_file: give either password or password_file, not both")
+        if not self.password and not self.password_file:
+            raise ValueError("password: required (or password_file)")
+        if self.insecure and self.ca_file:
+            raise ValueError("ca_file: insecure: true skips certificate checks, drop one of them")
+
+
+class VCenterConfig(VCenterEndpoint, frozen=True, kw_only=True):
+    """One vCenter Server (or simulator) to follow."""
+
+    #: the event source's name: the subject token `vebus.events.<name>.>`
+    name: str
     #: events per EventHistoryCollector page while tailing
     page_size: int = 10
     #: where a collector with no checkpoint starts: new events only, or all history vCenter has
@@ -174,19 +223,44 @@ class VCenterConfig(_Base, frozen=True):
         _check_name("vcenter", self.name)
         if self.name in RESERVED_SOURCES:
             raise ValueError(f"vcenter name {self.name!r} is reserved for another event source")
-        _check_http_url("url", self.url)
+        super().__post_init__()
         if not 1 <= self.page_size <= 1000:
             raise ValueError(f"page_size: expected 1 to 1000, got {self.page_size}")
-        if self.password and self.password_file:
-            raise ValueError("password_file: give either password or password_file, not both")
-        if not self.password and not self.password_file:
-            raise ValueError("password: required (or password_file)")
-        if self.insecure and self.ca_file:
-            raise ValueError("ca_file: insecure: true skips certificate checks, drop one of them")
         if self.catchup_max_events < 0:
             raise ValueError(f"catchup_max_events: expected >= 0, got {self.catchup_max_events}")
         if self.stall_after <= 0:
             raise ValueError("stall_after: expected a duration > 0")
+
+
+class WebhookHmac(_Base, frozen=True):
+    """Requests signed as a webhook sink with `auth: {kind: hmac, timestamp: true}` signs."""
+
+    secret: str
+    header: str = H_SIGNATURE
+    #: how far the signed time may be from now: a captured request is refused after it
+    #: (and one replayed within it stores nothing new: JetStream drops the same event id
+    #: within `streams.duplicate_window`, 2 minutes by default)
+    tolerance: Duration = Duration(120)
+
+    def __post_init__(self) -> None:
+        if not self.secret:
+            raise ValueError("secret: expected a non-empty secret")
+        if float(self.tolerance) <= 0:
+            raise ValueError(f"tolerance: expected a duration > 0, got {float(self.tolerance):g}")
+
+
+class WebhookRateLimit(_Base, frozen=True):
+    """At most `requests` per `per` from one client address (a moving window)."""
+
+    requests: int
+    per: Duration = Duration(1)
+
+    def __post_init__(self) -> None:
+        if self.requests < 1:
+            raise ValueError(f"requests: expected >= 1, got {self.requests}")
+        seconds = float(self.per)
+        if seconds < 1 or seconds != int(seconds):
+            raise ValueError(f"per: expected a whole number of seconds >= 1s, got {seconds:g}")
 
 
 class WebhookSourceConfig(_Base, frozen=True):
@@ -200,10 +274,14 @@ class WebhookSourceConfig(_Base, frozen=True):
     #: `Authorization: Basic` with these accepted when set
     username: str | None = None
     password: str | None = None
+    #: an HMAC-SHA256 signature of the body with a timestamp required (vebus.bus.signing)
+    hmac: WebhookHmac | None = None
     #: no authentication at all (say so explicitly)
     anonymous: bool = False
     #: largest request body in bytes; 0: the NATS server's max_payload minus vebus's margin
     max_body: int = 0
+    #: requests each client address may send; more are answered 429 and not stored
+    rate_limit: WebhookRateLimit | None = None
 
     def __post_init__(self) -> None:
         host, sep, port = self.listen.rpartition(":")
@@ -213,10 +291,12 @@ class WebhookSourceConfig(_Base, frozen=True):
             raise ValueError(f"path: expected a path starting with '/', got {self.path!r}")
         if (self.username is None) != (self.password is None):
             raise ValueError("username: basic auth needs both username and password")
-        authenticated = self.bearer_token is not None or self.username is not None
+        authenticated = (
+            self.bearer_token is not None or self.username is not None or self.hmac is not None
+        )
         if not authenticated and not self.anonymous:
             raise ValueError(
-                "bearer_token: give bearer_token and/or username/password, "
+                "bearer_token: give bearer_token, username/password and/or hmac, "
                 "or anonymous: true to accept unauthenticated requests"
             )
         if self.max_body < 0:
@@ -274,7 +354,8 @@ def _check_template(field: str, source: str | None) -> None:
     """Compile a sink text field now, so a broken template fails when the config loads."""
     if source is None:
         return
-    from vebus.templates import TemplateError, compile_template
+    from vebus.errors import TemplateError
+    from vebus.events.templates import compile_template
 
     try:
         compile_template(source, path=field)
@@ -300,10 +381,13 @@ class BasicAuth(_Base, frozen=True, tag_field="kind", tag="basic"):
 
 
 class HmacAuth(_Base, frozen=True, tag_field="kind", tag="hmac"):
-    """An HMAC-SHA256 of the request body, `sha256=<hex>`, in `header` (GitHub style)."""
+    """An HMAC-SHA256 of the request body, `sha256=<hex>`, in `header` (GitHub style); with
+    `timestamp`, of `<unix time>.<body>` and the time in X-Vebus-Timestamp, which a vebus
+    webhook source with `hmac` requires (vebus.bus.signing)."""
 
     secret: str
-    header: str = "X-Vebus-Signature-256"
+    header: str = H_SIGNATURE
+    timestamp: bool = False
 
     def __post_init__(self) -> None:
         if not self.secret:
@@ -548,13 +632,9 @@ class NatsSink(_Base, frozen=True, tag_field="kind", tag="nats"):
             )
 
 
-class VsphereSink(_Base, frozen=True, tag_field="kind", tag="vsphere"):
+class VsphereSink(VCenterEndpoint, frozen=True, kw_only=True, tag_field="kind", tag="vsphere"):
     """Set a custom attribute or the annotation on the VM the event names (pyvmomi)."""
 
-    url: str
-    username: str
-    password: str
-    insecure: bool = False
     action: Literal["attribute", "annotation"] = "attribute"
     #: the custom attribute's name (action: attribute); created on first use if missing
     attribute: str | None = None
@@ -564,7 +644,7 @@ class VsphereSink(_Base, frozen=True, tag_field="kind", tag="vsphere"):
     append: bool = False
 
     def __post_init__(self) -> None:
-        _check_http_url("url", self.url)
+        super().__post_init__()
         if self.action == "attribute" and not self.attribute:
             raise ValueError("attribute: expected the custom attribute's name (action: attribute)")
         if self.action == "annotation" and self.attribute is not None:
@@ -602,12 +682,18 @@ class Route(_Base, frozen=True):
         if self.name.startswith("_"):
             raise ValueError(f"route name {self.name!r} may not start with '_' (reserved)")
         if self.match:
-            from vebus.patterns import PatternError, compile_pattern
+            from vebus.errors import PatternError
+            from vebus.events.patterns import compile_pattern
 
             try:
                 compile_pattern(self.match, path="match")
             except PatternError as e:
                 raise ValueError(str(e)) from None
+
+    @property
+    def sink_kind(self) -> str:
+        """The sink's `kind` as written (`webhook`, `slack`, `function`, ...)."""
+        return str(self.sink.__struct_config__.tag)
 
 
 class DeadletterApiConfig(_Base, frozen=True):
@@ -756,6 +842,18 @@ class Config(_Base, frozen=True):
     #: scheduled checks the collector runs against its vCenters (docs/checks.md)
     checks: list[Check] = msgspec.field(default_factory=list)
 
+    def stream_settings(self) -> StreamSettings:
+        """The streams' settings as vebus.bus.streams takes them."""
+        s = self.streams
+        return StreamSettings(
+            replicas=self.nats.replicas,
+            events_max_age=float(s.events_max_age),
+            events_max_bytes=s.events_max_bytes,
+            route_max_msgs=s.route_max_msgs,
+            dlq_max_age=float(s.dlq_max_age),
+            duplicate_window=float(s.duplicate_window),
+        )
+
     def route(self, name: str) -> Route:
         """The route called `name` (KeyError if there is none)."""
         for r in self.routes:
@@ -777,6 +875,20 @@ SERVICE_SECRETS: dict[str, frozenset[str]] = {
     "deadletter": frozenset({"nats", "deadletter"}),
     "cli": frozenset({"nats"}),
 }
+
+
+def env_references(value: Any) -> list[tuple[str, str | None]]:
+    """Every `${NAME}` (name, None) or `${NAME:-default}` (name, default) in `value`, a
+    string or any nesting of lists and mappings, in order and each once."""
+    found: list[tuple[str, str | None]] = []
+    if isinstance(value, str):
+        for m in _ENV_REF.finditer(value):
+            if (ref := (m.group(1), m.group(2))) not in found:
+                found.append(ref)
+    elif isinstance(value, dict | list):
+        for item in value.values() if isinstance(value, dict) else value:
+            found += [ref for ref in env_references(item) if ref not in found]
+    return found
 
 
 def is_unresolved(value: str) -> bool:

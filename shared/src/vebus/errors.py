@@ -1,31 +1,114 @@
-"""The vebus exception tree, shared by every service.
+"""The vebus exception tree: every error vebus raises on purpose, in one place.
 
 VebusError
-├── ConfigError            a user's configuration is wrong; the message names the path
-├── RetryableError         the operation may succeed later (timeout, 5xx, connection refused)
-│   └── PublishError       JetStream did not acknowledge a publish in time
-└── PermanentError         retrying cannot help (4xx, invalid event, template error)
-    ├── InvalidEventError  a message on a vebus subject is not a valid CloudEvent
-    ├── RouteFullError     a route's queue in VEBUS_ROUTES is at its limit
-    └── MessageTooLargeError  headers and body exceed the server's max_payload
+├── ConfigError                  a user's configuration is wrong; `errors` holds one line per
+│   │                            problem, each naming its path (`routes[2].sink.url: ...`)
+│   └── PatternError             an event pattern is invalid (also a ValueError)
+├── RetryableError               the operation may succeed if tried again later
+│   ├── PublishError             JetStream did not acknowledge a publish in time
+│   ├── RateLimiterUnavailableError  a route's shared send schedule could not be reached
+│   ├── VCenterConnectionError   vCenter cannot be reached or does not answer in time
+│   └── RetryableDeliveryError   a sink may take the event later (5xx, 429, timeout, refused)
+├── PermanentError               retrying cannot help: the same input fails the same way
+│   ├── InvalidEventError        a message is not a valid CloudEvent (or not one vebus takes)
+│   │   ├── UnsupportedModeError a CloudEvents mode or format vebus does not read (batch)
+│   │   └── RequestRefusedError  an HTTP request to vebus is refused; `status` says how
+│   ├── RouteFullError           a route's queue in VEBUS_ROUTES is at its limit
+│   ├── MessageTooLargeError     headers and body exceed the server's max_payload
+│   ├── TemplateError            a template does not compile or cannot be rendered
+│   ├── PermanentDeliveryError   a sink refuses the event every time (4xx, bad answer)
+│   ├── NatsAuthError            NATS refused the credentials
+│   ├── NatsTlsError             the TLS handshake with NATS failed (an untrusted server
+│   │                            certificate, no client certificate where one is required)
+│   ├── VCenterCertificateError  vCenter's TLS certificate does not verify (system CAs or
+│   │                            `ca_file`)
+│   ├── VCenterLoginError        vCenter refused the username and password
+│   └── StreamConflictError      a stream or consumer exists with a config vebus cannot use
+├── ConflictError                a compare-and-set lost: someone changed it since it was read
+│   └── StaleRevisionError       ... a stored revision (route set, replay job, alert state)
+├── NotFoundError                what was asked for does not exist
+│   └── DeadLetterNotFoundError  no dead letter has that id
+└── EmbeddedProcessError         `vebus up` could not start a process of its own
+    └── VcsimNotAvailableError   the vCenter simulator is missing and cannot be built here
+
+DeliveryError is the base of the two delivery leaves: a delivery attempt failed, with the
+dead-letter `code` (ErrorCode), the HTTP `status` and the `Retry-After` the sink asked for.
+Whether an error is worth another try follows from its class (`is_retryable`), never from
+a flag set by whoever raised it. A service's own errors subclass these in its package
+(vebus_collector.errors: LeaseLostError, CheckpointConflictError, StallError).
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 __all__ = [
     "ConfigError",
+    "ConflictError",
+    "DeadLetterNotFoundError",
+    "DeliveryError",
+    "EmbeddedProcessError",
+    "ErrorCode",
+    "Exhausted",
     "InvalidEventError",
     "MessageTooLargeError",
+    "NatsAuthError",
+    "NatsTlsError",
+    "NotFoundError",
+    "PatternError",
+    "PermanentDeliveryError",
     "PermanentError",
     "PublishError",
+    "RateLimiterUnavailableError",
+    "RequestRefusedError",
+    "RetryableDeliveryError",
     "RetryableError",
     "RouteFullError",
+    "StaleRevisionError",
+    "StreamConflictError",
+    "TemplateError",
+    "UnsupportedModeError",
+    "VCenterCertificateError",
+    "VCenterConnectionError",
+    "VCenterLoginError",
+    "VcsimNotAvailableError",
     "VebusError",
+    "is_retryable",
 ]
+
+
+class ErrorCode(StrEnum):
+    """Why an event became a dead letter (the `vebus-dlq-code` header)."""
+
+    CONNECTION_FAILURE = "CONNECTION_FAILURE"
+    TIMEOUT = "TIMEOUT"
+    HTTP_4XX = "HTTP_4XX"
+    HTTP_5XX = "HTTP_5XX"
+    THROTTLED = "THROTTLED"
+    INVALID_EVENT = "INVALID_EVENT"
+    TEMPLATE_ERROR = "TEMPLATE_ERROR"
+    SINK_ERROR = "SINK_ERROR"
+    POISON = "POISON"
+    ROUTE_FULL = "ROUTE_FULL"
+    TOO_LARGE = "TOO_LARGE"
+
+
+class Exhausted(StrEnum):
+    """Which condition ended the attempts (the `vebus-dlq-exhausted` header)."""
+
+    MAX_ATTEMPTS = "max_attempts"
+    MAX_AGE = "max_age"
+    NOT_RETRYABLE = "not_retryable"
+    MAX_DELIVERIES = "max_deliveries"
 
 
 class VebusError(Exception):
     """Root of every error vebus raises on purpose."""
+
+
+def is_retryable(error: BaseException) -> bool:
+    """Whether the operation that raised `error` may succeed if tried again later."""
+    return isinstance(error, RetryableError)
 
 
 class ConfigError(VebusError):
@@ -36,6 +119,15 @@ class ConfigError(VebusError):
         super().__init__("\n".join(errors))
 
 
+class PatternError(ConfigError, ValueError):
+    """A pattern is invalid; `path` locates the problem inside it (`match.data.Vm[0]`)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__([f"{path}: {message}"])
+        self.path = path
+        self.message = message
+
+
 class RetryableError(VebusError):
     """The operation failed but may succeed if tried again later."""
 
@@ -44,12 +136,36 @@ class PublishError(RetryableError):
     """A JetStream publish was not acknowledged."""
 
 
+class RateLimiterUnavailableError(RetryableError):
+    """A route's shared send schedule could not be read or written (NATS unavailable, or
+    too many lost races in a row): the event is retried later."""
+
+
+class VCenterConnectionError(RetryableError):
+    """vCenter cannot be reached, or did not answer as a vSphere SDK endpoint."""
+
+
 class PermanentError(VebusError):
     """The operation failed and will fail the same way every time."""
 
 
 class InvalidEventError(PermanentError):
     """A NATS message is not a valid vebus CloudEvent."""
+
+
+class UnsupportedModeError(InvalidEventError):
+    """A CloudEvents content mode or format vebus does not read: batch mode, or a
+    structured format other than JSON."""
+
+
+class RequestRefusedError(InvalidEventError):
+    """An HTTP request to a vebus endpoint (the webhook source) is refused; `status` is
+    the HTTP status to answer with (400 malformed, 401 unauthorised, 413 too large...)."""
+
+    def __init__(self, reason: str, status: int = 400) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
 
 
 class RouteFullError(PermanentError):
@@ -62,3 +178,88 @@ class MessageTooLargeError(PermanentError):
     nats-py checks only the body; a message whose headers push it over is sent anyway and
     the server closes the connection, so publishers check first and raise this instead.
     """
+
+
+class TemplateError(PermanentError):
+    """A template does not compile or cannot be rendered; the message names its path."""
+
+    def __init__(self, message: str, *, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class DeliveryError(VebusError):
+    """A delivery attempt failed; `code` says how, `status` is the HTTP status if any.
+
+    Raised only as one of its two leaves, RetryableDeliveryError or PermanentDeliveryError.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: ErrorCode,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+        #: seconds the sink asked us to wait before the next attempt (`Retry-After`)
+        self.retry_after = retry_after
+
+    @property
+    def retryable(self) -> bool:
+        return is_retryable(self)
+
+
+class RetryableDeliveryError(DeliveryError, RetryableError):
+    """The sink may accept the event if it is offered again later."""
+
+
+class PermanentDeliveryError(DeliveryError, PermanentError):
+    """The sink will refuse the event every time: it becomes a dead letter at once."""
+
+
+class NatsAuthError(PermanentError):
+    """NATS refused the credentials: retrying cannot help."""
+
+
+class VCenterCertificateError(PermanentError):
+    """vCenter's TLS certificate is not trusted (set `ca_file`, or `insecure` for a lab)."""
+
+
+class VCenterLoginError(PermanentError):
+    """vCenter refused the login (wrong username or password)."""
+
+
+class NatsTlsError(PermanentError):
+    """The TLS handshake with NATS failed; the message says which side and what to set."""
+
+
+class StreamConflictError(PermanentError):
+    """A stream or consumer exists with a config vebus cannot move to without losing data."""
+
+
+class ConflictError(VebusError):
+    """A compare-and-set lost: what was read has changed since."""
+
+
+class StaleRevisionError(ConflictError):
+    """A stored entry is not at the revision the writer read: someone else wrote first."""
+
+
+class NotFoundError(VebusError):
+    """What was asked for does not exist."""
+
+
+class DeadLetterNotFoundError(NotFoundError):
+    """No dead letter has that id."""
+
+
+class EmbeddedProcessError(VebusError):
+    """A process `vebus up` runs (nats-server, the vCenter simulator) could not start."""
+
+
+class VcsimNotAvailableError(EmbeddedProcessError):
+    """The simulator binary is missing and cannot be built here."""

@@ -7,11 +7,12 @@ import asyncio
 import logging
 from typing import Any
 
-from vebus.service import ServiceContext, ServiceSettings, run_service
-from vebus.streams import ensure_streams
+from vebus.bus.streams import ensure_streams
+from vebus.runtime.service import ServiceContext, ServiceSettings, run_service
 from vebus_collector.checkpoint import ensure_bucket
 from vebus_collector.checks import checks_for, ensure_checks_bucket
 from vebus_collector.lease import ensure_lease_bucket
+from vebus_collector.metrics import VCenterMetrics
 from vebus_collector.publisher import DEFAULT_WINDOW
 from vebus_collector.runner import VCenterRunner
 from vebus_collector.status import VCenterStatus, overall
@@ -24,11 +25,14 @@ log = logging.getLogger(__name__)
 
 async def _body(ctx: ServiceContext) -> None:
     config = ctx.config
-    await ensure_streams(ctx.js, config)
-    checkpoints = await ensure_bucket(ctx.js, config.nats.replicas)
-    leases, ttl = await ensure_lease_bucket(ctx.js, config.nats.replicas)
+    replicas = config.nats.replicas
+    await ctx.startup("streams", lambda: ensure_streams(ctx.js, config.stream_settings()))
+    checkpoints = await ctx.startup("checkpoints", lambda: ensure_bucket(ctx.js, replicas))
+    leases, ttl = await ctx.startup("leases", lambda: ensure_lease_bucket(ctx.js, replicas))
     check_state = (
-        await ensure_checks_bucket(ctx.js, config.nats.replicas) if config.checks else None
+        await ctx.startup("check state", lambda: ensure_checks_bucket(ctx.js, replicas))
+        if config.checks
+        else None
     )
     statuses = [VCenterStatus(vc.name) for vc in config.vcenters]
 
@@ -38,16 +42,8 @@ async def _body(ctx: ServiceContext) -> None:
     for status in statuses:
         status.on_change = refresh
     ctx.health_details["vcenters"] = lambda: {s.name: s.as_dict() for s in statuses}
-
-    for vc in config.vcenters:
-        if vc.insecure:
-            log.warning(
-                "%s: insecure: true: vCenter's TLS certificate is NOT verified; anyone on the "
-                "path can read the credentials (use ca_file for a private CA instead)",
-                vc.name,
-            )
-        elif vc.url.startswith("http://"):
-            log.info("%s: %s is plain HTTP (no TLS)", vc.name, vc.url)
+    if ctx.telemetry is not None:
+        ctx.telemetry.metrics.registry.register(VCenterMetrics(statuses))
 
     webhook: WebhookSource | None = None
     if config.webhook is not None:

@@ -13,9 +13,9 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
-from vebus import kv, subjects
+from vebus import names
+from vebus.bus import kv
 from vebus_collector.errors import CheckpointConflictError
-from vebus_collector.events import H_EPOCH, H_KEY
 from vebus_collector.position import Position
 
 __all__ = ["CheckpointStore", "ensure_bucket", "last_published"]
@@ -27,7 +27,7 @@ async def ensure_bucket(js: JetStreamContext, replicas: int) -> KeyValue:
     """The checkpoint bucket, created when missing."""
     return await kv.ensure_bucket(
         js,
-        subjects.CHECKPOINT_BUCKET,
+        names.CHECKPOINT_BUCKET,
         replicas=replicas,
         description="vebus collector checkpoints: last published event per vCenter",
     )
@@ -44,7 +44,7 @@ class CheckpointStore:
 
     def __init__(self, kv: KeyValue, vcenter: str) -> None:
         self._kv = kv
-        self._key = f"collector.{subjects.token(vcenter)}"
+        self._key = f"collector.{names.token(vcenter)}"
         #: the revision last read or written; None: the key had no value
         self.revision: int | None = None
 
@@ -100,16 +100,16 @@ async def last_published(js: JetStreamContext, vcenter: str) -> Position | None:
     The checkpoint is written in batches and the duplicate window is short: after a crash
     or a long stop, this is the truth about what was published.
     """
-    subject = f"vebus.events.{subjects.token(vcenter)}.>"
+    subject = names.vcenter_subjects(vcenter)
     try:
-        raw = await js.get_last_msg(subjects.EVENTS_STREAM, subject)
+        raw = await js.get_last_msg(names.EVENTS_STREAM, subject)
     except NotFoundError:
         return None
     h = raw.headers or {}
     try:
         return Position(
-            epoch=int(h.get(H_EPOCH, "0")),
-            key=int(h[H_KEY]),
+            epoch=int(h.get(names.H_EPOCH, "0")),
+            key=int(h[names.H_KEY]),
             created_time=h.get("ce-time"),
         )
     except (KeyError, ValueError):

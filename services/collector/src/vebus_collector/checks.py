@@ -42,9 +42,10 @@ from nats.js import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from vebus import subjects
-from vebus.aio import raise_if_cancelled
-from vebus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus import aio, names
+from vebus.bus.cloudevent import CloudEvent, to_headers
+from vebus.bus.kv import ensure_bucket
+from vebus.bus.publish import OutgoingMessage, publish
 from vebus.config import (
     Check,
     Config,
@@ -53,16 +54,13 @@ from vebus.config import (
     VCenterConfig,
     VmPoweredOffCheck,
 )
-from vebus.kv import ensure_bucket
-from vebus.publish import OutgoingMessage, publish
+from vebus.names import MSG_ID
+from vebus.vsphere import Session
 from vebus_collector.errors import CheckpointConflictError, LeaseLostError
-from vebus_collector.events import H_VCENTER
 from vebus_collector.mapping import rfc3339
 from vebus_collector.probes import Finding, probe
-from vebus_collector.vcenter import VCenterClient
 
 __all__ = [
-    "CHECKS_BUCKET",
     "EVENT_NAMES",
     "CheckRunner",
     "Condition",
@@ -75,7 +73,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CHECKS_BUCKET = "vebus_checks"
 #: the event name of each check kind: com.vebus.check.<name>.v0 and <name>Cleared
 EVENT_NAMES: dict[type[Check], str] = {
     SnapshotAgeCheck: "SnapshotAgeExceeded",
@@ -104,7 +101,7 @@ async def ensure_checks_bucket(js: JetStreamContext, replicas: int) -> KeyValue:
     """The bucket of open check conditions, created when missing."""
     return await ensure_bucket(
         js,
-        CHECKS_BUCKET,
+        names.CHECKS_BUCKET,
         replicas=replicas,
         description="vebus scheduled checks: open conditions per vCenter and check",
     )
@@ -126,7 +123,7 @@ class ConditionStore:
 
     def __init__(self, kv: KeyValue, vcenter: str, check: str) -> None:
         self._kv = kv
-        self.prefix = f"checks.{subjects.token(vcenter)}.{subjects.token(check)}"
+        self.prefix = f"checks.{names.token(vcenter)}.{names.token(check)}"
         #: KV key -> the revision last read or written
         self._revisions: dict[str, int] = {}
 
@@ -243,8 +240,8 @@ def to_message(
         extensions={"vebuscheck": check.name},
         data=msgspec.json.encode(data),
     )
-    headers = to_headers(ce, {MSG_ID: f"check:{ident}", H_VCENTER: vc.name})
-    return OutgoingMessage(subjects.event_subject("checks", check.name), ce.data, headers)
+    headers = to_headers(ce, {MSG_ID: f"check:{ident}", names.H_VCENTER: vc.name})
+    return OutgoingMessage(names.event_subject("checks", check.name), ce.data, headers)
 
 
 class CheckRunner:
@@ -267,7 +264,8 @@ class CheckRunner:
         #: False once the lease is lost: nothing more is published or written
         self.allowed = allowed
         self.clock = clock
-        self._client: VCenterClient | None = None
+        #: logged in at the first probe, again when vCenter ends it (Session.run)
+        self._session = Session(vc, where=f"vcenters[{vc.name}]", notice=False)
         #: one thread: rounds of different checks take turns on the vCenter session
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"checks-{vc.name}")
 
@@ -278,14 +276,16 @@ class CheckRunner:
                 for check in self.checks:
                     tg.create_task(self._loop(check), name=f"check-{self.vc.name}-{check.name}")
         finally:
-            client, self._client = self._client, None
-            if client is not None:
-                closing = asyncio.get_running_loop().run_in_executor(self._executor, client.close)
-                with contextlib.suppress(BaseException):
-                    await asyncio.wait_for(asyncio.shield(closing), 5)
+            logout = asyncio.get_running_loop().run_in_executor(
+                self._executor, self._session.logout
+            )
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(logout), 5)
             self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _loop(self, check: Check) -> None:
+        # stopped by cancellation only (the term ends): aio.sleep raises a cancel lost in
+        # a round, which would otherwise check for ever
         while True:
             wait = float(check.interval)
             try:
@@ -303,21 +303,11 @@ class CheckRunner:
                     min(wait, RETRY_AFTER),
                 )
                 wait = min(wait, RETRY_AFTER)
-            raise_if_cancelled()  # a stop's cancel lost inside the round (vebus.aio)
-            await asyncio.sleep(wait)
+            await aio.sleep(wait)
 
     def _probe(self, check: Check, now: dt.datetime) -> list[Finding]:
-        """Blocking: log in when needed, then read inventory; a failure drops the session."""
-        if self._client is None:
-            client = VCenterClient(self.vc)
-            client.connect()
-            self._client = client
-        try:
-            return probe(self._client.si, check, now)
-        except Exception:
-            client, self._client = self._client, None
-            client.close()
-            raise
+        """Blocking: read inventory, logging in when needed (an expired session: again)."""
+        return self._session.run(lambda si: probe(si, check, now))
 
     async def round(self, check: Check) -> None:
         """One probe, then state and events brought up to date (see the module docstring)."""
@@ -344,23 +334,18 @@ class CheckRunner:
                 cond = conditions[key] = msgspec.structs.replace(cond, raised=True)
                 if cond.cleared is None:
                     await store.put(cond)
-                log.info(
-                    "%s: check %s: %s",
-                    self.vc.name,
-                    check.name,
-                    _message(check, cond.finding, False),
-                )
+                self._said(check, cond, cleared=False)
             if cond.cleared is not None:
                 await self._publish(to_message(check, self.vc, key, cond, cleared=True))
                 del conditions[key]
                 self._check_allowed()
                 await store.remove(key)
-                log.info(
-                    "%s: check %s: %s",
-                    self.vc.name,
-                    check.name,
-                    _message(check, cond.finding, True),
-                )
+                self._said(check, cond, cleared=True)
+
+    def _said(self, check: Check, cond: Condition, *, cleared: bool) -> None:
+        """Log a condition raised or cleared (after its event was published)."""
+        log.info("%s: check %s: %s", self.vc.name, check.name,
+                 _message(check, cond.finding, cleared))  # fmt: skip
 
     def _check_allowed(self) -> None:
         if not self.allowed():

@@ -6,23 +6,20 @@ from typing import Any
 
 import msgspec
 
-from vebus import subjects
-from vebus.cloudevent import MSG_ID, CloudEvent, to_headers
-from vebus.publish import OutgoingMessage
+from vebus import names
+from vebus.bus.cloudevent import CloudEvent, to_headers
+from vebus.bus.publish import OutgoingMessage
+from vebus.names import MSG_ID
 from vebus_collector import mapping
 from vebus_collector.position import Position
 
 __all__ = [
-    "H_EPOCH",
-    "H_KEY",
-    "H_VCENTER",
     "PAYLOAD_MARGIN",
     "event_id",
     "msg_id",
     "to_message",
 ]
 
-H_VCENTER, H_EPOCH, H_KEY = "vebus-vcenter", "vebus-epoch", "vebus-key"
 #: later hops add headers: every message stays this far under the server's max_payload
 PAYLOAD_MARGIN = 64 * 1024
 
@@ -69,9 +66,9 @@ def to_message(
     )
     extra = {
         MSG_ID: msg_id(vcenter, epoch, key),
-        H_VCENTER: vcenter,
-        H_EPOCH: str(epoch),
-        H_KEY: str(key),
+        names.H_VCENTER: vcenter,
+        names.H_EPOCH: str(epoch),
+        names.H_KEY: str(key),
     }
     headers = to_headers(ce, extra)
     limit = max_payload - PAYLOAD_MARGIN
@@ -87,6 +84,6 @@ def to_message(
             "FullFormattedMessage": str(data.get("FullFormattedMessage") or "")[:2000],
         }
         body = msgspec.json.encode(notice)
-        headers["ce-vebustruncated"] = "true"
-    out = OutgoingMessage(subjects.event_subject(vcenter, cls), body, headers)
+        headers[names.CE_PREFIX + names.TRUNCATED_EXTENSION] = "true"
+    out = OutgoingMessage(names.event_subject(vcenter, cls), body, headers)
     return out, Position(epoch=epoch, key=key, created_time=created)

@@ -28,7 +28,6 @@ import contextlib
 import datetime as dt
 import logging
 import random
-import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import Executor
@@ -38,9 +37,10 @@ from typing import Any, Protocol, TypeVar
 from pyVmomi import vim
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_never
 
-from vebus.aio import raise_if_cancelled
+from vebus import aio
+from vebus.bus.publish import OutgoingMessage
 from vebus.config import VCenterConfig
-from vebus.publish import OutgoingMessage
+from vebus.errors import VebusError
 from vebus_collector import mapping
 from vebus_collector.checkpoint import CheckpointStore
 from vebus_collector.enrich import Enricher
@@ -57,7 +57,7 @@ from vebus_collector.position import (
 from vebus_collector.publisher import EventPublisher
 from vebus_collector.status import State, VCenterStatus
 
-__all__ = ["VCENTER_RETRY", "Follower", "VCenterSession", "describe_error"]
+__all__ = ["VCENTER_RETRY", "Follower", "VCenterReader", "describe_error"]
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +87,13 @@ VCENTER_RETRY: dict[str, Any] = {
 BACKOFF_INITIAL, BACKOFF_MAX, BACKOFF_JITTER = 1.0, 30.0, 1.0
 
 
-class VCenterSession(Protocol):
+class VCenterReader(Protocol):
     """What the follower needs from a vCenter (VCenterClient; fakes in unit tests)."""
 
-    api_version: str
-    full_name: str
+    @property
+    def api_version(self) -> str: ...
+    @property
+    def full_name(self) -> str: ...
 
     def connect(self) -> None: ...
     def close(self) -> None: ...
@@ -109,7 +111,7 @@ class Follower:
         self,
         cfg: VCenterConfig,
         *,
-        client: VCenterSession,
+        client: VCenterReader,
         publisher: EventPublisher,
         store: CheckpointStore,
         stream_last: Callable[[], Awaitable[Position | None]],
@@ -180,15 +182,18 @@ class Follower:
         return delay + random.uniform(0, BACKOFF_JITTER)
 
     async def _sleep(self, seconds: float) -> None:
-        raise_if_cancelled()  # the term ended, its cancel lost in an attempt (vebus.aio)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stopping.wait(), seconds)
+        await aio.sleep(seconds, self.stopping)  # raises a cancel lost in an attempt
 
     async def _before_retry(self, state: RetryCallState) -> None:
         e = state.outcome.exception() if state.outcome else None
         wait = state.next_action.sleep if state.next_action else 0.0
         reason = describe_error(e) if e else "failed"
-        log.warning("%s: %s: %s; trying again in %.1fs", self.cfg.name, self.cfg.url, reason, wait)
+        if isinstance(e, VebusError):  # vebus.vsphere's errors name the vCenter and its URL
+            log.warning("%s; trying again in %.1fs", reason, wait)
+        else:
+            log.warning(
+                "%s: %s: %s; trying again in %.1fs", self.cfg.name, self.cfg.url, reason, wait
+            )
         self._set_state("unreachable", reason)
         if self.failing_since is None:
             self.failing_since = time.monotonic()
@@ -350,8 +355,7 @@ class Follower:
         self._set_state("tailing", None)
         self._healthy_at = self._attempt
         self.failing_since = None
-        while not self.stopping.is_set():
-            raise_if_cancelled()  # the term ended, its cancel lost in a publish (vebus.aio)
+        async for _ in aio.until_stopped(self.stopping):  # a cancel lost in a publish: raised
             if self._resync.is_set():
                 self._resync.clear()
                 pos = self.position
@@ -492,9 +496,8 @@ class Follower:
     # -------------------------------------------------------------- checkpoints
 
     async def _save_periodically(self) -> None:
-        while True:
-            raise_if_cancelled()  # a cancel lost in a save would save for ever (vebus.aio)
-            await asyncio.sleep(float(self.cfg.checkpoint_interval))
+        # stopped by cancellation only: a cancel lost in a save would save for ever
+        async for _ in aio.every(float(self.cfg.checkpoint_interval), wait_first=True):
             try:
                 await self._save()
             except Exception as e:
@@ -528,8 +531,7 @@ class Follower:
         interval = min(max(min(stall_after / 4, resync_after / 2), 0.05), 15.0)
         behind: tuple[Position | None, float] | None = None
         resynced = False
-        while True:
-            await asyncio.sleep(interval)
+        async for _ in aio.every(interval, wait_first=True):  # until the term's cancel
             if self._state not in ("tailing", "catching_up"):
                 behind = None
                 continue
@@ -589,14 +591,9 @@ def _ignore_result(fut: asyncio.Future[Any]) -> None:
 
 
 def describe_error(e: BaseException) -> str:
-    """One line for a vCenter failure, with what to do about the common ones."""
+    """One line for a vCenter failure: vebus.vsphere's login errors as they are (they name
+    the vCenter and say what to do), others with their class."""
+    if isinstance(e, VebusError):
+        return str(e)
     msg = getattr(e, "msg", None) or str(e) or ""
-    text = f"{type(e).__name__}: {msg}".strip().rstrip(":")
-    if isinstance(e, ssl.SSLCertVerificationError):
-        text += (
-            " (vCenter's TLS certificate is not trusted: set ca_file to the CA that signed "
-            "it, or insecure: true for a lab)"
-        )
-    elif isinstance(e, vim.fault.InvalidLogin):
-        text += " (check username and password)"
-    return text
+    return f"{type(e).__name__}: {msg}".strip().rstrip(":")

@@ -12,7 +12,6 @@ when NATS cannot tell it so, because by then a standby may hold it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import os
@@ -29,16 +28,14 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
-from vebus import subjects
-from vebus.aio import raise_if_cancelled
-from vebus.kv import ensure_bucket
+from vebus import aio, names
+from vebus.bus.kv import ensure_bucket
 from vebus_collector.errors import LeaseLostError
 
-__all__ = ["LEASE_BUCKET", "LEASE_TTL", "Lease", "LeaseInfo", "ensure_lease_bucket"]
+__all__ = ["LEASE_TTL", "Lease", "LeaseInfo", "ensure_lease_bucket"]
 
 log = logging.getLogger(__name__)
 
-LEASE_BUCKET = "vebus_leases"
 #: seconds a lease lives without renewal (the bucket's max_age): a standby takes over
 #: within this plus one poll after the active replica dies
 LEASE_TTL = 5.0
@@ -61,7 +58,7 @@ async def ensure_lease_bucket(js: JetStreamContext, replicas: int) -> tuple[KeyV
     """The lease bucket (created when missing) and its TTL in seconds."""
     kv = await ensure_bucket(
         js,
-        LEASE_BUCKET,
+        names.LEASE_BUCKET,
         replicas=replicas,
         ttl=LEASE_TTL,
         description="vebus collector leases: which replica follows each vCenter",
@@ -70,7 +67,7 @@ async def ensure_lease_bucket(js: JetStreamContext, replicas: int) -> tuple[KeyV
     ttl = float(status.ttl or 0)
     if ttl <= 2 * SAFETY_MARGIN:
         raise RuntimeError(
-            f"KV bucket {LEASE_BUCKET} has max_age {ttl}s: a lease bucket needs one of a few "
+            f"KV bucket {names.LEASE_BUCKET} has max_age {ttl}s: a lease bucket needs one of a few "
             f"seconds (vebus creates it with {LEASE_TTL}s); delete the bucket to recreate it"
         )
     return kv, ttl
@@ -81,7 +78,7 @@ class Lease:
 
     def __init__(self, kv: KeyValue, vcenter: str, holder: str, ttl: float) -> None:
         self.kv = kv
-        self.key = f"lease.{subjects.token(vcenter)}"
+        self.key = f"lease.{names.token(vcenter)}"
         self.vcenter = vcenter
         self.holder = holder
         self.ttl = ttl
@@ -119,21 +116,19 @@ class Lease:
 
     async def wait_acquire(self, stopping: asyncio.Event) -> bool:
         """Poll until the lease is ours (True) or `stopping` is set (False)."""
-        while not stopping.is_set():
+        async for _ in aio.every(POLL_INTERVAL, stopping):
             try:
                 if await self.try_acquire():
                     return True
             except (TimeoutError, nats.errors.Error) as e:
                 log.warning("%s: cannot reach the lease bucket: %r", self.vcenter, e)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), POLL_INTERVAL)
         return False
 
     async def keep(self) -> None:
         """Renew until cancelled; raises LeaseLostError when the lease is gone."""
-        while True:
-            raise_if_cancelled()  # a cancel lost in a renewal would renew for ever (vebus.aio)
-            await asyncio.sleep(self.renew_every)
+        # stopped by cancellation only: aio.every raises a cancel lost in a renewal, which
+        # would otherwise renew for ever
+        async for _ in aio.every(self.renew_every, wait_first=True):
             if self.revision is None:
                 raise LeaseLostError("lease not held")
             started = time.monotonic()

@@ -4,11 +4,11 @@ Each message goes out with `js.publish_async` (no round trip per event); at most
 wait for their ack at once. Acks are taken in publish order, and `on_ack` is called for
 each message once it and every message before it are stored: the caller's position (and
 so its checkpoint) only ever covers a stored prefix. A message whose ack does not come in
-time, or comes as an error, is published again with `vebus.publish.publish` (retries with
+time, or comes as an error, is published again with `vebus.bus.publish.publish` (retries with
 backoff); the same Nats-Msg-Id makes a second copy harmless.
 
-Inside the service, each event's PRODUCER span (the start of its trace, see
-`vebus.telemetry`) starts at the publish and ends with its ack.
+Inside the service, each publish is observed (vebus.bus.observe): the event's PRODUCER span,
+the start of its trace, starts at the publish and ends with its ack.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import Any, Generic, Protocol, TypeVar
 import nats.errors
 from nats.js import JetStreamContext
 
-from vebus import telemetry
-from vebus.publish import OutgoingMessage, publish
+from vebus.bus import observe
+from vebus.bus.publish import OutgoingMessage, publish
 from vebus_collector.errors import LeaseLostError
 
 __all__ = ["DEFAULT_WINDOW", "EventPublisher", "JetStreamPublisher"]
@@ -70,23 +70,23 @@ class JetStreamPublisher(Generic[T_contra]):
         on_ack: Callable[[T], None],
     ) -> None:
         pending: deque[tuple[OutgoingMessage, T, asyncio.Future[Any]]] = deque()
-        tel = telemetry.current()
+        observer = observe.current()
         try:
             for msg, tag in items:
                 if self.allowed is not None and not self.allowed():
                     raise LeaseLostError("lease lost while publishing")
                 while len(pending) >= self.window:
                     await self._settle(*pending.popleft(), on_ack)
-                if tel is not None:
-                    msg.span = tel.start_producer(msg.subject, msg.headers, len(msg.body))
+                if observer is not None:
+                    msg.observation = observer.publishing(msg.subject, msg.headers, len(msg.body))
                 fut = await self.js.publish_async(msg.subject, msg.body, headers=dict(msg.headers))
                 pending.append((msg, tag, fut))
             while pending:
                 await self._settle(*pending.popleft(), on_ack)
         finally:
             for msg, _, fut in pending:
-                if msg.span is not None:
-                    msg.span.end()
+                if msg.observation is not None:
+                    msg.observation.abandoned()
                 fut.cancel()
                 with contextlib.suppress(BaseException):
                     await fut
@@ -101,18 +101,22 @@ class JetStreamPublisher(Generic[T_contra]):
         if not fut.done():
             # asyncio.wait adds a callback; wait_for would start a task per message
             await asyncio.wait((fut,), timeout=self.ack_timeout)
+        observation, msg.observation = msg.observation, None
         try:
             if not fut.done():
                 raise TimeoutError
             fut.result()
-            if (tel := telemetry.current()) is not None:
-                tel.published(msg.subject, msg.headers)
         except (TimeoutError, nats.errors.Error):
             # not acknowledged (or refused): the synchronous path retries with backoff
             # and raises PublishError when JetStream keeps failing (it counts and traces)
+            if observation is not None:
+                observation.abandoned()
             await publish(self.js, msg.subject, msg.body, msg.headers, timeout=self.ack_timeout)
-        finally:
-            if msg.span is not None:
-                msg.span.end()
-                msg.span = None
+        except BaseException:
+            if observation is not None:
+                observation.abandoned()
+            raise
+        else:
+            if observation is not None:
+                observation.stored()
         on_ack(tag)

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from vebus import aio
 from vebus.config import Check, VCenterConfig
 from vebus_collector.checkpoint import CheckpointStore, last_published
 from vebus_collector.checks import CheckRunner
@@ -117,8 +118,7 @@ class VCenterRunner:
         self.status.holder = self.lease.other.holder if self.lease.other else None
 
     async def _pause(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stopping.wait(), seconds)
+        await aio.sleep(seconds, self.stopping)
 
     async def _term(self) -> None:
         """One leadership term: follow while renewing the lease."""

@@ -13,12 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["OK_STATES", "State", "VCenterStatus", "overall"]
+__all__ = ["CONNECTED_STATES", "OK_STATES", "State", "VCenterStatus", "overall"]
 
 State = Literal[
     "starting", "standby", "connecting", "catching_up", "tailing", "stalled", "unreachable"
 ]
 OK_STATES: frozenset[str] = frozenset({"standby", "tailing"})
+#: the states in which this replica has a live session to its vCenter
+CONNECTED_STATES: frozenset[str] = frozenset({"catching_up", "tailing", "stalled"})
 
 
 @dataclass

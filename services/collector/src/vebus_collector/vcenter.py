@@ -1,36 +1,38 @@
-"""Blocking pyvmomi access to one vCenter: log in, read history, follow the latest page.
+"""Blocking pyvmomi access to one vCenter: read history, follow the latest page.
 
 Every method blocks; the follower calls them in its own worker threads (pyvmomi's stub
-keeps a pool of connections and may be used from several threads at once).
+keeps a pool of connections and may be used from several threads at once). Logging in,
+TLS and the password are vebus.vsphere's Session.
 
-TLS: the certificate is verified unless `insecure: true`, against the system's CAs or
-`ca_file`. pyvmomi itself skips verification for localhost when given no SSL context, so
-one is always given.
+The tail waits on a PropertyCollector of its own (`CreatePropertyCollector()`), not on the
+session's default one, as VMware's SDK guide advises for every wait loop: a wait on the
+default collector shares it with anything else waiting in the session, and vcsim 0.24
+sends the updates of the default collector to whichever session last started waiting on
+it. Measured (`uv run python -m loadtest.waitfortask`): while another client power-cycled
+VMs with pyvmomi's WaitForTask, a loop waiting on the default collector saw 1 of 8 events
+within 15 s, and the collector published them only after its watchdog re-read history
+(1 to 7 s late); on a collector of its own every event was seen about 0.24 s after its
+task ended. The private collector is destroyed with the tail.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import ssl
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from pyVim.connect import Disconnect, SmartConnect
 from pyVmomi import vim, vmodl
 
 from vebus.config import VCenterConfig
+from vebus.vsphere import Session, VCenterConnectionError
 
-__all__ = ["HISTORY_PAGE", "VCenterClient", "ssl_context"]
+__all__ = ["HISTORY_PAGE", "VCenterClient"]
 
 log = logging.getLogger(__name__)
 
 #: events per ReadNextEvents call while catching up (vSphere's maximum)
 HISTORY_PAGE = 1000
-#: seconds a connect or one read from vCenter may take: nothing hangs for ever
-HTTP_TIMEOUT = 60
 
 
 class VCenterClient:
@@ -38,42 +40,37 @@ class VCenterClient:
 
     def __init__(self, cfg: VCenterConfig) -> None:
         self.cfg = cfg
-        parts = urlsplit(cfg.url)
-        self.host = parts.hostname or ""
-        self.protocol = parts.scheme
-        self.port = parts.port or (443 if parts.scheme == "https" else 80)
-        self.si: Any = None
-        self.api_version = ""
-        self.full_name = ""
+        self.session = Session(cfg, where=f"vcenters[{cfg.name}]")
         self._tail: Any = None
-        self._filter: Any = None
+        self._pc: Any = None
         self._version = ""
 
+    @property
+    def si(self) -> Any:
+        """The ServiceInstance of the last `connect()` (no login here: the watchdog and the
+        enricher must not log in behind the follower's back)."""
+        si = self.session.current
+        if si is None:
+            raise VCenterConnectionError(f"vcenters[{self.cfg.name}]: not logged in")
+        return si
+
+    @property
+    def api_version(self) -> str:
+        return self.session.api_version
+
+    @property
+    def full_name(self) -> str:
+        return self.session.full_name
+
     def connect(self) -> None:
-        """Log in (raises on failure: wrong credentials, refused connection, TLS)."""
-        context = ssl_context(self.cfg) if self.protocol == "https" else None
-        self.si = SmartConnect(
-            host=self.host,
-            port=self.port,
-            user=self.cfg.username,
-            pwd=_password(self.cfg),
-            protocol=self.protocol,
-            sslContext=context,
-            httpConnectionTimeout=HTTP_TIMEOUT,
-            connectionPoolTimeout=30,
-        )
-        about = self.si.content.about
-        self.api_version = str(about.apiVersion)
-        self.full_name = str(about.fullName)
+        """Log in anew (raises vebus.vsphere errors: refused login, unreachable, TLS)."""
+        self._tail = self._pc = None  # they belonged to the session that ends now
+        self.session.login()
 
     def close(self) -> None:
-        """Log out, ignoring a connection that is already gone."""
-        si, self.si, self._tail, self._filter = self.si, None, None, None
-        if si is not None:
-            try:
-                Disconnect(si)
-            except Exception as e:  # the session may be gone with the server
-                log.debug("disconnect from %s failed: %r", self.cfg.name, e)
+        """Drop the tail's property collector and log out, ignoring a vCenter that is gone."""
+        self.close_tail(collector=False)  # the event collector goes with the session
+        self.session.logout()
 
     def latest(self, count: int = 1) -> list[Any]:
         """The newest `count` events vCenter has."""
@@ -113,12 +110,14 @@ class VCenterClient:
                 log.debug("destroying a history collector failed: %r", e)
 
     def open_tail(self, page_size: int) -> None:
-        """Create the collector whose `latestPage` the follower waits on (replacing one
-        opened before in this session)."""
+        """Create the collector whose `latestPage` the follower waits on, and the private
+        property collector it waits with (replacing those opened before in this session)."""
         self.close_tail()
-        em = self.si.content.eventManager
-        self._tail = em.CreateCollectorForEvents(vim.event.EventFilterSpec(maxCount=page_size))
-        pc = self.si.content.propertyCollector
+        content = self.si.content
+        self._tail = content.eventManager.CreateCollectorForEvents(
+            vim.event.EventFilterSpec(maxCount=page_size)
+        )
+        self._pc = content.propertyCollector.CreatePropertyCollector()
         spec = vmodl.query.PropertyCollector.FilterSpec(
             objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=self._tail)],
             propSet=[
@@ -127,23 +126,24 @@ class VCenterClient:
                 )
             ],
         )
-        self._filter = pc.CreateFilter(spec, partialUpdates=True)
+        self._pc.CreateFilter(spec, partialUpdates=True)
         self._version = ""
 
-    def close_tail(self) -> None:
-        """Destroy the tail's property filter and collector, if any."""
-        tail, flt, self._tail, self._filter = self._tail, self._filter, None, None
-        for obj, method in ((flt, "DestroyPropertyFilter"), (tail, "DestroyCollector")):
-            if obj is not None:
-                try:
-                    getattr(obj, method)()
-                except Exception as e:  # the session may be gone
-                    log.debug("%s of the tail failed: %r", method, e)
+    def close_tail(self, *, collector: bool = True) -> None:
+        """Destroy the tail's property collector (with its filter) and, with `collector`,
+        its event collector, if any."""
+        pc, tail, self._pc, self._tail = self._pc, self._tail, None, None
+        for obj, method in ((pc, "DestroyPropertyCollector"), (tail, "DestroyCollector")):
+            if obj is None or (method == "DestroyCollector" and not collector):
+                continue
+            try:
+                getattr(obj, method)()
+            except Exception as e:  # the session may be gone
+                log.debug("%s: %s of the tail failed: %r", self.cfg.name, method, e)
 
     def wait_page(self, max_wait: int) -> list[Any] | None:
         """The latest page when it changed within `max_wait` seconds, else None."""
-        pc = self.si.content.propertyCollector
-        update = pc.WaitForUpdatesEx(
+        update = self._pc.WaitForUpdatesEx(
             self._version, vmodl.query.PropertyCollector.WaitOptions(maxWaitSeconds=max_wait)
         )
         if update is None:
@@ -177,30 +177,3 @@ class VCenterClient:
         props = {p.name: p.val for obj in result or [] for p in obj.propSet or []}
         instance, bios = props.get("config.instanceUuid"), props.get("config.uuid")
         return (str(instance) if instance else None, str(bios) if bios else None)
-
-
-def ssl_context(cfg: VCenterConfig) -> ssl.SSLContext:
-    """The TLS context for `cfg`: verifying (system CAs, or `ca_file`) unless insecure."""
-    if cfg.insecure:
-        return ssl._create_unverified_context()
-    if cfg.ca_file:
-        try:
-            return ssl.create_default_context(cafile=cfg.ca_file)
-        except (OSError, ssl.SSLError) as e:
-            raise ValueError(
-                f"vcenters[{cfg.name}].ca_file {cfg.ca_file!r}: cannot load it as PEM "
-                f"certificates ({e})"
-            ) from None
-    return ssl.create_default_context()
-
-
-def _password(cfg: VCenterConfig) -> str:
-    if not cfg.password_file:
-        return cfg.password
-    try:
-        return Path(cfg.password_file).read_text(encoding="utf-8").rstrip("\r\n")
-    except OSError as e:
-        raise ValueError(
-            f"vcenters[{cfg.name}].password_file {cfg.password_file!r}: cannot read it "
-            f"({e.strerror})"
-        ) from None

@@ -25,14 +25,15 @@ import msgspec
 import nats.errors
 from nats.js import JetStreamContext
 
-from vebus import subjects
-from vebus.cloudevent import MSG_ID, CloudEvent, to_headers
+from vebus import aio, names
+from vebus.bus.cloudevent import CloudEvent, to_headers
+from vebus.bus.dlq import iter_dead_letters
+from vebus.bus.publish import publish
 from vebus.config import DeadletterAlertConfig
-from vebus.dlq import iter_dead_letters
-from vebus.errors import VebusError
-from vebus.publish import publish
+from vebus.errors import StaleRevisionError, VebusError
+from vebus.names import MSG_ID
 from vebus.timespec import format_time, utcnow
-from vebus_deadletter.state import StaleRevisionError, StateStore
+from vebus_deadletter.state import StateStore
 
 __all__ = ["ALERT_SOURCE", "CLEARED_TYPE", "EXCEEDED_TYPE", "AlertState", "DeadLetterAlert"]
 
@@ -58,10 +59,10 @@ _decoder = msgspec.json.Decoder(AlertState)
 
 async def route_counts(js: JetStreamContext) -> dict[str, int]:
     """Dead letters per route (the `_invalid` pseudo-route included)."""
-    info = await js.stream_info(subjects.DLQ_STREAM, subjects_filter=subjects.DLQ_SUBJECTS)
+    info = await js.stream_info(names.DLQ_STREAM, subjects_filter=names.DLQ_SUBJECTS)
     out: dict[str, int] = {}
     for subject, n in (info.state.subjects or {}).items():
-        out[subject.removeprefix("vebus.dlq.")] = int(n)
+        out[names.route_of_dlq_subject(subject)] = int(n)
     return out
 
 
@@ -85,7 +86,7 @@ class DeadLetterAlert:
             with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
                 known = _decoder.decode(value)
                 states[known.route] = (known, revision)
-        alert_route = subjects.token(self._config.route)
+        alert_route = names.token(self._config.route)
         for route in sorted(set(counts) | set(states)):
             if route == alert_route:
                 continue
@@ -120,7 +121,7 @@ class DeadLetterAlert:
         msg_id = f"dlq-alert:{route}:{revision}"
         ack = await publish(
             self._js,
-            subjects.route_subject(self._config.route),
+            names.route_subject(self._config.route),
             event.data,
             to_headers(event, {MSG_ID: msg_id}),
         )
@@ -142,10 +143,8 @@ class DeadLetterAlert:
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Check every `interval` until stopping."""
-        while not stopping.is_set():
+        async for _ in aio.every(float(self._config.interval), stopping):
             try:
                 await self.check()
             except (VebusError, nats.errors.Error, TimeoutError) as e:
                 log.warning("dead-letter alert check failed: %r", e)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), float(self._config.interval))

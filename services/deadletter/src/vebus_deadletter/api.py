@@ -19,19 +19,13 @@ import nats.errors
 from aiohttp import web
 from nats.js import JetStreamContext
 
-from vebus import subjects
+from vebus import names
+from vebus.bus.dlq import Selection, delete_dead_letter, get_dead_letter, iter_dead_letters
 from vebus.config import Config
-from vebus.dlq import (
-    DeadLetterNotFoundError,
-    ErrorCode,
-    Selection,
-    delete_dead_letter,
-    get_dead_letter,
-    iter_dead_letters,
-)
-from vebus.errors import RetryableError, VebusError
+from vebus.errors import DeadLetterNotFoundError, ErrorCode, RetryableError, VebusError
+from vebus.routing.source import RouteSource
 from vebus.timespec import parse_time
-from vebus_deadletter.jobs import JobNotFoundError, JobRunner
+from vebus_deadletter.jobs import JobNotFoundError, JobRunner, ReplayJob
 from vebus_deadletter.openapi import openapi_document
 
 __all__ = ["ApiServer", "build_app"]
@@ -77,7 +71,7 @@ def _error(status: int, message: str) -> web.Response:
 
 
 def _check_route(field: str, name: str) -> str:
-    if not name or subjects.token(name) != name:
+    if not name or names.token(name) != name:
         raise _HttpError(400, f"{field}: expected a route name (letters, digits, _ and -)")
     return name
 
@@ -143,7 +137,7 @@ async def _body(request: web.Request, typ: type[SelectionBody]) -> Any:
 
 
 class ApiServer:
-    """The handlers, bound to one JetStream context, config and job runner."""
+    """The handlers, bound to one JetStream context, config, job runner and route source."""
 
     def __init__(
         self,
@@ -151,11 +145,14 @@ class ApiServer:
         config: Config,
         jobs: JobRunner,
         *,
+        routes: RouteSource,
         version: str,
     ) -> None:
         self._js = js
         self._config = config
         self._jobs = jobs
+        #: the running route set: what a replay may target
+        self._routes = routes
         self._token = (config.deadletter.api.token or "").encode()
         self._document = openapi_document(version)
 
@@ -239,7 +236,7 @@ class ApiServer:
 
     async def purge(self, request: web.Request) -> web.Response:
         sel = _selection(await _body(request, SelectionBody))
-        info = await self._js.stream_info(subjects.DLQ_STREAM)
+        info = await self._js.stream_info(names.DLQ_STREAM)
         purged = gone = 0
         ids = [
             dl.id
@@ -260,11 +257,11 @@ class ApiServer:
         to_route = body.to_route
         if to_route is not None:
             _check_route("to_route", to_route)
-            known = [r.name for r in self._config.routes]
-            if known and to_route not in known:
+            known = sorted(await self._routes.names())
+            if known and to_route not in known:  # no route at all: nothing to check against
                 raise _HttpError(
                     400,
-                    f"to_route: no route {to_route!r} in the deadletter service's config "
+                    f"to_route: no route {to_route!r} in the running route set "
                     f"(it has {', '.join(known)})",
                 )
         rate = self._config.deadletter.replay_rate if body.rate is None else body.rate
@@ -282,15 +279,18 @@ class ApiServer:
         return web.json_response({"items": [msgspec.to_builtins(j) for j in jobs]})
 
     async def get_replay(self, request: web.Request) -> web.Response:
-        try:
-            job = await self._jobs.get(request.match_info["id"])
-        except JobNotFoundError as e:
-            raise _HttpError(404, str(e)) from None
-        return web.json_response(msgspec.to_builtins(job))
+        return await self._job(self._jobs.get, request)
 
     async def cancel_replay(self, request: web.Request) -> web.Response:
+        return await self._job(self._jobs.cancel, request)
+
+    @staticmethod
+    async def _job(
+        act: Callable[[str], Awaitable[ReplayJob]], request: web.Request
+    ) -> web.Response:
+        """The job of the request's `{id}` after `act` (404 when there is none)."""
         try:
-            job = await self._jobs.cancel(request.match_info["id"])
+            job = await act(request.match_info["id"])
         except JobNotFoundError as e:
             raise _HttpError(404, str(e)) from None
         return web.json_response(msgspec.to_builtins(job))

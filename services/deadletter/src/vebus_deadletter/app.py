@@ -37,27 +37,24 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo, DeliverPolicy
 from nats.js.errors import APIError, NotFoundError
 
-from vebus import subjects
-from vebus.cloudevent import MSG_ID
-from vebus.config import Config
-from vebus.dlq import ErrorCode, Exhausted, publish_dead_letter
-from vebus.errors import VebusError
-from vebus.service import ServiceContext, ServiceSettings, run_service
-from vebus.streams import ensure_streams
+from vebus import aio, names
+from vebus.bus.dlq import publish_dead_letter
+from vebus.bus.streams import ensure_streams
+from vebus.errors import ErrorCode, Exhausted, VebusError
+from vebus.names import MSG_ID
+from vebus.routing.source import RouteSource
+from vebus.routing.store import open_route_store
+from vebus.runtime.service import ServiceContext, ServiceSettings, run_service
 from vebus_deadletter.alert import DeadLetterAlert
 from vebus_deadletter.api import ApiServer, build_app
 from vebus_deadletter.jobs import JobRunner
 from vebus_deadletter.state import StateStore
 
-__all__ = ["ADVISORY_SUBJECT", "QUEUE_GROUP", "Deadletter", "MaxDeliveriesAdvisory", "main"]
+__all__ = ["ADVISORY_SUBJECT", "Deadletter", "MaxDeliveriesAdvisory", "main"]
 
 log = logging.getLogger(__name__)
 
-ADVISORY_SUBJECT = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{subjects.ROUTES_STREAM}.*"
-#: replicas share the advisories: each goes to one of them
-QUEUE_GROUP = "vebus-deadletter"
-#: the dispatchers' durable consumers on VEBUS_ROUTES (see subjects.dispatcher_durable)
-DISPATCHER_PREFIX = "vebus-dispatch-"
+ADVISORY_SUBJECT = f"{names.MAX_DELIVERIES_ADVISORY}.{names.ROUTES_STREAM}.*"
 #: advisories being handled at once, per replica
 MAX_IN_FLIGHT = 32
 #: how often the sweep runs after the one at start
@@ -65,8 +62,6 @@ SWEEP_INTERVAL = 300.0
 #: a message the sweep found is recorded only if it is still there after this long (an ack
 #: that has just moved the consumer past it may not have removed it from the stream yet)
 SWEEP_GRACE = 2.0
-#: JetStream's error code for a failed message delete ("no message found")
-_MSG_DELETE_FAILED = 10057
 
 
 class MaxDeliveriesAdvisory(msgspec.Struct, frozen=True, kw_only=True):
@@ -94,20 +89,22 @@ def _parse_time(value: str | None) -> dt.datetime | None:
 class Deadletter:
     """Records messages JetStream gave up on as POISON dead letters, then removes them."""
 
-    def __init__(self, js: JetStreamContext, config: Config) -> None:
+    def __init__(self, js: JetStreamContext, routes: RouteSource) -> None:
         self._js = js
-        self._config = config
+        #: the running route set: a POISON dead letter names its route's sink kind
+        self._routes = routes
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._tasks: set[asyncio.Task[None]] = set()
         #: messages stored as dead letters by this replica
         self.recorded = 0
 
-    def _sink(self, route: str) -> str:
+    async def _sink(self, route: str) -> str:
+        """The sink kind of `route` in the running set; "unknown" for a route not in it."""
         try:
-            sink = self._config.route(route).sink
-        except KeyError:
+            return (await self._routes.kinds()).get(route) or "unknown"
+        except (VebusError, nats.errors.Error, TimeoutError) as e:
+            log.warning("could not read the route set (%r): the sink kind is unknown", e)
             return "unknown"
-        return str(type(sink).__struct_config__.tag)
 
     async def record(
         self,
@@ -124,19 +121,19 @@ class Deadletter:
         is for the next sweep.
         """
         try:
-            raw = await self._js.get_msg(subjects.ROUTES_STREAM, seq=seq)
+            raw = await self._js.get_msg(names.ROUTES_STREAM, seq=seq)
         except NotFoundError:
-            log.debug("VEBUS_ROUTES message %d is already gone", seq)
+            log.debug("%s message %d is already gone", names.ROUTES_STREAM, seq)
             return False
         subject = raw.subject or ""
         route = subject.rsplit(".", 1)[-1]
         headers = dict(raw.headers or {})
         # without a Msg-Id of its own, the stream sequence still makes replicas agree
-        headers.setdefault(MSG_ID, f"{subjects.ROUTES_STREAM}:{seq}")
+        headers.setdefault(MSG_ID, f"{names.ROUTES_STREAM}:{seq}")
         await publish_dead_letter(
             self._js,
             route=route,
-            sink=self._sink(route),
+            sink=await self._sink(route),
             code=ErrorCode.POISON,
             # JetStream does not record the first delivery: the time the message entered
             # the route is when attempts could start (the dispatcher records the same)
@@ -156,7 +153,7 @@ class Deadletter:
         log.warning(
             "%s message %d (%s, Msg-Id %s) reached MaxDeliver on %s: stored as a POISON "
             "dead letter",
-            subjects.ROUTES_STREAM,
+            names.ROUTES_STREAM,
             seq,
             subject,
             headers[MSG_ID],
@@ -166,11 +163,11 @@ class Deadletter:
 
     async def _delete(self, seq: int) -> None:
         try:
-            await self._js.delete_msg(subjects.ROUTES_STREAM, seq)
+            await self._js.delete_msg(names.ROUTES_STREAM, seq)
         except APIError as e:
-            if not isinstance(e, NotFoundError) and e.err_code != _MSG_DELETE_FAILED:
+            if not isinstance(e, NotFoundError) and e.err_code != names.JS_ERR_MSG_DELETE_FAILED:
                 raise
-            log.debug("VEBUS_ROUTES message %d was deleted by someone else", seq)
+            log.debug("%s message %d was deleted by someone else", names.ROUTES_STREAM, seq)
 
     # ------------------------------------------------------------------ advisories
 
@@ -181,7 +178,7 @@ class Deadletter:
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
             log.warning("ignoring a malformed advisory on %s: %s", msg.subject, e)
             return
-        if adv.stream != subjects.ROUTES_STREAM:
+        if adv.stream != names.ROUTES_STREAM:
             return
         await self._slots.acquire()
         task = asyncio.create_task(self._handle(adv))
@@ -222,16 +219,15 @@ class Deadletter:
     async def sweep(self, stopping: asyncio.Event) -> int:
         """Record every message a dispatcher consumer has given up on; returns how many."""
         found: list[tuple[int, ConsumerInfo]] = []
-        for info in await self._js.consumers_info(subjects.ROUTES_STREAM):
-            if (info.name or "").startswith(DISPATCHER_PREFIX):
+        for info in await self._js.consumers_info(names.ROUTES_STREAM):
+            if names.route_of_durable(info.name or "") is not None:
                 found += [(seq, info) for seq in await self._given_up(info)]
         if not found:
             return 0
         log.info(
             "sweep: %d message(s) past MaxDeliver; checking again in %.0fs", len(found), SWEEP_GRACE
         )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), SWEEP_GRACE)
+        await aio.sleep(SWEEP_GRACE, stopping)
         done = 0
         for seq, info in found:
             if stopping.is_set():
@@ -256,7 +252,7 @@ class Deadletter:
         while seq <= upto:
             try:
                 raw = await self._js.get_msg(
-                    subjects.ROUTES_STREAM, seq=seq, subject=cfg.filter_subject, next=True
+                    names.ROUTES_STREAM, seq=seq, subject=cfg.filter_subject, next=True
                 )
             except NotFoundError:
                 break
@@ -268,15 +264,23 @@ class Deadletter:
 
     async def sweep_forever(self, stopping: asyncio.Event) -> None:
         """Sweep now and every SWEEP_INTERVAL until `stopping` is set."""
-        while not stopping.is_set():
+        async for _ in aio.every(SWEEP_INTERVAL, stopping):
             try:
                 n = await self.sweep(stopping)
                 if n:
                     log.warning("sweep: stored %d message(s) past MaxDeliver as dead letters", n)
             except (VebusError, nats.errors.Error, TimeoutError) as e:
                 log.error("sweep failed: %r; trying again in %.0fs", e, SWEEP_INTERVAL)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), SWEEP_INTERVAL)
+
+
+async def _stream_depths(ctx: ServiceContext) -> None:
+    """Refresh the stream depth gauges (one service reports them: this one)."""
+    assert ctx.telemetry is not None
+    m = ctx.telemetry.metrics
+    for stream in (names.EVENTS_STREAM, names.ROUTES_STREAM, names.DLQ_STREAM):
+        state = (await ctx.js.stream_info(stream)).state
+        m.stream_messages.labels(stream).set(state.messages)
+        m.stream_bytes.labels(stream).set(state.bytes)
 
 
 async def _start_api(ctx: ServiceContext, app: web.Application) -> web.AppRunner | None:
@@ -303,15 +307,24 @@ async def _start_api(ctx: ServiceContext, app: web.Application) -> web.AppRunner
 
 
 async def _body(ctx: ServiceContext, *, version: str) -> None:
-    await ensure_streams(ctx.js, ctx.config)
-    store = await StateStore.open(ctx.js, replicas=ctx.config.nats.replicas)
-    service = Deadletter(ctx.js, ctx.config)
+    await ctx.startup("streams", lambda: ensure_streams(ctx.js, ctx.config.stream_settings()))
+    store = await ctx.startup(
+        "state bucket", lambda: StateStore.open(ctx.js, replicas=ctx.config.nats.replicas)
+    )
+    route_store = await ctx.startup(
+        "route store", lambda: open_route_store(ctx.js, replicas=ctx.config.nats.replicas)
+    )
+    routes = RouteSource(route_store, ctx.config, service="deadletter")
+    ctx.add_poll(functools.partial(_stream_depths, ctx))
+    service = Deadletter(ctx.js, routes)
     jobs = JobRunner(
         ctx.js, store, instance=f"deadletter-{ctx.settings.instance}", stopping=ctx.stopping
     )
-    api = ApiServer(ctx.js, ctx.config, jobs, version=version)
+    api = ApiServer(ctx.js, ctx.config, jobs, routes=routes, version=version)
     runner = await _start_api(ctx, build_app(api))
-    sub = await ctx.nc.subscribe(ADVISORY_SUBJECT, queue=QUEUE_GROUP, cb=service.on_advisory)
+    sub = await ctx.nc.subscribe(
+        ADVISORY_SUBJECT, queue=names.DEADLETTER_QUEUE, cb=service.on_advisory
+    )
     await ctx.nc.flush()
     ctx.ready = True
     log.info("listening for MAX_DELIVERIES advisories on %s", ADVISORY_SUBJECT)
@@ -321,12 +334,12 @@ async def _body(ctx: ServiceContext, *, version: str) -> None:
             tg.create_task(service.sweep_forever(ctx.stopping))
             tg.create_task(jobs.take_over_forever())
             if alert is not None:
-                if alert.route not in {r.name for r in ctx.config.routes}:
+                if alert.route not in await routes.names():
                     log.warning(
-                        "deadletter.alert.route: no route %r in the config; alerts go to "
-                        "vebus.routes.%s all the same",
+                        "deadletter.alert.route: no route %r in the running route set; "
+                        "alerts go to %s all the same",
                         alert.route,
-                        alert.route,
+                        names.route_subject(alert.route),
                     )
                 tg.create_task(DeadLetterAlert(ctx.js, store, alert).run(ctx.stopping))
     finally:
@@ -340,5 +353,5 @@ async def _body(ctx: ServiceContext, *, version: str) -> None:
 
 async def main(settings: ServiceSettings) -> int:
     """Run the deadletter service until SIGTERM; returns the exit status."""
-    ours = version("vebus-deadletter")
+    ours = version(names.distribution("deadletter"))
     return await run_service(settings, functools.partial(_body, version=ours), version=ours)

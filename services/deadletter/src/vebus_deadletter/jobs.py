@@ -8,7 +8,7 @@ handled, and the counts. Its runner writes it, compare-and-set on the entry's re
 after every dead letter and at least every HEARTBEAT seconds.
 
 Each dead letter is published, acknowledged and deleted before the next one starts
-(`vebus.dlq.replay_selection`). A runner that dies (SIGKILL, lost host) leaves the job
+(`vebus.bus.dlq.replay_selection`). A runner that dies (SIGKILL, lost host) leaves the job
 `running` with an old heartbeat; after LEASE a replica (another one, or the same one
 restarted) takes it over, compare-and-set again, and continues after the cursor. The dead
 letter that was in flight is replayed again: same Msg-Id, so JetStream drops the second
@@ -32,11 +32,11 @@ import msgspec
 import nats.errors
 from nats.js import JetStreamContext
 
-from vebus import subjects
-from vebus.dlq import ReplayOutcome, Selection, iter_dead_letters, replay_selection
-from vebus.errors import VebusError
+from vebus import aio, names
+from vebus.bus.dlq import ReplayOutcome, Selection, iter_dead_letters, replay_selection
+from vebus.errors import NotFoundError, StaleRevisionError, VebusError
 from vebus.timespec import format_time, utcnow
-from vebus_deadletter.state import StaleRevisionError, StateStore
+from vebus_deadletter.state import StateStore
 
 __all__ = ["HEARTBEAT", "LEASE", "JobNotFoundError", "JobRunner", "ReplayJob"]
 
@@ -53,7 +53,7 @@ MAX_ERRORS = 10
 _PREFIX = "replay"
 
 
-class JobNotFoundError(VebusError):
+class JobNotFoundError(NotFoundError):
     """No replay job has that id."""
 
 
@@ -156,10 +156,8 @@ class _Handle:
 
     async def heartbeat(self, stopping: asyncio.Event) -> None:
         """Write the record every HEARTBEAT seconds; on `stopping`, stop the job here."""
-        while not self.stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), HEARTBEAT)
-            if stopping.is_set():
+        async for _ in aio.until_stopped(self.stop):
+            if await aio.sleep(HEARTBEAT, stopping):
                 self.stop.set()
                 return
             try:
@@ -192,7 +190,7 @@ class JobRunner:
 
     async def submit(self, selection: Selection, *, to_route: str | None, rate: float) -> ReplayJob:
         """Record a new job for the dead letters `selection` picks now, and start it here."""
-        info = await self._js.stream_info(subjects.DLQ_STREAM)
+        info = await self._js.stream_info(names.DLQ_STREAM)
         upto = int(info.state.last_seq or 0)
         total = 0
         async for _ in iter_dead_letters(self._js, selection=selection, upto=upto):
@@ -336,13 +334,11 @@ class JobRunner:
 
     async def take_over_forever(self) -> None:
         """Look for jobs to take over now and every SCAN_INTERVAL until stopping."""
-        while not self._stopping.is_set():
+        async for _ in aio.every(SCAN_INTERVAL, self._stopping):
             try:
                 await self.take_over()
             except (nats.errors.Error, TimeoutError, VebusError) as e:
                 log.warning("looking for replay jobs to take over failed: %r", e)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), SCAN_INTERVAL)
 
     async def finish(self) -> None:
         """Wait for the jobs running here to stop (after their dead letter in flight)."""

@@ -17,18 +17,14 @@ from nats.js.errors import (
 )
 from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
-from vebus.errors import VebusError
-from vebus.kv import ensure_bucket
+from vebus import names
+from vebus.bus.kv import ensure_bucket
+from vebus.errors import StaleRevisionError
 
-__all__ = ["STATE_BUCKET", "StaleRevisionError", "StateStore"]
+__all__ = ["StateStore"]
 
-STATE_BUCKET = "vebus_deadletter"
 #: finished jobs and alert states are forgotten this long after their last change
 STATE_TTL = 7 * 86400.0
-
-
-class StaleRevisionError(VebusError):
-    """A compare-and-set lost: the entry changed since it was read."""
 
 
 class StateStore:
@@ -43,7 +39,7 @@ class StateStore:
         """The bucket, created when missing."""
         kv = await ensure_bucket(
             js,
-            STATE_BUCKET,
+            names.DEADLETTER_BUCKET,
             replicas=replicas,
             ttl=STATE_TTL,
             description="vebus deadletter: replay jobs and dead-letter alert states",
@@ -76,8 +72,8 @@ class StateStore:
 
     async def scan(self, prefix: str) -> AsyncIterator[tuple[str, bytes, int]]:
         """Every live `prefix.*` key with its value and revision, oldest write first."""
-        stream = f"KV_{STATE_BUCKET}"
-        subject_prefix = f"$KV.{STATE_BUCKET}."
+        stream = f"KV_{names.DEADLETTER_BUCKET}"
+        subject_prefix = f"$KV.{names.DEADLETTER_BUCKET}."
         seq = 1
         while True:
             try:

@@ -3,7 +3,7 @@
 import asyncio
 import sys
 
-from vebus.service import parse_settings
+from vebus.runtime.service import parse_settings
 from vebus_dispatcher import app
 
 if __name__ == "__main__":

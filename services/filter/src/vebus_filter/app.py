@@ -15,29 +15,25 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from vebus import subjects
-from vebus.cloudevent import MSG_ID, from_headers
-from vebus.consumer import Ack, Disposition, Nak, PullWorker
-from vebus.dlq import ErrorCode, Exhausted, publish_dead_letter
+from vebus import names
+from vebus.bus.cloudevent import from_headers
+from vebus.bus.consume import Ack, Disposition, Nak, PullWorker
+from vebus.bus.dlq import publish_dead_letter
+from vebus.bus.publish import publish
+from vebus.bus.streams import ensure_consumer, ensure_streams
 from vebus.errors import (
-    ConfigError,
+    ErrorCode,
+    Exhausted,
     InvalidEventError,
     MessageTooLargeError,
     PublishError,
     RouteFullError,
 )
-from vebus.patterns import PatternError
-from vebus.publish import publish
-from vebus.routestore import (
-    ReplicaStatus,
-    RouteSet,
-    open_route_store,
-    parse_routes,
-    serve_status,
-    watch_routes,
-)
-from vebus.service import ServiceContext, ServiceSettings, run_service
-from vebus_filter.router import Router
+from vebus.names import MSG_ID
+from vebus.routing.router import Router
+from vebus.routing.source import ReplicaStatus, RouteSource, RouteView, serve_status
+from vebus.routing.store import open_route_store
+from vebus.runtime.service import ServiceContext, ServiceSettings, run_service
 
 __all__ = ["Filter", "main"]
 
@@ -76,7 +72,7 @@ class Filter:
             log.warning("invalid event on %s: %s", msg.subject, e)
             await publish_dead_letter(
                 self._js,
-                route=subjects.DLQ_INVALID_ROUTE,
+                route=names.DLQ_INVALID_ROUTE,
                 sink="-",
                 code=ErrorCode.INVALID_EVENT,
                 error=f"{msg.subject}: {e}",
@@ -89,7 +85,7 @@ class Filter:
         routes = router.match(doc)
         if not routes:
             return Ack()  # filtered out: nothing to store
-        base_id = headers.get(MSG_ID) or f"{subjects.EVENTS_STREAM}:{msg.metadata.sequence.stream}"
+        base_id = headers.get(MSG_ID) or f"{names.EVENTS_STREAM}:{msg.metadata.sequence.stream}"
         copies = (
             publish(
                 self._js,
@@ -115,7 +111,7 @@ class Filter:
                 else:
                     code = ErrorCode.TOO_LARGE
                     error = (
-                        f"{result}; the event stays in {subjects.EVENTS_STREAM} at sequence "
+                        f"{result}; the event stays in {names.EVENTS_STREAM} at sequence "
                         f"{msg.metadata.sequence.stream} while retention keeps it"
                     )
                 log.warning(
@@ -129,7 +125,7 @@ class Filter:
                 await publish_dead_letter(
                     self._js,
                     route=route.name,
-                    sink=route.sink.__struct_config__.tag or "",  # type: ignore[arg-type]
+                    sink=route.sink_kind,
                     code=code,
                     error=error,
                     headers={**headers, MSG_ID: f"{base_id}:{route.name}"},
@@ -147,97 +143,61 @@ class Filter:
 
 
 async def _body(ctx: ServiceContext) -> None:
-    from vebus.streams import ensure_consumer, ensure_streams
-
-    await ensure_streams(ctx.js, ctx.config)
-    await ensure_consumer(
-        ctx.js,
-        subjects.EVENTS_STREAM,
-        ConsumerConfig(
-            durable_name=subjects.FILTER_DURABLE,
-            filter_subject=subjects.EVENTS_SUBJECTS,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=ACK_WAIT,
-            max_ack_pending=MAX_IN_FLIGHT * 8,
+    await ctx.startup("streams", lambda: ensure_streams(ctx.js, ctx.config.stream_settings()))
+    await ctx.startup(
+        "consumer",
+        lambda: ensure_consumer(
+            ctx.js,
+            names.EVENTS_STREAM,
+            ConsumerConfig(
+                durable_name=names.FILTER_DURABLE,
+                filter_subject=names.EVENTS_SUBJECTS,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=ACK_WAIT,
+                max_ack_pending=MAX_IN_FLIGHT * 8,
+            ),
         ),
     )
-    store = await open_route_store(ctx.js, replicas=ctx.config.nats.replicas)
-    state = _RouteState(ctx)
-    stored = await store.get()
-    router = state.load(*stored) if stored else None
-    if router is None:
-        router = Router(ctx.config.routes)
-    handler = Filter(ctx.js, router)
-    state.filter = handler
+    store = await ctx.startup(
+        "route store", lambda: open_route_store(ctx.js, replicas=ctx.config.nats.replicas)
+    )
+    source = RouteSource(store, ctx.config, service="filter")
+    view = await ctx.startup("routes", source.load)
+    handler = Filter(ctx.js, Router(view.routes.values()))
     worker = PullWorker(
         ctx.js,
-        stream=subjects.EVENTS_STREAM,
-        durable=subjects.FILTER_DURABLE,
+        stream=names.EVENTS_STREAM,
+        durable=names.FILTER_DURABLE,
         handler=handler.handle,
         max_in_flight=MAX_IN_FLIGHT,
         batch=128,
     )
-    status_sub = await serve_status(ctx.nc, state.status)
 
-    async def on_routes(route_set: RouteSet | None, revision: int) -> None:
-        if route_set is None:
-            state.revision, state.errors = 0, []
-            handler.swap(Router(ctx.config.routes))
-            log.info("stored routes deleted: filtering with the config file's routes")
-            return
-        new = state.load(route_set, revision)
-        if new is not None:
-            handler.swap(new)
-            log.info("routes revision %d: filtering with %d route(s)", revision, len(new))
+    def status() -> ReplicaStatus:
+        return ReplicaStatus(
+            service="filter",
+            instance=ctx.settings.instance,
+            revision=source.view.revision,
+            routes=[r.name for r in handler.router.routes],
+            errors=list(source.view.errors),
+        )
 
+    async def on_routes(new: RouteView) -> None:
+        if new.errors:
+            return  # not loaded: the running routes stay (the errors are in the status)
+        handler.swap(Router(new.routes.values()))
+        log.info("routes revision %d: filtering with %d route(s)", new.revision, len(new.routes))
+
+    status_sub = await serve_status(ctx.nc, status)
     ctx.ready = True
-    log.info("filtering with %d route(s) (revision %d)", len(router), state.revision)
+    log.info("filtering with %d route(s) (revision %d)", len(view.routes), view.revision)
     try:
-        async with watch_routes(
-            store, ctx.stopping, on_routes=on_routes, known_revision=state.revision
-        ):
+        async with source.follow(ctx.stopping, on_routes=on_routes):
             await worker.run(ctx.stopping)
     finally:
         with contextlib.suppress(Exception):
             await status_sub.unsubscribe()
-
-
-class _RouteState:
-    """Which route set this replica runs, for its status answers."""
-
-    def __init__(self, ctx: ServiceContext) -> None:
-        self.ctx = ctx
-        self.revision = 0
-        self.errors: list[str] = []
-        self.filter: Filter | None = None
-
-    def load(self, route_set: RouteSet, revision: int) -> Router | None:
-        """A Router for a stored revision; None (errors kept for status) if it does not load.
-
-        The routes were validated by `vebus routes apply`; a revision this replica cannot
-        load (written by a newer vebus, or by hand) leaves the running routes in place.
-        """
-        try:
-            router = Router(parse_routes(route_set.routes, service="filter"))
-        except (ConfigError, PatternError) as e:
-            lines = e.errors if isinstance(e, ConfigError) else [str(e)]
-            self.errors = [f"revision {revision}: {line}" for line in lines]
-            for line in self.errors:
-                log.error("stored routes not loaded: %s", line)
-            return None
-        self.revision, self.errors = revision, []
-        return router
-
-    def status(self) -> ReplicaStatus:
-        routes = self.filter.router.routes if self.filter else ()
-        return ReplicaStatus(
-            service="filter",
-            instance=self.ctx.settings.instance,
-            revision=self.revision,
-            routes=[r.name for r in routes],
-            errors=self.errors,
-        )
 
 
 async def main(settings: ServiceSettings) -> int:

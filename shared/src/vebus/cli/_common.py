@@ -12,15 +12,16 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
-import nats
+import msgspec
 import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
-from vebus.config import Config, load_config
+from vebus import names
+from vebus.config import Config, NatsConfig, NatsTls, load_config
 from vebus.errors import ConfigError, VebusError
-from vebus.natsauth import (
+from vebus.local.natsauth import (
     DEFAULT_AUTH_PATH,
     PASSWORD_ENV,
     USER_ENV,
@@ -28,8 +29,12 @@ from vebus.natsauth import (
     password_var,
     read_env_file,
 )
+from vebus.local.tls import DEFAULT_TLS_DIR, LocalTls
+from vebus.routing.source import RouteView
+from vebus.runtime.connect import ConnectFailedError, connect_once
 
 __all__ = [
+    "check_route_name",
     "config_option",
     "connect",
     "credentials",
@@ -40,6 +45,7 @@ __all__ = [
     "nats_session",
     "nats_url_option",
     "run_async",
+    "running_routes",
     "time_param",
 ]
 
@@ -49,13 +55,13 @@ config_option = click.option(
     "--config",
     "config_path",
     type=click.Path(dir_okay=False),
-    default=lambda: os.environ.get("VEBUS_CONFIG", "vebus.yaml"),
+    default=lambda: os.environ.get(names.ENV_CONFIG, "vebus.yaml"),
     show_default="vebus.yaml, or $VEBUS_CONFIG",
     help="The vebus.yaml to use.",
 )
 nats_url_option = click.option(
     "--nats-url",
-    default=lambda: os.environ.get("VEBUS_NATS_URL"),
+    default=lambda: os.environ.get(names.ENV_NATS_URL),
     help="NATS server URL (default: the config's nats.url, or $VEBUS_NATS_URL).",
 )
 
@@ -109,41 +115,28 @@ def credentials(config: Config, url: str) -> tuple[str | None, str | None, str]:
     return None, None, "no user given"
 
 
-def _is_auth_error(e: BaseException) -> bool:
-    text = str(e).lower()
-    return "authorization violation" in text or "authentication" in text
+def nats_settings(config: Config, url: str) -> NatsConfig:
+    """The config's NATS settings; for a NATS on this machine that `vebus up --nats-tls`
+    started in this folder, with its CA and client certificate when the config names none."""
+    local = LocalTls(DEFAULT_TLS_DIR)
+    if config.nats.tls is None and is_local_url(url) and local.ca_file.is_file():
+        tls = NatsTls(ca_file=str(local.ca_file), cert_file=str(local.client_cert),
+                      key_file=str(local.client_key))  # fmt: skip
+        return msgspec.structs.replace(config.nats, tls=tls)
+    return config.nats
 
 
 async def connect(config: Config, nats_url: str | None) -> Client:
-    """Connect to NATS once (a command does not wait for a server that is not there).
-
-    nats-py never gives up on a server when `max_reconnect_attempts` is 0 (it means "no
-    limit" in its initial connect loop), so each server gets one retry, and its errors are
-    collected for the one line the user reads instead of printed as tracebacks.
-    """
+    """Connect to NATS once (a command does not wait for a server that is not there)."""
     url = nats_url or config.nats.url
     user, password, source = credentials(config, url)
-    errors: list[Exception] = []
-
-    async def collect(e: Exception) -> None:
-        errors.append(e)
-
     try:
-        return await nats.connect(
-            servers=[u.strip() for u in url.split(",") if u.strip()],
-            user=user,
-            password=password,
-            connect_timeout=float(config.nats.connect_timeout),
-            max_reconnect_attempts=1,
-            reconnect_time_wait=0.2,
-            allow_reconnect=False,
-            error_cb=collect,
-            name="vebus-cli",
-        )
-    except (TimeoutError, OSError, nats.errors.Error) as e:
-        cause = errors[-1] if errors else e
-        reason = str(cause) or type(cause).__name__
-        if any(_is_auth_error(x) for x in (*errors, e)):
+        return await connect_once(nats_settings(config, url), url=url, user=user,
+                                  password=password, name="vebus-cli")  # fmt: skip
+    except ConnectFailedError as e:
+        if e.tls:
+            fail(e.reason)
+        if e.auth:
             who = f"user {user!r} ({source})" if user else "a connection without a user"
             fail(
                 f"NATS at {url} refused {who}: for `vebus up --nats-auth`, run vebus in the "
@@ -152,7 +145,7 @@ async def connect(config: Config, nats_url: str | None) -> Client:
                 "<data-dir>/nats-auth.env; for another NATS, give nats.user and nats.password "
                 "in the config"
             )
-        fail(f"cannot connect to NATS at {url}: {reason} (is `vebus up` running?)")
+        fail(f"cannot connect to NATS at {url}: {e.reason} (is `vebus up` running?)")
 
 
 def run_async(fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
@@ -207,6 +200,26 @@ async def nats_session(
                 "run against it yet (or --nats-url points at another server)"
             ) from None
         yield js
+
+
+async def running_routes(config: Config, js: JetStreamContext) -> RouteView:
+    """The routes the services run now: the stored set, else the config file's."""
+    from vebus.routing.source import RouteSource
+    from vebus.routing.store import open_route_store
+
+    store = await open_route_store(js, replicas=config.nats.replicas)
+    return await RouteSource(store, config, service="cli").load()
+
+
+def check_route_name(view: RouteView, option: str, name: str) -> None:
+    """Exit 2 unless `name` is a route of `view` (the running set) or there is none."""
+    known = list(view.routes)
+    if known and name not in known:
+        where = "the config file" if view.from_config else f"revision {view.revision}"
+        fail(
+            f"{option}: no route {name!r} in the running routes ({where}: {', '.join(known)})",
+            2,
+        )
 
 
 def time_param(_: click.Context, param: click.Parameter, value: str | None) -> dt.datetime | None:

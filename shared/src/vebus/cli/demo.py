@@ -9,6 +9,8 @@ from urllib.parse import urlsplit
 import click
 
 from vebus.cli._common import fail
+from vebus.config import VCenterEndpoint
+from vebus.errors import VebusError
 
 __all__ = ["demo"]
 
@@ -29,6 +31,12 @@ def _wait(task: Any) -> None:
 @click.option("--user", default="user", show_default=True)
 @click.option("--password", default="pass", show_default=True)
 @click.option(
+    "--ca-file",
+    type=click.Path(dir_okay=False),
+    help="PEM of the CA that signed an https vCenter's certificate (default: system CAs).",
+)
+@click.option("--insecure", is_flag=True, help="Do not verify an https vCenter's certificate.")
+@click.option(
     "--cycles",
     type=click.IntRange(min=1),
     default=1,
@@ -38,7 +46,15 @@ def _wait(task: Any) -> None:
 @click.option(
     "--vms", type=click.IntRange(min=0), default=0, help="Use at most this many VMs (0: all)."
 )
-def demo(url: str, user: str, password: str, cycles: int, vms: int) -> None:
+def demo(
+    url: str,
+    user: str,
+    password: str,
+    ca_file: str | None,
+    insecure: bool,
+    cycles: int,
+    vms: int,
+) -> None:
     """Power-cycle and reconfigure the simulator's VMs so that vSphere events flow
     (VmPoweredOffEvent, VmPoweredOnEvent, VmReconfiguredEvent, ...).
 
@@ -52,21 +68,27 @@ def demo(url: str, user: str, password: str, cycles: int, vms: int) -> None:
     if parts.scheme not in ("http", "https") or not parts.hostname or not port:
         fail(f"--url {url!r}: expected an http(s) URL such as http://127.0.0.1:8989/sdk", 2)
     try:
-        from pyVim.connect import Disconnect, SmartConnect
         from pyVmomi import vim
+
+        from vebus.vsphere import Session, VCenterCertificateError, VCenterConnectionError
     except ImportError:
-        fail("vebus demo needs pyvmomi: install vebus with its 'embedded' extra")
+        fail("vebus demo needs pyvmomi: install vebus with its 'vsphere' extra")
+    if ca_file and insecure:
+        fail("--ca-file and --insecure: give one of them (--insecure checks no certificate)", 2)
+    if not password:
+        fail("--password: required", 2)
+    endpoint = VCenterEndpoint(
+        url=url, username=user, password=password, ca_file=ca_file, insecure=insecure
+    )
+    session = Session(endpoint, where="demo", timeout=30, notice=False)
     try:
-        si = SmartConnect(
-            host=parts.hostname,
-            port=port,
-            user=user,
-            pwd=password,
-            protocol=parts.scheme,
-            disableSslCertValidation=True,
-        )
-    except Exception as e:
-        fail(f"cannot log in to {url}: {e} (is `vebus up` running?)")
+        si = session.si
+    except VCenterConnectionError as e:
+        fail(f"{e} (is `vebus up` running?)")
+    except VCenterCertificateError as e:
+        fail(f"{e}; here: --ca-file PATH or --insecure")
+    except VebusError as e:
+        fail(str(e))
     try:
         content = si.RetrieveContent()
         view = content.viewManager.CreateContainerView(
@@ -86,4 +108,4 @@ def demo(url: str, user: str, password: str, cycles: int, vms: int) -> None:
                 _wait(vm.ReconfigVM_Task(spec))
                 click.echo(f"reconfigured {vm.name}")
     finally:
-        Disconnect(si)
+        session.logout()

@@ -14,22 +14,9 @@ from typing import Any
 import click
 from nats.js import JetStreamContext
 
-from vebus import subjects
-from vebus.cli._common import (
-    config_option,
-    fail,
-    load_or_default,
-    nats_session,
-    nats_url_option,
-    run_async,
-    time_param,
-)
-from vebus.cli._progress import progress
-from vebus.config import Config
-from vebus.dlq import (
+from vebus import names
+from vebus.bus.dlq import (
     DeadLetter,
-    DeadLetterNotFoundError,
-    ErrorCode,
     ReplayOutcome,
     Selection,
     delete_dead_letter,
@@ -38,6 +25,20 @@ from vebus.dlq import (
     replay_dead_letter,
     replay_selection,
 )
+from vebus.cli._common import (
+    check_route_name,
+    config_option,
+    fail,
+    load_or_default,
+    nats_session,
+    nats_url_option,
+    run_async,
+    running_routes,
+    time_param,
+)
+from vebus.cli._progress import progress
+from vebus.config import Config
+from vebus.errors import DeadLetterNotFoundError, ErrorCode
 
 __all__ = ["dlq"]
 
@@ -67,7 +68,7 @@ def dlq() -> None:
 @contextlib.asynccontextmanager
 async def _session(config: Config, nats_url: str | None) -> AsyncIterator[JetStreamContext]:
     """A JetStream context on a NATS that has VEBUS_DLQ; NATS failures become one line."""
-    async with nats_session(config, nats_url, stream=subjects.DLQ_STREAM) as js:
+    async with nats_session(config, nats_url, stream=names.DLQ_STREAM) as js:
         yield js
 
 
@@ -88,7 +89,7 @@ def _route_name(_: click.Context, param: click.Parameter, value: str | None) -> 
 
     Without it `a.b` or `*` would silently select the dead letters of route `a_b` or `_`.
     """
-    if value is not None and subjects.token(value) != value:
+    if value is not None and names.token(value) != value:
         raise click.BadParameter(
             f"{value!r} is not a route name: route names use only letters, digits, _ and -",
             param=param,
@@ -292,12 +293,15 @@ async def _get(config: Config, nats_url: str | None, ident: int) -> DeadLetter:
 def show(ident: int, as_json: bool, config_path: str, nats_url: str | None) -> None:
     """Show everything about dead letter ID: why it failed, the CloudEvent and its data.
 
+    With --json, `event` is the CloudEvent in JSON (structured mode, as `vebus tail
+    --json` prints it), which `vebus routes test --event -` takes as it is.
     Exits 1 if there is no dead letter with that ID.
 
     \b
     Example:
       vebus dlq show 42
       vebus dlq show 42 --json | jq .data
+      vebus dlq show 42 --json | jq .event | vebus routes test --route vm-off --event -
     """
     dl: DeadLetter = run_async(_get, load_or_default(config_path), nats_url, ident)
     if as_json:
@@ -374,12 +378,14 @@ async def _replay(
 ) -> tuple[int, int, bool]:
     """Replay one dead letter or a selection; returns (replayed, failed, interrupted)."""
     async with _session(config, nats_url) as js:
+        if to_route is not None:
+            check_route_name(await running_routes(config, js), "--to-route", to_route)
         if ident is not None:
             done = await replay_dead_letter(js, await get_dead_letter(js, ident), to_route=to_route)
             dl_line = f"replayed {ident} to route {done.route}"
             click.echo(dl_line + (" (it was there already)" if done.duplicate else ""))
             return 1, 0, False
-        info = await js.stream_info(subjects.DLQ_STREAM)
+        info = await js.stream_info(names.DLQ_STREAM)
         upto = int(info.state.last_seq or 0)
         count = 0
         async for _ in iter_dead_letters(js, selection=sel, upto=upto):
@@ -467,10 +473,6 @@ def replay(
     _choose(ident, sel, all_)
     _refuse_unconfirmed("replay", ident is None, yes)
     config = load_or_default(config_path)
-    if to_route is not None:
-        known = [r.name for r in config.routes]
-        if known and to_route not in known:
-            fail(f"--to-route: {config_path} has no route {to_route!r} ({', '.join(known)})", 2)
     pace = config.deadletter.replay_rate if rate is None else rate
     done, failed, interrupted = run_async(
         _replay, config, nats_url, ident, sel, to_route, pace, yes

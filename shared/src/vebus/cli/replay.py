@@ -3,17 +3,15 @@
 The window is the time each event entered VEBUS_EVENTS (its JetStream timestamp), read with
 an ephemeral pull consumer that starts at `--from` (DeliverPolicy.BY_START_TIME) and takes
 no acks; it stops at the first event at or after `--to`, or at the stream's last event
-when the replay started. Each event is matched with the filter's own Router (the same
-compiled routes, from the config), and every matching route (only `--route` if given) gets
-a copy on `vebus.routes.<route>`, exactly as the filter would publish it, with:
+when the replay started. Each event is matched with the filter's own Router over the
+running routes (the stored set, else the config file's: vebus.routing.source), and every
+matching route (only `--route` if given) gets a copy on `vebus.routes.<route>`, exactly as
+the filter would publish it, with:
 
 - the CloudEvent id unchanged and the `vebusreplay` extension (the time of the replay);
 - Nats-Msg-Id `replay:<the filter's Msg-Id for that route>:<run id>`, so the copy is not
   dropped as a duplicate of the original, and running the same replay again with the same
   `--run-id` within the duplicate window stores nothing twice.
-
-The filter's Router lives in the vebus-filter package: it is imported when the command
-runs, so that the command matches exactly as the filter does.
 """
 
 from __future__ import annotations
@@ -25,29 +23,33 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import click
 import nats.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from vebus import subjects
+from vebus import names
+from vebus.bus.cloudevent import from_headers
+from vebus.bus.dlq import Pacer
+from vebus.bus.publish import publish
 from vebus.cli._common import (
+    check_route_name,
     config_option,
     fail,
     load_or_default,
     nats_session,
     nats_url_option,
     run_async,
+    running_routes,
     time_param,
 )
 from vebus.cli._progress import Progress, progress
-from vebus.cloudevent import CE_PREFIX, MSG_ID, from_headers
-from vebus.config import Config, Route
-from vebus.dlq import REPLAY_EXTENSION, Pacer
+from vebus.config import Config
 from vebus.errors import InvalidEventError, PublishError, RouteFullError
-from vebus.publish import publish
+from vebus.names import MSG_ID
+from vebus.routing.router import Router
 from vebus.timespec import format_time, utcnow
 
 __all__ = ["replay"]
@@ -56,10 +58,6 @@ __all__ = ["replay"]
 BATCH = 128
 #: a fetch that brings nothing for this long means the window has no more events
 IDLE = 2.0
-
-
-class _Router(Protocol):
-    def match(self, event: Any) -> list[Route]: ...
 
 
 @dataclass
@@ -91,25 +89,12 @@ class Summary:
         return all(not (c.refused or c.failed) for c in self.routes.values())
 
 
-def _router(routes: Sequence[Route]) -> _Router:
-    """The filter's Router over `routes` (imported here: it lives in vebus-filter)."""
-    try:
-        from vebus_filter.router import Router
-    except ImportError:
-        fail(
-            "archive replay matches events exactly as the filter does and needs its package: "
-            "install vebus-filter next to vebus",
-            2,
-        )
-    return Router(routes)
-
-
 def _headers(msg: Msg, route: str, run_id: str, when: str) -> dict[str, str]:
     original = msg.headers or {}
-    base = original.get(MSG_ID) or f"{subjects.EVENTS_STREAM}:{msg.metadata.sequence.stream}"
+    base = original.get(MSG_ID) or f"{names.EVENTS_STREAM}:{msg.metadata.sequence.stream}"
     out = {k: v for k, v in original.items() if not k.startswith("Nats-")}
-    out[CE_PREFIX + REPLAY_EXTENSION] = when
-    out[MSG_ID] = f"replay:{base}:{subjects.token(route)}:{run_id}"
+    out[names.CE_PREFIX + names.REPLAY_EXTENSION] = when
+    out[MSG_ID] = f"replay:{base}:{names.token(route)}:{run_id}"
     return out
 
 
@@ -117,7 +102,7 @@ class _Replay:
     """Reads the window, matches, publishes, counts."""
 
     def __init__(
-        self, js: Any, router: _Router, only: str | None, summary: Summary, rate: float
+        self, js: Any, router: Router, only: str | None, summary: Summary, rate: float
     ) -> None:
         self._js = js
         self._router = router
@@ -147,7 +132,7 @@ class _Replay:
         count = self._summary.routes[route]
         await self._pacer.wait()
         try:
-            ack = await publish(self._js, subjects.route_subject(route), body, headers)
+            ack = await publish(self._js, names.route_subject(route), body, headers)
         except RouteFullError:
             count.refused += 1
         except PublishError:
@@ -179,16 +164,24 @@ async def _run(
     summary: Summary,
     bar: Progress,
 ) -> None:
-    router = _router(config.routes)
-    async with nats_session(config, nats_url, stream=subjects.EVENTS_STREAM) as js:
-        info = await js.stream_info(subjects.EVENTS_STREAM)
+    async with nats_session(config, nats_url, stream=names.EVENTS_STREAM) as js:
+        view = await running_routes(config, js)
+        if not view.routes:
+            fail("there are no running routes: archive replay sends events through them", 2)
+        if only is not None:
+            check_route_name(view, "--route", only)
+        router = Router(view.routes.values())
+        for name in view.routes:
+            if only is None or name == only:
+                summary.routes[name] = RouteCount()
+        info = await js.stream_info(names.EVENTS_STREAM)
         last = int(info.state.last_seq or 0)
         if not info.state.messages:
             return
         psub = await js.pull_subscribe(
-            subjects.EVENTS_SUBJECTS,
+            names.EVENTS_SUBJECTS,
             durable=None,
-            stream=subjects.EVENTS_STREAM,
+            stream=names.EVENTS_STREAM,
             config=ConsumerConfig(
                 deliver_policy=DeliverPolicy.BY_START_TIME,
                 opt_start_time=start,
@@ -233,7 +226,7 @@ async def _run(
 def _print(summary: Summary) -> None:
     what = "would match" if summary.dry_run else "sent"
     click.echo(
-        f"replay {summary.run_id}: events that entered {subjects.EVENTS_STREAM} "
+        f"replay {summary.run_id}: events that entered {names.EVENTS_STREAM} "
         f"from {summary.start} to {summary.end}"
     )
     click.echo(
@@ -304,7 +297,8 @@ def replay(
     """Send the events that entered VEBUS_EVENTS between --from and --to through the
     routes again, as EventBridge's archive replay does.
 
-    Events are matched with the config's routes exactly as the filter matches them, and
+    Events are matched with the running routes (those `vebus routes apply` stored, else
+    the config file's) exactly as the filter matches them, and
     each matching route (only --route if given) gets a copy that keeps its CloudEvent id,
     gains the `vebusreplay` extension, and has the Msg-Id
     `replay:<original>:<route>:<run id>`. A progress bar shows on a terminal; a summary
@@ -319,21 +313,15 @@ def replay(
     end = end or utcnow()
     if start >= end:
         raise click.BadParameter("must be before --to (default: now)", param_hint="--from")
-    config = load_or_default(config_path, required=True)
-    names = [r.name for r in config.routes]
-    if not names:
-        fail(f"{config_path} has no routes: archive replay sends events through them", 2)
-    if route is not None and route not in names:
-        fail(f"--route: {config_path} has no route {route!r} ({', '.join(names)})", 2)
+    config = load_or_default(config_path)
     run_id = run_id or uuid.uuid4().hex[:8]
-    if subjects.token(run_id) != run_id:
+    if names.token(run_id) != run_id:
         raise click.BadParameter("letters, digits, _ and - only", param_hint="--run-id")
     summary = Summary(
         run_id=run_id,
         start=format_time(start),
         end=format_time(end),
         dry_run=dry_run,
-        routes={n: RouteCount() for n in names if route is None or n == route},
     )
     with progress("replaying", None) as bar:
         run_async(_run, config, nats_url, start, end, route, rate, summary, bar)

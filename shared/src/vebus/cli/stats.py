@@ -9,7 +9,8 @@ from typing import Any
 
 import click
 
-from vebus import subjects
+from vebus import names
+from vebus.bus.cloudevent import from_headers
 from vebus.cli._common import (
     config_option,
     fail,
@@ -18,10 +19,8 @@ from vebus.cli._common import (
     nats_url_option,
     run_async,
 )
-from vebus.cloudevent import from_headers
 from vebus.errors import InvalidEventError
-from vebus.stats import Stats
-from vebus.subjects import token
+from vebus.events.stats import Stats
 
 __all__ = ["stats"]
 
@@ -57,7 +56,7 @@ def stats(config_path: str, nats_url: str | None, since: str, until: str, vcente
       vebus stats --since 1h --json
       vebus stats --since 2026-01-01T00:00:00Z --until 2026-01-02T00:00:00Z --png day.png
     """
-    from vebus.window import iter_window
+    from vebus.bus.window import iter_window
 
     start, end = _time("--since", since), _time("--until", until)
     if start >= end:
@@ -65,11 +64,11 @@ def stats(config_path: str, nats_url: str | None, since: str, until: str, vcente
     if png is not None and not png.parent.is_dir():
         fail(f"--png {png}: no folder {png.parent} to write it in", 2)
     config = load_or_default(config_path)
-    subject = f"vebus.events.{token(vcenter)}.>" if vcenter else "vebus.events.>"
+    subject = names.vcenter_subjects(vcenter) if vcenter else names.EVENTS_SUBJECTS
 
     async def collect() -> Stats:
         agg = Stats(top=top)
-        async with nats_session(config, nats_url, stream=subjects.EVENTS_STREAM) as js:
+        async with nats_session(config, nats_url, stream=names.EVENTS_STREAM) as js:
             async for msg in iter_window(js, start=start, end=end, subject=subject):
                 try:
                     ev = from_headers(msg.headers, msg.data)

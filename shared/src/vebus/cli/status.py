@@ -3,7 +3,7 @@
 Replicas are found the way DESIGN.md says, through NATS micro-service discovery, so it
 works the same on one host, under compose and in Kubernetes: one `$SRV.STATS` request is
 answered by every vebus process, each with its status as the data of its `status`
-endpoint (see `vebus.service`). Two such samples `--interval` apart give the recent rates
+endpoint (see `vebus.runtime.service`). Two such samples `--interval` apart give the recent rates
 (events received, published, delivered per second). The rest comes from JetStream: stream
 sizes, each consumer's backlog (num_pending, ack_pending), dead letters per route.
 """
@@ -20,7 +20,7 @@ import click
 import nats.errors
 from nats.aio.client import Client
 
-from vebus import subjects
+from vebus import names
 from vebus.cli._common import config_option, connect, load_or_default, nats_url_option, run_async
 
 __all__ = ["collect_status", "discover", "status"]
@@ -36,7 +36,7 @@ async def discover(nc: Client, timeout: float = 1.0, idle: float = 0.3) -> list[
     sub = await nc.subscribe(inbox)
     out: list[dict[str, Any]] = []
     try:
-        await nc.publish("$SRV.STATS", b"", reply=inbox)
+        await nc.publish(names.SRV_STATS, b"", reply=inbox)
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             try:
@@ -49,7 +49,7 @@ async def discover(nc: Client, timeout: float = 1.0, idle: float = 0.3) -> list[
                 reply = json.loads(msg.data)
             except ValueError:
                 continue
-            if str(reply.get("name", "")).startswith("vebus-"):
+            if names.service_of_micro(str(reply.get("name", ""))) is not None:
                 out.append(reply)
     finally:
         await sub.unsubscribe()
@@ -63,7 +63,7 @@ def _replica(reply: dict[str, Any]) -> dict[str, Any]:
         if ep.get("name") == "status" and isinstance(ep.get("data"), dict):
             data = ep["data"]
     return {
-        "service": data.get("service") or str(reply.get("name", "")).removeprefix("vebus-"),
+        "service": data.get("service") or names.service_of_micro(str(reply.get("name", ""))),
         "instance": data.get("instance") or reply.get("id"),
         "id": reply.get("id"),
         "version": reply.get("version"),
@@ -98,10 +98,10 @@ async def collect_status(nc: Client, interval: float = 1.0) -> dict[str, Any]:
         }  # fmt: skip
     except nats.errors.Error as e:
         out["nats"]["error"] = f"JetStream: {e}"
-    for name in (subjects.EVENTS_STREAM, subjects.ROUTES_STREAM, subjects.DLQ_STREAM):
+    for name in (names.EVENTS_STREAM, names.ROUTES_STREAM, names.DLQ_STREAM):
         try:
             si = await js.stream_info(
-                name, subjects_filter=subjects.DLQ_SUBJECTS if name == subjects.DLQ_STREAM else None
+                name, subjects_filter=names.DLQ_SUBJECTS if name == names.DLQ_STREAM else None
             )
         except nats.errors.Error:
             out["streams"].append({"name": name, "missing": True})
@@ -118,9 +118,9 @@ async def collect_status(nc: Client, interval: float = 1.0) -> dict[str, Any]:
                 "replicas": si.config.num_replicas,
             }
         )
-        if name == subjects.DLQ_STREAM:
+        if name == names.DLQ_STREAM:
             by_route = {
-                subject.removeprefix("vebus.dlq."): count
+                names.route_of_dlq_subject(subject): count
                 for subject, count in sorted((state.subjects or {}).items())
             }
             out["dead_letters"] = {"total": state.messages, "by_route": by_route}

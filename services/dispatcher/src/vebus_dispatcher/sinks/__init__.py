@@ -7,10 +7,13 @@ every sink is at-least-once except `console` and syslog over UDP (at-most-once),
 
 from __future__ import annotations
 
-from typing import assert_never
+import importlib
 
-from vebus import config, telemetry
-from vebus_dispatcher.sinks.base import Sink, SinkContext
+from vebus import config
+from vebus.delivery.sink import Sink
+from vebus.errors import ConfigError
+from vebus.runtime import telemetry
+from vebus_dispatcher.sinks.base import SinkContext
 
 __all__ = ["Sink", "SinkContext", "build_sink"]
 
@@ -24,55 +27,35 @@ def build_sink(ctx: SinkContext) -> Sink:
     sink = _build(ctx)
     if (tel := telemetry.current()) is None:
         return sink
-    from vebus_dispatcher.sinks.observed import ObservedSink
+    from vebus.runtime.observed import ObservedSink
 
     return ObservedSink(sink, ctx.route.name, tel)
 
 
+#: each sink kind's class, imported when a route uses it: "module:Class" under this package
+_CLASSES: dict[type[config.Sink], str] = {
+    config.WebhookSink: "webhook:WebhookSink",
+    config.ConsoleSink: "console:ConsoleSink",
+    config.SlackSink: "slack:SlackSink",
+    config.TeamsSink: "teams:TeamsSink",
+    config.PagerDutySink: "pagerduty:PagerDutySink",
+    config.HttpSink: "http:HttpSink",
+    config.EmailSink: "smtp:EmailSink",
+    config.EventBridgeSink: "eventbridge:EventBridgeSink",
+    config.SyslogSink: "syslog:SyslogSink",
+    config.NatsSink: "natspub:NatsSink",
+    config.VsphereSink: "vsphere:VsphereSink",
+}
+
+
 def _build(ctx: SinkContext) -> Sink:
     sink = ctx.route.sink
-    if isinstance(sink, config.WebhookSink):
-        from vebus_dispatcher.sinks.webhook import WebhookSink
-
-        return WebhookSink(sink, ctx)
-    if isinstance(sink, config.ConsoleSink):
-        from vebus_dispatcher.sinks.console import ConsoleSink
-
-        return ConsoleSink(sink)
-    if isinstance(sink, config.SlackSink):
-        from vebus_dispatcher.sinks.slack import SlackSink
-
-        return SlackSink(sink, ctx)
-    if isinstance(sink, config.TeamsSink):
-        from vebus_dispatcher.sinks.teams import TeamsSink
-
-        return TeamsSink(sink, ctx)
-    if isinstance(sink, config.PagerDutySink):
-        from vebus_dispatcher.sinks.pagerduty import PagerDutySink
-
-        return PagerDutySink(sink, ctx)
-    if isinstance(sink, config.HttpSink):
-        from vebus_dispatcher.sinks.http import HttpSink
-
-        return HttpSink(sink, ctx)
-    if isinstance(sink, config.EmailSink):
-        from vebus_dispatcher.sinks.smtp import EmailSink
-
-        return EmailSink(sink, ctx)
-    if isinstance(sink, config.EventBridgeSink):
-        from vebus_dispatcher.sinks.eventbridge import EventBridgeSink
-
-        return EventBridgeSink(sink, ctx)
-    if isinstance(sink, config.SyslogSink):
-        from vebus_dispatcher.sinks.syslog import SyslogSink
-
-        return SyslogSink(sink, ctx)
-    if isinstance(sink, config.NatsSink):
-        from vebus_dispatcher.sinks.natspub import NatsSink
-
-        return NatsSink(sink, ctx)
-    if isinstance(sink, config.VsphereSink):
-        from vebus_dispatcher.sinks.vsphere import VsphereSink
-
-        return VsphereSink(sink, ctx)
-    assert_never(sink)
+    where = _CLASSES.get(type(sink))
+    if where is None:
+        raise ConfigError(
+            [f"route {ctx.route.name}: the dispatcher has no {ctx.route.sink_kind} sink"]
+        )
+    module, _, name = where.partition(":")
+    cls = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    made: Sink = cls(sink, ctx)
+    return made

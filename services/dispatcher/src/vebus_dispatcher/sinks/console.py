@@ -3,7 +3,8 @@
 At-most-once by nature: the event counts as delivered once the line is written and flushed;
 nothing confirms that anyone read it (a pipe to a dead reader loses what it buffered).
 `format: line` prints `time type source id subject` and, for vSphere events, the
-event's FullFormattedMessage; `format: json` prints the structured CloudEvent.
+event's FullFormattedMessage; `format: json` prints the CloudEvent in the JSON event
+format (`vebus.bus.http`).
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ from collections.abc import Mapping
 from typing import TextIO
 
 from vebus import config
-from vebus.cloudevent import CloudEvent
-from vebus.dlq import ErrorCode
-from vebus.errors import InvalidEventError
-from vebus_dispatcher.errors import PermanentDeliveryError
-from vebus_dispatcher.sinks import encoding
+from vebus.bus.cloudevent import CloudEvent
+from vebus.bus.http import to_json
+from vebus.errors import ErrorCode, InvalidEventError, PermanentDeliveryError
+from vebus_dispatcher.sinks.base import SinkContext
 
 __all__ = ["ConsoleSink", "format_line"]
 
@@ -27,15 +27,19 @@ class ConsoleSink:
 
     kind = "console"
 
-    def __init__(self, sink: config.ConsoleSink, stream: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        sink: config.ConsoleSink,
+        ctx: SinkContext | None = None,
+        *,
+        stream: TextIO | None = None,
+    ) -> None:
         self._sink = sink
         self._stream = stream
 
     async def deliver(self, event: CloudEvent, headers: Mapping[str, str]) -> None:
-        if self._sink.format == "json":
-            line = encoding.structured_body(event).decode("utf-8")
-        else:
-            line = format_line(event)
+        json = self._sink.format == "json"
+        line = to_json(event).decode("utf-8") if json else format_line(event)
         stream = self._stream or sys.stdout
         try:
             stream.write(line + "\n")

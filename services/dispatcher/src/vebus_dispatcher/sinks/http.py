@@ -13,9 +13,8 @@ from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from vebus import config
-from vebus.cloudevent import CloudEvent
-from vebus.dlq import ErrorCode
-from vebus_dispatcher.errors import PermanentDeliveryError
+from vebus.bus.cloudevent import CloudEvent
+from vebus.errors import ErrorCode, PermanentDeliveryError
 from vebus_dispatcher.sinks.base import SinkContext
 from vebus_dispatcher.sinks.httpclient import Authenticator, new_session, redact, request
 from vebus_dispatcher.sinks.templating import compile_field, compile_optional, render

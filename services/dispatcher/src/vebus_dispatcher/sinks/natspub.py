@@ -20,9 +20,9 @@ import nats.errors
 import nats.js.errors
 
 from vebus import config
-from vebus.cloudevent import MSG_ID, TRACEPARENT, CloudEvent, to_headers
-from vebus.dlq import ErrorCode
-from vebus_dispatcher.errors import PermanentDeliveryError, RetryableDeliveryError
+from vebus.bus.cloudevent import CloudEvent, to_headers
+from vebus.errors import ErrorCode, PermanentDeliveryError, RetryableDeliveryError
+from vebus.names import MSG_ID, TRACEPARENT
 from vebus_dispatcher.sinks.base import SinkContext
 from vebus_dispatcher.sinks.templating import compile_field, render
 

@@ -17,10 +17,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from vebus import config
-from vebus.cloudevent import CloudEvent
-from vebus.dlq import ErrorCode
-from vebus.errors import InvalidEventError
-from vebus_dispatcher.errors import PermanentDeliveryError
+from vebus.bus.cloudevent import CloudEvent
+from vebus.errors import ErrorCode, InvalidEventError, PermanentDeliveryError
 from vebus_dispatcher.sinks.base import SinkContext
 from vebus_dispatcher.sinks.httpclient import new_session, request
 from vebus_dispatcher.sinks.slack import message_text

@@ -19,9 +19,8 @@ from email.message import EmailMessage
 from email.utils import formatdate
 
 from vebus import config
-from vebus.cloudevent import CloudEvent
-from vebus.dlq import ErrorCode
-from vebus_dispatcher.errors import DeliveryError, PermanentDeliveryError, RetryableDeliveryError
+from vebus.bus.cloudevent import CloudEvent
+from vebus.errors import DeliveryError, ErrorCode, PermanentDeliveryError, RetryableDeliveryError
 from vebus_dispatcher.sinks.base import SinkContext
 from vebus_dispatcher.sinks.templating import compile_field, render
 from vebus_dispatcher.sinks.threads import SinkThreads

@@ -14,9 +14,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from vebus import config
-from vebus.cloudevent import CloudEvent
-from vebus.dlq import ErrorCode
-from vebus_dispatcher.errors import RetryableDeliveryError
+from vebus.bus.cloudevent import CloudEvent
+from vebus.errors import ErrorCode, RetryableDeliveryError
 from vebus_dispatcher.sinks.base import SinkContext
 from vebus_dispatcher.sinks.httpclient import new_session, redact, request
 from vebus_dispatcher.sinks.slack import message_text

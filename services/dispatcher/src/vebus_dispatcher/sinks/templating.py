@@ -6,11 +6,9 @@ a dead letter at once, it is not retried.
 
 from __future__ import annotations
 
-from vebus.cloudevent import CloudEvent
-from vebus.dlq import ErrorCode
-from vebus.errors import ConfigError
-from vebus.templates import Template, TemplateError, compile_template
-from vebus_dispatcher.errors import PermanentDeliveryError
+from vebus.bus.cloudevent import CloudEvent
+from vebus.errors import ConfigError, ErrorCode, PermanentDeliveryError, TemplateError
+from vebus.events.templates import Template, compile_template
 
 __all__ = ["compile_field", "compile_optional", "render"]
 

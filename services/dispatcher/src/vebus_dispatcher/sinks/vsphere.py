@@ -4,16 +4,19 @@ For each event it sets, on the VM in the event's `data.Vm.Vm` reference (VEBA's 
 names), either a custom attribute (`action: attribute`; the attribute is created for
 VirtualMachine objects on first use) or the annotation (`action: annotation`, replaced,
 or with `append` added as a new last line). The value is the route's template. pyvmomi
-blocks: calls run on the sink's own threads over one logged-in session, which is opened
-on first use and again when vCenter says it expired.
+blocks: calls run on the sink's own threads over one vebus.vsphere Session (the TLS policy
+with `ca_file`, `insecure` with its warning, `password_file`, a new login when vCenter
+says the session expired), logged in on first use.
 
 At-least-once: success is vCenter's answer to SetField, or the reconfigure task ending in
 `success`. Setting an attribute or replacing the annotation is idempotent; appending is
 not (a redelivered event appends its line again), and two replicas appending to the same
 VM at once can lose one line. An event that names no VM, or a VM that no longer exists,
-is permanent; a fault vCenter may recover from (a task in progress, a lost connection,
-an expired session) is retried. Reconfiguring a VM makes a VmReconfiguredEvent: a route
-that annotates must not match those, or it feeds itself.
+is permanent, and so are a login vCenter refuses and a TLS certificate that does not
+verify (set `ca_file`, then replay the dead letters); a fault vCenter may recover from (a
+task in progress, a lost connection, an expired session) is retried. Reconfiguring a VM
+makes a VmReconfiguredEvent: a route that annotates must not match those, or it feeds
+itself.
 """
 
 from __future__ import annotations
@@ -21,18 +24,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-import ssl
 import threading
 import time
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 from vebus import config
-from vebus.cloudevent import CloudEvent
-from vebus.dlq import ErrorCode
-from vebus.errors import ConfigError, InvalidEventError
-from vebus_dispatcher.errors import DeliveryError, PermanentDeliveryError, RetryableDeliveryError
+from vebus.bus.cloudevent import CloudEvent
+from vebus.errors import (
+    ConfigError,
+    DeliveryError,
+    ErrorCode,
+    InvalidEventError,
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+)
 from vebus_dispatcher.sinks.base import SinkContext
 from vebus_dispatcher.sinks.templating import compile_field, render
 from vebus_dispatcher.sinks.threads import SinkThreads
@@ -76,7 +82,7 @@ class VsphereSink:
 
     def __init__(self, sink: config.VsphereSink, ctx: SinkContext) -> None:
         try:
-            self._connect = importlib.import_module("pyVim.connect")
+            vsphere = importlib.import_module("vebus.vsphere")
             pyvmomi = importlib.import_module("pyVmomi")
         except ImportError:
             raise ConfigError(
@@ -87,17 +93,15 @@ class VsphereSink:
             ) from None
         self._vim: Any = pyvmomi.vim
         self._vmodl: Any = pyvmomi.vmodl
+        self._errors: Any = vsphere
         self._sink = sink
         self._timeout = float(ctx.route.delivery.timeout)
         self._value = compile_field(ctx.route.name, "value", sink.value)
-        parts = urlsplit(sink.url)
-        self._host = parts.hostname or ""
-        self._protocol = parts.scheme
-        self._port = parts.port or (443 if parts.scheme == "https" else 80)
-        self._path = parts.path or "/sdk"
-        self._si: Any = None
-        self._field_key: int | None = None
-        self._session_lock = threading.Lock()
+        self._session: Any = vsphere.Session(
+            sink, where=f"routes[{ctx.route.name}].sink", timeout=self._timeout
+        )
+        #: the custom attribute's key, and the login it was read in
+        self._field: tuple[int, int] | None = None
         self._vm_locks: dict[str, threading.Lock] = {}
         size = min(MAX_THREADS, ctx.route.delivery.max_in_flight)
         self._threads = SinkThreads(f"vsphere-{ctx.route.name}", size)
@@ -112,83 +116,60 @@ class VsphereSink:
 
     # -------------------------------------------------------------- on a pool thread
 
-    def _session(self) -> Any:
-        with self._session_lock:
-            if self._si is None:
-                context = None
-                if self._protocol == "https" and self._sink.insecure:
-                    context = ssl._create_unverified_context()
-                self._si = self._connect.SmartConnect(
-                    host=self._host,
-                    port=self._port,
-                    user=self._sink.username,
-                    pwd=self._sink.password,
-                    protocol=self._protocol,
-                    path=self._path,
-                    sslContext=context,
-                    httpConnectionTimeout=self._timeout,
-                    connectionPoolTimeout=30,
-                )
-                self._field_key = None
-            return self._si
-
     def _apply(self, moref: str, text: str) -> None:
         where = f"{self._sink.url} {moref}"
-        for attempt in (1, 2):
-            try:
-                si = self._session()
-                vm = self._vim.VirtualMachine(moref, si._stub)
-                if self._sink.action == "attribute":
-                    key = self._attribute_key(si)
-                    si.content.customFieldsManager.SetField(entity=vm, key=key, value=text)
-                else:
-                    with self._vm_locks.setdefault(moref, threading.Lock()):
-                        self._annotate(vm, text, where)
-                return
-            except DeliveryError:
-                raise
-            except self._vim.fault.NotAuthenticated:
-                with self._session_lock:
-                    self._si = None  # the session expired: log in again, once
-                if attempt == 2:
-                    raise RetryableDeliveryError(
-                        f"{where}: vCenter keeps refusing the session",
-                        code=ErrorCode.CONNECTION_FAILURE,
-                    ) from None
-            except self._vmodl.fault.ManagedObjectNotFound:
-                raise PermanentDeliveryError(
-                    f"{where}: the VM does not exist (any more)", code=ErrorCode.SINK_ERROR
-                ) from None
-            except self._vim.fault.InvalidLogin as e:
-                raise PermanentDeliveryError(
-                    f"{self._sink.url}: login refused: {e.msg}", code=ErrorCode.SINK_ERROR
-                ) from None
-            except self._vmodl.MethodFault as e:
-                raise fault_error(where, e) from None
-            except OSError as e:  # refused, reset, timed out, TLS
-                with self._session_lock:
-                    self._si = None
-                raise RetryableDeliveryError(
-                    f"{where}: connection failed: {e!r}", code=ErrorCode.CONNECTION_FAILURE
-                ) from e
-        raise AssertionError("unreachable")
+        errors = self._errors
+        try:
+            self._session.run(lambda si: self._act(si, moref, text, where))
+        except DeliveryError:
+            raise
+        except errors.VCenterConnectionError as e:  # unreachable, timed out, not answering
+            raise RetryableDeliveryError(str(e), code=ErrorCode.CONNECTION_FAILURE) from None
+        except (errors.VCenterCertificateError, errors.VCenterLoginError, ConfigError) as e:
+            # a certificate that does not verify, refused credentials, an unreadable
+            # password_file or ca_file: the same every time until the config changes
+            raise PermanentDeliveryError(str(e), code=ErrorCode.SINK_ERROR) from None
+        except self._vim.fault.NotAuthenticated:  # even right after a new login
+            raise RetryableDeliveryError(
+                f"{where}: vCenter keeps refusing the session", code=ErrorCode.CONNECTION_FAILURE
+            ) from None
+        except self._vmodl.fault.ManagedObjectNotFound:
+            raise PermanentDeliveryError(
+                f"{where}: the VM does not exist (any more)", code=ErrorCode.SINK_ERROR
+            ) from None
+        except self._vmodl.MethodFault as e:
+            raise fault_error(where, e) from None
+        except OSError as e:  # refused, reset, timed out: pyvmomi reconnects next time
+            raise RetryableDeliveryError(
+                f"{where}: connection failed: {e!r}", code=ErrorCode.CONNECTION_FAILURE
+            ) from e
+
+    def _act(self, si: Any, moref: str, text: str, where: str) -> None:
+        vm = self._vim.VirtualMachine(moref, si._stub)
+        if self._sink.action == "attribute":
+            key = self._attribute_key(si)
+            si.content.customFieldsManager.SetField(entity=vm, key=key, value=text)
+        else:
+            with self._vm_locks.setdefault(moref, threading.Lock()):
+                self._annotate(vm, text, where)
 
     def _attribute_key(self, si: Any) -> int:
-        if self._field_key is not None:
-            return self._field_key
+        login = self._session.logins
+        if self._field is not None and self._field[1] == login:
+            return self._field[0]
         name = self._sink.attribute
         cfm = si.content.customFieldsManager
         for _ in range(2):
             for f in cfm.field or []:
                 if f.name == name and f.managedObjectType in (None, self._vim.VirtualMachine):
-                    self._field_key = int(f.key)
-                    return self._field_key
+                    self._field = (int(f.key), login)
+                    return int(f.key)
             try:
                 created = cfm.AddCustomFieldDef(name=name, moType=self._vim.VirtualMachine)
             except self._vim.fault.DuplicateName:
                 continue  # another replica made it just now: read it again
-            self._field_key = int(created.key)
-            return self._field_key
+            self._field = (int(created.key), login)
+            return int(created.key)
         raise PermanentDeliveryError(
             f"{self._sink.url}: custom attribute {name!r} exists for another object type",
             code=ErrorCode.SINK_ERROR,
@@ -217,10 +198,8 @@ class VsphereSink:
 
     async def close(self) -> None:
         await self._threads.close()
-        si, self._si = self._si, None
-        if si is not None:
-            with contextlib.suppress(Exception):  # the session may be gone with the server
-                await asyncio.to_thread(self._connect.Disconnect, si)
+        with contextlib.suppress(Exception):  # the session may be gone with the server
+            await asyncio.to_thread(self._session.logout)
 
 
 def fault_error(where: str, fault: Any) -> DeliveryError:

@@ -1,0 +1,3 @@
+"""Route consumers: the delivery policy (attempts, backoff, max_age, rate, pause) and the
+decision to retry or dead-letter.
+"""
