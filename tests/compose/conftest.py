@@ -108,8 +108,10 @@ def images(engine: Engine, report: Report) -> Engine:
     text = log.read_text(errors="replace")
     assert done.returncode == 0, f"scripts/images failed ({done.returncode}):\n{text[-5000:]}"
     report.add(f"scripts/images: {time.monotonic() - start:.1f}s")
-    # the engine's data root stays in build/: images a code change left behind go
+    # the engine's data root stays in build/: images a code change left behind go, and the
+    # build cache keeps its most recent 1 GB (what the next warm run uses)
     engine.docker("image", "prune", "--force")
+    engine.run("builder", "prune", "--force", "--keep-storage", "1GB")
     report.add("\n".join(f"  {line}" for line in text.splitlines() if line.startswith("images: ")))
     return engine
 
