@@ -305,3 +305,75 @@ def test_run_as_an_unknown_user_is_a_problem_of_that_function(tmp_path: Path) ->
     assert fn is not None
     assert fn.runtime is None
     assert "no user named 'no-such-user-here'" in (fn.problem or "")
+
+
+SERVER = textwrap.dedent(
+    """
+    import json, os, sys
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class H(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            what = body["what"]
+            print("got", self.headers["ce-id"], self.headers["ce-type"], flush=True)
+            if what == "die":
+                os._exit(1)
+            status = {"ok": 200, "bad": 400, "fail": 500, "busy": 429}[what]
+            self.send_response(status)
+            if what == "ok":
+                self.send_header("ce-type", "com.example.Answer.v0")
+                self.send_header("ce-id", "a-1")
+                self.send_header("ce-source", "urn:fn")
+                self.send_header("ce-specversion", "1.0")
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", "12")
+                self.end_headers()
+                self.wfile.write(b'{"ok": true}')
+                return
+            if what == "busy":
+                self.send_header("Retry-After", "9")
+            self.send_header("Content-Length", "4")
+            self.end_headers()
+            self.wfile.write(b"nope")
+
+        def log_message(self, *a):
+            pass
+
+    HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+    """
+)
+
+
+async def test_an_http_function_server_is_supervised_and_sent_binary_events(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "server.py").write_text(SERVER)
+    cfg = parse_config({"functions": [
+        {"name": "web", "http": {"command": ["python3", "server.py"], "ready_path": "/"},
+         "workers": 1}
+    ]})  # fmt: skip
+    h = FunctionHost(cfg, base_dir=tmp_path, log_lines=False)
+    await h.start()
+    try:
+        ok = await invoke(h, "web", event("ok", "h1"))
+        assert ok.status == "done"
+        (reply,) = replies(ok)
+        assert (reply["type"], reply["data"]) == ("com.example.Answer.v0", {"ok": True})
+        assert (await invoke(h, "web", event("bad"))).status == "reject"
+        assert (await invoke(h, "web", event("fail"))).status == "error"
+        busy = await invoke(h, "web", event("busy"))
+        assert (busy.status, busy.retry_after) == ("retry", 9)
+        died = await invoke(h, "web", event("die"))
+        assert died.status == "crashed"
+        assert (await invoke(h, "web", event("ok", "h2"))).status == "done", "started again"
+        fn = h.get("web")
+        assert fn is not None
+        lines = [line.text for line in fn.output.recent(20)]
+        assert "got h1 com.example.Test.v0" in lines
+    finally:
+        await h.close()
