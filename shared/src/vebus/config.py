@@ -882,10 +882,13 @@ class FunctionConfig(_Base, frozen=True):
         for field in ("env", "secrets"):
             for key in getattr(self, field):
                 if not _ENV_NAME.match(key):
-                    raise ValueError(f"{field}.{key}: expected an environment variable name")
+                    raise ValueError(
+                        f"{field}: {key!r} is not an environment variable name (letters, "
+                        "digits and _, not starting with a digit)"
+                    )
         both = sorted(set(self.env) & set(self.secrets))
         if both:
-            raise ValueError(f"secrets.{both[0]}: also in env; give it once")
+            raise ValueError(f"secrets: {both[0]!r} is in env too; give it once")
         if self.timeout is not None and self.timeout <= 0:
             raise ValueError("timeout: expected a duration > 0 (leave it out for the route's)")
         if self.workers < 1:
