@@ -179,7 +179,7 @@ async def test_a_hanging_function_is_killed_at_its_timeout(host: FunctionHost) -
     hung = await invoke(host, "py", event("hang"))
     took = time.monotonic() - started
     assert hung.status == "timeout"
-    assert 1.9 < took < 10, took
+    assert 1.9 < took < 20, took
     pid = int(hung.message.split("pid ")[1].split(")")[0])
     await asyncio.sleep(0.2)
     assert not alive(pid)
@@ -229,11 +229,11 @@ async def test_output_is_bounded_and_secrets_are_masked(host: FunctionHost) -> N
     # the service stays responsive: another function runs meanwhile, quickly
     t = time.monotonic()
     assert (await invoke(host, "apy", event("ok"))).status == "done"
-    assert time.monotonic() - t < 2.0
+    assert time.monotonic() - t < 5.0, "not held up by the flood (generous: a shared machine)"
     result = await flood
     assert result.status in ("done", "timeout")  # a flood slows only its own function
     assert fn.output.dropped > 0
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 30
     await invoke(host, "py", event("ok"))
     texts = [line.text for line in fn.output.recent(500)]
     assert any("token ***" in t for t in texts), texts[-5:]

@@ -144,9 +144,7 @@ class Context:
         #: the W3C traceparent of this invocation (sent along by `request`)
         self.traceparent = traceparent
         #: the function's secrets (`secrets:` of its declaration), by variable name
-        self.secrets: Mapping[str, str] = dict(secrets)
-        #: the function's environment (`env:` and `secrets:`, plus PATH, HOME, ...)
-        self.env: Mapping[str, str] = dict(os.environ)
+        self.secrets: Mapping[str, str] = secrets
         self._vcenter_name = vcenter
         self._vcenters = vcenters
         self._replies: list[bytes] = []
@@ -156,6 +154,11 @@ class Context:
         self.log: logging.LoggerAdapter = _Adapter(  # type: ignore[type-arg]
             log, {"tag": f"event {event.id} trace {trace}"}
         )
+
+    @property
+    def env(self) -> Mapping[str, str]:
+        """The function's environment (`env:` and `secrets:`, plus PATH, HOME, ...)."""
+        return os.environ
 
     # ---------------------------------------------------------------- vCenter
 
@@ -267,6 +270,10 @@ class Context:
     def _take_replies(self) -> list[bytes]:
         out, self._replies = self._replies, []
         return out
+
+    @property
+    def _has_http(self) -> bool:
+        return self._http is not None
 
     async def _aclose(self) -> None:
         if self._http is not None:

@@ -31,8 +31,9 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, BinaryIO
 
 import msgspec
@@ -119,6 +120,7 @@ def _run(
     init: protocol.Init,
     call: protocol.Invoke,
     vcenters: VCenters,
+    secrets: Mapping[str, str],
 ) -> protocol.Result:
     event = Event(call.event)
     ctx = Context(
@@ -127,7 +129,7 @@ def _run(
         route=call.route,
         vcenter=call.vcenter,
         traceparent=call.traceparent,
-        secrets={k: os.environ.get(k, "") for k in init.secrets},
+        secrets=secrets,
         vcenters=vcenters,
     )
     try:
@@ -149,7 +151,8 @@ def _run(
             detail=traceback.format_exc(),
         )
     finally:
-        loop.run_until_complete(ctx._aclose())
+        if ctx._has_http:
+            loop.run_until_complete(ctx._aclose())
     return protocol.Result(seq=call.seq, status="done", replies=replies)
 
 
@@ -182,6 +185,7 @@ def main() -> int:
     pipe.send(protocol.Ready(pid=os.getpid()))
     loop = asyncio.new_event_loop()
     vcenters = VCenters(init.function, init.vcenters)
+    secrets = MappingProxyType({k: os.environ.get(k, "") for k in init.secrets})
     try:
         while True:
             try:
@@ -191,7 +195,7 @@ def main() -> int:
             if message is None:  # the service closed stdin: stop
                 return 0
             if isinstance(message, protocol.Invoke):
-                pipe.send(_run(handler, loop, init, message, vcenters))
+                pipe.send(_run(handler, loop, init, message, vcenters, secrets))
     finally:
         vcenters.close()
         loop.close()
