@@ -20,7 +20,7 @@ import yaml
 
 from vebus.bus.streams import StreamSettings
 from vebus.errors import ConfigError
-from vebus.names import FUNCTION_SINK, NATS_PORT, RESERVED_SOURCES, token
+from vebus.names import FUNCTION_SINK, H_SIGNATURE, NATS_PORT, RESERVED_SOURCES, token
 
 __all__ = [
     "SERVICE_SECRETS",
@@ -48,6 +48,7 @@ __all__ = [
     "HttpSink",
     "NatsConfig",
     "NatsSink",
+    "NatsTls",
     "PagerDutySink",
     "Route",
     "Sink",
@@ -60,6 +61,8 @@ __all__ = [
     "VCenterEndpoint",
     "VmPoweredOffCheck",
     "VsphereSink",
+    "WebhookHmac",
+    "WebhookRateLimit",
     "WebhookSink",
     "WebhookSourceConfig",
     "env_references",
@@ -121,6 +124,23 @@ def _check_http_url(field: str, url: str) -> None:
         raise ValueError(f"{field}: expected an http(s) URL, got {url!r}")
 
 
+class NatsTls(_Base, frozen=True):
+    """TLS to NATS: the CA that signed the servers' certificates, and for mutual TLS the
+    client's own certificate and key (PEM files)."""
+
+    #: the CA certificate(s) to trust (default: the system's CAs)
+    ca_file: str | None = None
+    #: this client's certificate and private key, when the server verifies clients
+    cert_file: str | None = None
+    key_file: str | None = None
+    #: the name the servers' certificates must carry (default: each URL's host)
+    server_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file: give both (mutual TLS) or neither")
+
+
 class NatsConfig(_Base, frozen=True):
     """How to reach NATS."""
 
@@ -128,9 +148,18 @@ class NatsConfig(_Base, frozen=True):
     url: str = f"nats://127.0.0.1:{NATS_PORT}"
     user: str | None = None
     password: str | None = None
+    #: a NATS credentials file (NKEY seed and user JWT: decentralised auth), instead of
+    #: user and password
+    creds: str | None = None
+    #: TLS to the servers (also when a URL says `tls://`)
+    tls: NatsTls | None = None
     #: JetStream stream replicas (1 embedded, 3 on a cluster)
     replicas: int = 1
     connect_timeout: Duration = Duration(5)
+
+    def __post_init__(self) -> None:
+        if self.creds is not None and (self.user or self.password):
+            raise ValueError("creds: give a credentials file or user and password, not both")
 
     def servers(self) -> list[str]:
         """The server URLs: `url` may list several, comma-separated (a cluster's nodes)."""
@@ -207,6 +236,37 @@ class VCenterConfig(VCenterEndpoint, frozen=True, kw_only=True):
             raise ValueError("stall_after: expected a duration > 0")
 
 
+class WebhookHmac(_Base, frozen=True):
+    """Requests signed as a webhook sink with `auth: {kind: hmac, timestamp: true}` signs."""
+
+    secret: str
+    header: str = H_SIGNATURE
+    #: how far the signed time may be from now: a captured request is refused after it
+    #: (and one replayed within it stores nothing new: JetStream drops the same event id
+    #: within `streams.duplicate_window`, 2 minutes by default)
+    tolerance: Duration = Duration(120)
+
+    def __post_init__(self) -> None:
+        if not self.secret:
+            raise ValueError("secret: expected a non-empty secret")
+        if float(self.tolerance) <= 0:
+            raise ValueError(f"tolerance: expected a duration > 0, got {float(self.tolerance):g}")
+
+
+class WebhookRateLimit(_Base, frozen=True):
+    """At most `requests` per `per` from one client address (a moving window)."""
+
+    requests: int
+    per: Duration = Duration(1)
+
+    def __post_init__(self) -> None:
+        if self.requests < 1:
+            raise ValueError(f"requests: expected >= 1, got {self.requests}")
+        seconds = float(self.per)
+        if seconds < 1 or seconds != int(seconds):
+            raise ValueError(f"per: expected a whole number of seconds >= 1s, got {seconds:g}")
+
+
 class WebhookSourceConfig(_Base, frozen=True):
     """The collector's HTTP endpoint for CloudEvents from other systems."""
 
@@ -218,10 +278,14 @@ class WebhookSourceConfig(_Base, frozen=True):
     #: `Authorization: Basic` with these accepted when set
     username: str | None = None
     password: str | None = None
+    #: an HMAC-SHA256 signature of the body with a timestamp required (vebus.bus.signing)
+    hmac: WebhookHmac | None = None
     #: no authentication at all (say so explicitly)
     anonymous: bool = False
     #: largest request body in bytes; 0: the NATS server's max_payload minus vebus's margin
     max_body: int = 0
+    #: requests each client address may send; more are answered 429 and not stored
+    rate_limit: WebhookRateLimit | None = None
 
     def __post_init__(self) -> None:
         host, sep, port = self.listen.rpartition(":")
@@ -231,10 +295,12 @@ class WebhookSourceConfig(_Base, frozen=True):
             raise ValueError(f"path: expected a path starting with '/', got {self.path!r}")
         if (self.username is None) != (self.password is None):
             raise ValueError("username: basic auth needs both username and password")
-        authenticated = self.bearer_token is not None or self.username is not None
+        authenticated = (
+            self.bearer_token is not None or self.username is not None or self.hmac is not None
+        )
         if not authenticated and not self.anonymous:
             raise ValueError(
-                "bearer_token: give bearer_token and/or username/password, "
+                "bearer_token: give bearer_token, username/password and/or hmac, "
                 "or anonymous: true to accept unauthenticated requests"
             )
         if self.max_body < 0:
@@ -319,10 +385,13 @@ class BasicAuth(_Base, frozen=True, tag_field="kind", tag="basic"):
 
 
 class HmacAuth(_Base, frozen=True, tag_field="kind", tag="hmac"):
-    """An HMAC-SHA256 of the request body, `sha256=<hex>`, in `header` (GitHub style)."""
+    """An HMAC-SHA256 of the request body, `sha256=<hex>`, in `header` (GitHub style); with
+    `timestamp`, of `<unix time>.<body>` and the time in X-Vebus-Timestamp, which a vebus
+    webhook source with `hmac` requires (vebus.bus.signing)."""
 
     secret: str
-    header: str = "X-Vebus-Signature-256"
+    header: str = H_SIGNATURE
+    timestamp: bool = False
 
     def __post_init__(self) -> None:
         if not self.secret:

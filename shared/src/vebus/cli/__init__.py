@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stats": ("vebus.cli.stats", "stats"),
     "status": ("vebus.cli.status", "status"),
     "fn": ("vebus.cli.fn", "fn"),
+    "subscriber": ("vebus.cli.subscriber", "subscriber"),
 }
 
 
