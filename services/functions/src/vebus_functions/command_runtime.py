@@ -31,8 +31,8 @@ import time
 from typing import Any
 
 from vebus.bus.cloudevent import CloudEvent
+from vebus.bus.http import to_json
 from vebus.config import FunctionConfig
-from vebus_functions.encoding import to_json
 from vebus_functions.output import TAIL_LINES, FunctionOutput
 from vebus_functions.process import Spawner, kill_group
 from vebus_functions.runtime import Call, Outcome, describe_exit

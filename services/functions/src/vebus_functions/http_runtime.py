@@ -29,22 +29,23 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 
 from vebus import names
 from vebus.bus.cloudevent import CloudEvent
+from vebus.bus.http import STRUCTURED_CONTENT_TYPE, from_http, to_binary, to_json
 from vebus.config import FunctionConfig
-from vebus_functions.encoding import reply_of_http, to_binary
+from vebus.errors import InvalidEventError
 from vebus_functions.output import TAIL_LINES, FunctionOutput
 from vebus_functions.process import Spawner, free_port, kill_group
 from vebus_functions.runtime import Call, Outcome, RestartBackoff, describe_exit
 
-__all__ = ["HttpRuntime"]
+__all__ = ["HttpRuntime", "reply_of_http"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,24 @@ READY_POLL = 0.1
 WAIT_READY = 60.0
 #: bytes of an error answer kept as the dead letter's detail
 BODY_DETAIL = 2000
+
+
+def reply_of_http(headers: Mapping[str, str], body: bytes) -> bytes | None:
+    """The reply event an HTTP function answered with, as a reply object (JSON; see
+    vebus_functions.replies), or None: a structured CloudEvent body, or `ce-type` with the
+    other `ce-` headers of the binary mode (Knative's way of replying). Attributes vebus
+    sets itself on a reply (source, id) may be left out."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    media = lower.get(names.CONTENT_TYPE, "").split(";")[0].strip().lower()
+    if media != STRUCTURED_CONTENT_TYPE:
+        if names.CE_PREFIX + "type" not in lower:
+            return None
+        lower.setdefault(names.CE_PREFIX + "specversion", "1.0")
+        lower.setdefault(names.CE_PREFIX + "source", "urn:function")
+        lower.setdefault(names.CE_PREFIX + "id", "reply")
+        if body and names.CONTENT_TYPE not in lower:
+            lower[names.CONTENT_TYPE] = "application/json"
+    return to_json(from_http(lower, body))
 
 
 class HttpRuntime:
@@ -228,11 +247,10 @@ class HttpRuntime:
         if 200 <= status < 300:
             try:
                 reply = reply_of_http(answer_headers, answer)
-            except ValueError as e:
+            except InvalidEventError as e:
                 return Outcome(status="error", message=f"its answer is no CloudEvent: {e}",
                                duration=duration)  # fmt: skip
-            replies = [json.dumps(reply).encode()] if reply is not None else []
-            return Outcome(status="done", replies=replies, duration=duration)
+            return Outcome(status="done", replies=[reply] if reply else [], duration=duration)
         if status == 429:
             after = answer_headers.get("Retry-After", "")
             return Outcome(status="retry", message=f"it answered 429: {text[:200]}",

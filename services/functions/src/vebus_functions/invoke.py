@@ -26,9 +26,9 @@ from typing import Any
 
 from vebus import names
 from vebus.bus.cloudevent import CloudEvent
+from vebus.bus.http import from_json, to_json
 from vebus.config import Config, FunctionConfig, load_config
 from vebus.errors import ConfigError, InvalidEventError
-from vebus_functions.encoding import from_json, to_json
 from vebus_functions.host import FunctionHost
 from vebus_functions.output import OutputLine
 from vebus_functions.replies import build_reply, hops_of
@@ -60,7 +60,10 @@ def _echo(_: str, line: OutputLine) -> None:
 
 def _read_event(event_file: str) -> CloudEvent:
     text = sys.stdin.read() if event_file == "-" else Path(event_file).read_text(encoding="utf-8")
-    return from_json(text, "stdin" if event_file == "-" else event_file)
+    try:
+        return from_json(text)
+    except InvalidEventError as e:
+        raise InvalidEventError(f"{'stdin' if event_file == '-' else event_file}: {e}") from None
 
 
 async def _invoke(
