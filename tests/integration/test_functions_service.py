@@ -240,6 +240,14 @@ async def dead_letters(nc: Client, route: str) -> list[DeadLetter]:
 
 
 async def test_a_reply_is_routed_to_a_second_route(bus: Bus, nc: Client) -> None:
+    follow_out = bus.root / "follow.txt"
+    with open(follow_out, "w") as out:
+        follower = subprocess.Popen(
+            [str(Path(sys.executable).parent / "vebus"), "fn", "logs", "echo", "-f",
+             "--config", str(bus.stack.config_path)],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    await asyncio.sleep(2.0)  # it subscribes
     msg_id = await publish(nc, "Ping", {"hello": "world"})
 
     def replied() -> bool:
@@ -265,6 +273,11 @@ async def test_a_reply_is_routed_to_a_second_route(bus: Bus, nc: Client) -> None
     assert echo["p50"] is not None
     logs = await asyncio.to_thread(bus.vebus, "fn", "logs", "echo")
     assert "echo got" in logs.stdout, logs.stdout + logs.stderr
+    try:
+        await eventually("the live line", lambda: "echo got" in follow_out.read_text(), 20, bus)
+    finally:
+        follower.terminate()
+        follower.wait(10)
 
 
 async def test_a_raising_function_is_retried_dead_lettered_with_its_traceback_and_replayed(
