@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -159,3 +160,16 @@ def test_the_routes_status_carries_functions_and_older_answers_still_decode() ->
 
 def test_reply_msg_ids_are_per_function_cause_and_index() -> None:
     assert names.function_reply_msg_id("tag vm", "vc:1:42:r", 0) == "functions:tag_vm:vc:1:42:r:0"
+
+
+def test_vebus_up_keeps_function_paths_next_to_the_users_file(tmp_path: Path) -> None:
+    from vebus.local.supervisor import UpOptions, effective_config
+
+    raw = {"functions": [
+        {"name": "a", "python": "h.py"},
+        {"name": "b", "python": "h.py", "workdir": "fns/b"},
+        {"name": "c", "python": "h.py", "workdir": "/srv/c"},
+    ]}  # fmt: skip
+    opts = UpOptions(config_path=tmp_path / "vebus.yaml", data_dir=tmp_path / ".vebus")
+    out = effective_config(raw, opts, None)["functions"]
+    assert [f["workdir"] for f in out] == [str(tmp_path), str(tmp_path / "fns" / "b"), "/srv/c"]
