@@ -34,7 +34,7 @@ from vebus.config import Route
 from vebus.delivery.consumers import RouteConsumers
 from vebus.delivery.sink import Sink
 from vebus.errors import ConfigError
-from vebus.routing.source import RouteSource, RouteView, serve_status
+from vebus.routing.source import ReplicaStatus, RouteSource, RouteView, serve_status
 from vebus.routing.store import PauseBook, open_route_store
 from vebus.runtime.service import ServiceContext, ServiceSettings, run_service
 from vebus_functions.host import FunctionHost
@@ -139,10 +139,10 @@ async def _body(ctx: ServiceContext) -> None:
             log.error("%s", line)
         raise SystemExit(2) from None
 
-    def status() -> msgspec.Struct:
+    def status() -> ReplicaStatus:
         return msgspec.structs.replace(consumers.status(), functions=host.names())
 
-    status_sub = await serve_status(ctx.nc, status)  # type: ignore[arg-type]
+    status_sub = await serve_status(ctx.nc, status)
 
     async def recent(msg: Msg) -> None:
         try:
