@@ -413,3 +413,38 @@ async def test_apply_refuses_a_route_naming_an_unknown_function(bus: Bus) -> Non
     applied = await asyncio.to_thread(bus.vebus, "routes", "apply", str(good))
     assert applied.returncode == 0, applied.stdout + applied.stderr
     assert "functions" in applied.stdout
+
+
+async def test_a_route_that_becomes_a_function_route_moves_to_the_functions_service(
+    bus: Bus, nc: Client
+) -> None:
+    """The dispatcher retires its consumer of the route (vebus-dispatch-hook), and the
+    functions service, which could not create its own beside it on the work queue, does
+    once it is gone (every RESTART_EVERY seconds)."""
+    routes = yaml.safe_load(bus.stack.config_path.read_text())["routes"]
+    moved = [
+        {**r, "sink": {"kind": "function", "function": "quick"}} if r["name"] == "hook" else r
+        for r in routes
+    ]
+    changed = bus.root / "moved.yaml"
+    changed.write_text(yaml.safe_dump({"routes": moved}))
+    applied = await asyncio.to_thread(bus.vebus, "routes", "apply", str(changed))
+    assert applied.returncode in (0, 1), applied.stdout + applied.stderr
+    js = nc.jetstream()
+
+    async def consumers() -> set[str]:
+        return {c.name for c in await js.consumers_info(names.ROUTES_STREAM)}
+
+    deadline = time.monotonic() + 60
+    while not (
+        names.functions_durable("hook") in (now := await consumers())
+        and names.dispatcher_durable("hook") not in now
+    ):
+        assert time.monotonic() < deadline, (now, bus.stack.logs())
+        await asyncio.sleep(0.5)
+    before = len(bus.lines("quick"))
+    await publish(nc, "Quick", {}, ident="moved-1")
+    await eventually(
+        "both routes run the function", lambda: bus.lines("quick").count("moved-1") == 2, 30, bus
+    )
+    assert len(bus.lines("quick")) == before + 2
