@@ -105,17 +105,19 @@ def world(tmp_path_factory: pytest.TempPathFactory, vcsim_binary: Path) -> Itera
                       TICKET_URL=tickets.sink.url)  # fmt: skip
     try:
         stack.start("collector", "filter", "functions", ready_timeout=60)
+        os.environ.clear()
+        os.environ.update(saved)
+        w = World(stack, vcsim_url, tickets.sink)
+        yield w
+        w.vs.close()
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    w = World(stack, vcsim_url, tickets.sink)
-    yield w
-    w.vs.close()
-    for p in stack.procs.values():
-        p.stop()
-    tickets.stop()
-    vcsim_proc.stop()
-    nats_proc.kill()
+        for p in stack.procs.values():
+            p.stop()
+        tickets.stop()
+        vcsim_proc.stop()
+        nats_proc.kill()
 
 
 def eventually(what: str, world: World, probe: Callable[[], Any], timeout: float = 45) -> Any:

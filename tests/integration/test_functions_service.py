@@ -195,14 +195,16 @@ def bus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bus]:
     os.environ.update(SERVICE_ENV, RECORDS=str(records), FLAKY_TOKEN="flaky-secret-value")
     try:
         stack.start("filter", "functions", "dispatcher", ready_timeout=60)
+        os.environ.clear()
+        os.environ.update(saved)
+        yield Bus(root, stack, sink.sink, records)
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    yield Bus(root, stack, sink.sink, records)
-    for p in stack.procs.values():
-        p.stop()
-    sink.stop()
-    nats_proc.kill()
+        for p in stack.procs.values():
+            p.stop()
+        sink.stop()
+        nats_proc.kill()
 
 
 @pytest.fixture
