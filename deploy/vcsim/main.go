@@ -40,6 +40,9 @@ import (
 	"time"
 
 	"github.com/vmware/govmomi/simulator"
+	// the vSphere Automation REST API under /rest (tagging, content library): registered
+	// below; functions tag VMs and hosts through it (vebus_functions.tagging)
+	_ "github.com/vmware/govmomi/vapi/simulator"
 )
 
 func main() {
@@ -114,6 +117,7 @@ func main() {
 		model.Service.TLS = nil
 	}
 
+	model.Service.RegisterEndpoints = true // serve the REST endpoints imported above
 	server := newServer(model, *listen)
 
 	if *certFile != "" {
