@@ -35,6 +35,9 @@ routes:
       max_attempts: 100
       timeout: 5s
       backoff: {initial: 200ms, max: 2s}
+  - name: vm-off-to-function
+    match: {type: [com.vmware.vsphere.VmPoweredOffEvent.v0]}
+    sink: {kind: function, function: powered-off}
 """
 
 

@@ -26,6 +26,7 @@ from pyVmomi import vim
 
 from tests.compose.engine import Engine
 from tests.support.ports import free_run
+from vebus.local.natsauth import USERS
 
 __all__ = ["SERVICES", "Compose", "Poster", "wait_for"]
 
@@ -88,10 +89,7 @@ class Compose:
         """The test's .env (an env file given to every compose command) and sinks.env."""
         first = free_run(3)
         self.nats_port, self.vcsim_port, self.sink_port = first, first + 1, first + 2
-        self.passwords = {
-            name: _password()
-            for name in ("collector", "filter", "dispatcher", "deadletter", "subscriber", "admin")
-        }
+        self.passwords = {name: _password() for name in USERS}  # every user of auth.conf
         self.vcenter_password = _password()
         self.sink_token = _password()
         lines = [f"VEBUS_NATS_{n.upper()}_PASSWORD={p}" for n, p in self.passwords.items()]
@@ -283,6 +281,23 @@ class Compose:
             return out
 
         result: list[int] = self.nats_call(keys)
+        return result
+
+    def replies(self, function: str) -> list[dict[str, Any]]:
+        """The data of every reply event of `function` in VEBUS_EVENTS."""
+
+        async def read(js: Any) -> list[dict[str, Any]]:
+            subject = f"vebus.events.functions.{function}"
+            out, seq = [], 1
+            while True:
+                try:
+                    msg = await js.get_msg("VEBUS_EVENTS", seq=seq, subject=subject, next=True)
+                except NotFoundError:
+                    return out
+                out.append(json.loads(msg.data or b"{}"))
+                seq = int(msg.seq or seq) + 1
+
+        result: list[dict[str, Any]] = self.nats_call(read)
         return result
 
     def dead_letters(self, route: str) -> int:

@@ -140,6 +140,14 @@ def test_a_powered_off_vm_reaches_the_sink(stack: Compose, report: Report) -> No
     refused = [r for r in stack.records(0) or [] if not r["authorized"]]
     assert not refused, f"deliveries without the sink token (sinks.env): {refused[:5]}"
     report.add(f"power-off of {name}: at the sink (bearer token from sinks.env) in {took:.1f}s")
+    # the functions service ran the function compose declares: its reply names the VM
+    wait_for(
+        f"the powered-off function's reply for {name}",
+        lambda: any(r.get("vm") == name for r in stack.replies("powered-off")),
+        60,
+        details=lambda: stack.logs("functions", "filter"),
+    )
+    report.add(f"power-off of {name}: the function replied in {time.monotonic() - start:.1f}s")
 
 
 def test_three_dispatchers_share_the_work_and_a_nats_kill_loses_nothing(

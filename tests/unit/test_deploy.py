@@ -22,8 +22,8 @@ from vebus.runtime.service import parse_settings
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-SERVICES = ("collector", "filter", "dispatcher", "deadletter")
-MANIFESTS = ["namespace", "collector", "filter", "dispatcher", "deadletter", "pdb"]
+SERVICES = ("collector", "filter", "dispatcher", "deadletter", "functions")
+MANIFESTS = ["namespace", "collector", "filter", "dispatcher", "deadletter", "functions", "pdb"]
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
