@@ -23,7 +23,8 @@ from tests.compose.conftest import Report
 from tests.compose.engine import Engine
 from tests.compose.stack import NATS_NODES, PROJECT, SERVICES, SINK, Compose, Poster, wait_for
 
-pytestmark = pytest.mark.compose
+# the first test sets the stack up: cold, scripts/images takes minutes (debootstrap, builds)
+pytestmark = [pytest.mark.compose, pytest.mark.timeout(900)]
 
 IMAGES = ("nats", "vcsim", "collector", "filter", "dispatcher", "deadletter", "cli")
 #: an image this size or larger has taken in something it should not have
