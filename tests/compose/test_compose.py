@@ -26,7 +26,7 @@ from tests.compose.stack import NATS_NODES, PROJECT, SERVICES, SINK, Compose, Po
 # the first test sets the stack up: cold, scripts/images takes minutes (debootstrap, builds)
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(900)]
 
-IMAGES = ("nats", "vcsim", "collector", "filter", "dispatcher", "deadletter", "cli")
+IMAGES = ("nats", "vcsim", "collector", "filter", "dispatcher", "deadletter", "functions", "cli")
 #: an image this size or larger has taken in something it should not have
 MAX_IMAGE_MB = 250
 
