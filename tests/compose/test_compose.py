@@ -11,6 +11,7 @@ the "compose" section at the end of the run.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections import Counter
@@ -22,6 +23,8 @@ from pyVmomi import vim
 from tests.compose.conftest import Report
 from tests.compose.engine import Engine
 from tests.compose.stack import NATS_NODES, PROJECT, SERVICES, SINK, Compose, Poster, wait_for
+from vebus.config import NatsConfig, NatsTls
+from vebus.runtime.connect import ConnectFailedError, connect_once
 
 # the first test sets the stack up: cold, scripts/images takes minutes (debootstrap, builds)
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(900)]
@@ -111,7 +114,15 @@ def test_every_service_is_healthy_behind_the_env_logins(stack: Compose, report: 
         pass
     with stack.vsphere() as content:
         assert content.about.apiType == "VirtualCenter"
-    report.add(f"healthy: {', '.join(sorted(health))}")
+    # NATS speaks TLS only, and only to clients with a certificate of the CA (the services
+    # got theirs: they are healthy; the admin connections of these tests use one too)
+    url = f"nats://127.0.0.1:{stack.nats_port}"
+    for tls, says in ((None, "not trusted"), (NatsTls(ca_file=str(stack.tls.ca_file)), "cert")):
+        with pytest.raises(ConnectFailedError, match=says):
+            asyncio.run(connect_once(NatsConfig(url=url, tls=tls), url=url, user="admin",
+                                     password=stack.passwords["admin"], name="test"))  # fmt: skip
+    report.add(f"healthy: {', '.join(sorted(health))}; NATS refuses clients without TLS or "
+               "without a certificate")  # fmt: skip
 
 
 def test_a_powered_off_vm_reaches_the_sink(stack: Compose, report: Report) -> None:
