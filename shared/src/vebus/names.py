@@ -17,6 +17,7 @@ __all__ = [
     "CHECKPOINT_BUCKET",
     "CHECKS_BUCKET",
     "CHECKS_SOURCE",
+    "CONSOLE_PORT",
     "CONTENT_TYPE",
     "DEADLETTER_API_PORT",
     "DEADLETTER_BUCKET",
@@ -28,6 +29,9 @@ __all__ = [
     "DLQ_STREAM",
     "DLQ_SUBJECTS",
     "ENV_CONFIG",
+    "ENV_CONSOLE_LISTEN",
+    "ENV_CONSOLE_TOKEN",
+    "ENV_DLQ_TOKEN",
     "ENV_HEALTH_HOST",
     "ENV_HEALTH_PORT",
     "ENV_LOG_FORMAT",
@@ -293,18 +297,26 @@ JS_ERR_MSG_DELETE_FAILED = 10057
 
 # ---------------------------------------------------------------- services and ports
 
-SERVICES = ("collector", "filter", "dispatcher", "deadletter")
+SERVICES = ("collector", "filter", "dispatcher", "deadletter", "console")
 #: the services that run routes and report the route set they run (`vebus routes apply`
 #: waits for each of their replicas), the filter first
 ROUTE_SERVICES = ("filter", "dispatcher")
 #: /healthz, /readyz and /metrics, one port per service so they can share a host
-HEALTH_PORTS = {"collector": 8181, "filter": 8182, "dispatcher": 8183, "deadletter": 8184}
+HEALTH_PORTS = {
+    "collector": 8181,
+    "filter": 8182,
+    "dispatcher": 8183,
+    "deadletter": 8184,
+    "console": 8186,
+}
 NATS_PORT = 4222
 NATS_MONITOR_PORT = 8222
 VCSIM_PORT = 8989
 #: the collector's webhook source and the deadletter HTTP API
 WEBHOOK_PORT = 8280
 DEADLETTER_API_PORT = 8085
+#: the web console's pages (loopback by default)
+CONSOLE_PORT = 8090
 
 # ---------------------------------------------------------------- environment variables
 
@@ -318,6 +330,13 @@ ENV_NATS_URL = "VEBUS_NATS_URL"
 ENV_NATS_USER = "VEBUS_NATS_USER"
 ENV_NATS_PASSWORD = "VEBUS_NATS_PASSWORD"
 ENV_VCSIM = "VEBUS_VCSIM"
+#: the deadletter API's bearer token, as `vebus up` hands it to the deadletter service
+#: and the console (`deadletter.api.token: ${VEBUS_DLQ_TOKEN}`)
+ENV_DLQ_TOKEN = "VEBUS_DLQ_TOKEN"
+#: the console's own sign-in token that `vebus up` generates when none is configured
+ENV_CONSOLE_TOKEN = "VEBUS_CONSOLE_TOKEN"
+#: host:port the console listens on instead of `console.listen` (a second replica)
+ENV_CONSOLE_LISTEN = "VEBUS_CONSOLE_LISTEN"
 
 
 def service_module(service: str) -> str:
