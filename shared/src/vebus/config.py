@@ -735,6 +735,10 @@ class ConsoleConfig(_Base, frozen=True):
     session_max_age: Duration = Duration(12 * 3600)
     #: events per second one page is sent at most; past it the server samples
     live_rate: float = 50.0
+    #: signs the sign-in cookies: give every replica the same one (a `${VARIABLE}` of at
+    #: least 32 characters) so that a sign-in holds across replicas and restarts; unset:
+    #: a random key per process
+    session_key: str | None = None
 
     def __post_init__(self) -> None:
         _check_listen(self.listen)
@@ -743,6 +747,8 @@ class ConsoleConfig(_Base, frozen=True):
             raise ValueError(f"live_rate: expected 1 to 10000 events/s, got {self.live_rate:g}")
         if self.session_max_age < 60:
             raise ValueError("session_max_age: expected at least 1m")
+        if self.session_key and not is_unresolved(self.session_key) and len(self.session_key) < 32:
+            raise ValueError("session_key: expected at least 32 characters (a random secret)")
         seen: set[str] = set()
         for user in self.users:
             if user.name in seen:

@@ -1,5 +1,5 @@
-"""`vebus up`: nats-server, the simulator when no vCenter is configured, and the four
-services as separate processes on one machine; a service that dies is restarted with
+"""`vebus up`: nats-server, the simulator when no vCenter is configured, and the services
+(collector, filter, dispatcher, deadletter, console) as separate processes on one machine; a service that dies is restarted with
 backoff; Ctrl-C stops everything in order. The config file's routes are applied
 (stored in NATS KV) before the services start: in an embedded run the file is the source
 of truth, and `vebus routes apply` changes the routes live until the next `vebus up`.
@@ -25,7 +25,7 @@ import yaml
 from vebus import aio, names
 from vebus.config import Config, parse_config, read_yaml
 from vebus.errors import EmbeddedProcessError
-from vebus.local import embedded, natsauth
+from vebus.local import consolesetup, embedded, natsauth
 
 __all__ = ["UpOptions", "run_up"]
 
@@ -353,6 +353,8 @@ async def run_up(opts: UpOptions, raw: dict[str, Any]) -> int:
             _say(f"vCenter simulator {vcsim_url}  (user {VCSIM_USER}, password {VCSIM_PASSWORD})")
 
         cfg = effective_config(raw, opts, vcsim_url)
+        console = consolesetup.prepare(cfg, data)
+        cfg = console.config
         # fail here, once, rather than in four services; the routes are applied as admin
         admin = (
             {natsauth.USER_ENV: "admin", natsauth.PASSWORD_ENV: passwords["admin"]}
@@ -373,6 +375,9 @@ async def run_up(opts: UpOptions, raw: dict[str, Any]) -> int:
 
         services = []
         for name in names.SERVICES:
+            if name == "console" and passwords and "console" not in passwords:
+                _say("console          not started: deploy/nats/auth.conf has no console user")
+                continue
             for replica in range(1, opts.scale.get(name, 1) + 1):
                 port = opts.health_ports[name] if replica == 1 else 0
                 if not port or not _port_free(port):
@@ -392,8 +397,20 @@ async def run_up(opts: UpOptions, raw: dict[str, Any]) -> int:
                     if passwords
                     else None
                 )
+                if name in ("deadletter", "console"):
+                    own = {**(own or {}), **console.env}
+                if name == "console":
+                    own = {**(own or {}), **_console_listen(cfg, replica)}
                 services.append(_Service(label, args, logs / f"{label}.log", opts.echo, own))
                 _say(f"{label:<16} http://127.0.0.1:{port}/readyz  (log {logs / label}.log)")
+                if name == "console":
+                    url = (own or {}).get(names.ENV_CONSOLE_LISTEN) or _console_address(cfg)
+                    hint = (
+                        f"sign in with the token {names.ENV_CONSOLE_TOKEN} in {console.token_file}"
+                        if console.token_file
+                        else "sign in as a user of console.users"
+                    )
+                    _say(f"{'':<16} console at http://{url}/  ({hint})")
         _say("press Ctrl-C to stop; `vebus demo` in another terminal makes events")
 
         stopping = asyncio.Event()
@@ -412,6 +429,18 @@ async def run_up(opts: UpOptions, raw: dict[str, Any]) -> int:
     finally:
         for node in reversed(nodes):
             node.proc.stop()
+
+
+def _console_address(cfg: dict[str, Any]) -> str:
+    return str((cfg.get("console") or {}).get("listen") or f"127.0.0.1:{names.CONSOLE_PORT}")
+
+
+def _console_listen(cfg: dict[str, Any], replica: int) -> dict[str, str]:
+    """A free port for a second console replica, or when the configured one is taken."""
+    host, _, port = _console_address(cfg).rpartition(":")
+    if replica == 1 and port.isdigit() and _port_free(int(port)):
+        return {}
+    return {names.ENV_CONSOLE_LISTEN: f"{host}:{embedded.free_port()}"}
 
 
 def _admin_hint(auth_path: Path) -> str:
