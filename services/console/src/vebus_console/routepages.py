@@ -11,8 +11,10 @@ operator (`alice (console)`), which `vebus routes list` shows.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import time
 from typing import Any
 
 import msgspec
@@ -34,6 +36,9 @@ from vebus_console.web import console_of, principal_of, redirect, render
 __all__ = ["add_routes", "written_routes"]
 
 log = logging.getLogger(__name__)
+
+#: a page shows counters at most this many seconds old (else it samples them first)
+FRESH = 3.0
 
 
 async def written_routes(console: Console) -> tuple[list[Any], int]:
@@ -75,7 +80,11 @@ async def routes_page(request: web.Request) -> web.Response:
         dead = {names.route_of_dlq_subject(s): n for s, n in (dlq.state.subjects or {}).items()}
     except (nats.errors.Error, TimeoutError):
         pass
+    if time.monotonic() - console.counters.at > FRESH:
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
+            await console.sample_routes()
     counters = console.counters
+    sampled = counters.at > 0
     rows = []
     for raw in raw_routes:
         if not isinstance(raw, dict):
@@ -96,8 +105,8 @@ async def routes_page(request: web.Request) -> web.Response:
                 "paused_by": record.by if record else "",
                 "backlog": backlog.get(names.token(name)),
                 "rate": counters.rate.get(name),
-                "delivered": counters.delivered.get(name),
-                "failed": counters.failed.get(name),
+                "delivered": counters.delivered.get(name, 0.0 if sampled else None),
+                "failed": counters.failed.get(name, 0.0 if sampled else None),
                 "dead_letters": dead.get(names.token(name), 0),
             }
         )
@@ -112,7 +121,7 @@ async def routes_page(request: web.Request) -> web.Response:
         revision=revision,
         applied=stored[0] if stored else None,
         replicas=replicas,
-        sampled=counters.at > 0,
+        sampled=bool(counters.rate),
     )
 
 

@@ -1,8 +1,9 @@
 """`vebus up`: nats-server, the simulator when no vCenter is configured, and the services
-(collector, filter, dispatcher, deadletter, console) as separate processes on one machine; a service that dies is restarted with
-backoff; Ctrl-C stops everything in order. The config file's routes are applied
-(stored in NATS KV) before the services start: in an embedded run the file is the source
-of truth, and `vebus routes apply` changes the routes live until the next `vebus up`.
+(collector, filter, dispatcher, deadletter, console) as separate processes on one
+machine; a service that dies is restarted with backoff; Ctrl-C stops everything in order.
+The config file's routes are applied (stored in NATS KV) before the services start: in an
+embedded run the file is the source of truth, and `vebus routes apply` changes the routes
+live until the next `vebus up`.
 """
 
 from __future__ import annotations
@@ -361,7 +362,7 @@ async def run_up(opts: UpOptions, raw: dict[str, Any]) -> int:
             if passwords
             else {}
         )
-        checked = parse_config(cfg, {**os.environ, **admin})
+        checked = parse_config(cfg, {**os.environ, **admin, **console.env})
         try:
             revision = await _apply_routes(checked, cfg.get("routes") or [], opts.config_path)
             _say(
