@@ -37,13 +37,13 @@ import nats
 
 from loadtest.common import RESULTS, print_table, write_results
 from vebus.bus.cloudevent import CloudEvent, to_headers
+from vebus.bus.http import to_binary
 from vebus.bus.publish import OutgoingMessage, publish_all
 from vebus.bus.streams import ensure_consumer, ensure_streams
 from vebus.config import load_config
 from vebus.delivery.consumers import route_consumer_config
 from vebus.local.embedded import ManagedProcess, free_port, start_nats, start_service
 from vebus.names import MSG_ID, ROUTES_STREAM, dispatcher_durable, route_subject
-from vebus_dispatcher.sinks.encoding import binary
 
 ROUTE = "load"
 CONCURRENCY = 16  # the default max_in_flight
@@ -201,7 +201,7 @@ def sample_event(n: int) -> CloudEvent:
 
 async def raw_post_loop(url: str, count: int, *, keepalive: bool = True) -> float:
     """Events/s of `count` POSTs from CONCURRENCY workers over one aiohttp session."""
-    headers, body = binary(sample_event(0))
+    headers, body = to_binary(sample_event(0))
     connector = aiohttp.TCPConnector(limit=CONCURRENCY, force_close=not keepalive)
     async with aiohttp.ClientSession(connector=connector) as session:
         left = count

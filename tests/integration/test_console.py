@@ -125,7 +125,7 @@ async def test_who_may_do_what(console: str, stack: Stack) -> None:
             f"{console}/routes/vm-off/try", data={"event": sample}, headers=_bearer(VIEWER_TOKEN)
         ) as r:
             assert r.status == 200
-            assert "event: not a CloudEvent" in await r.text()
+            assert "event: " in await r.text()  # what is wrong with it, on the page
     # a signed-in operator: the cookie alone does not change anything (CSRF token and Origin)
     async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
         csrf = await _sign_in(http, console)

@@ -16,7 +16,8 @@ from nats.js.errors import NotFoundError
 from tests.conftest import NatsServer
 from vebus import names
 from vebus.bus.cloudevent import CloudEvent, to_headers
-from vebus.bus.dlq import iter_dead_letters, publish_dead_letter
+from vebus.bus.dlq import get_dead_letter, iter_dead_letters, publish_dead_letter
+from vebus.bus.http import from_json
 from vebus.bus.streams import ensure_streams
 from vebus.config import parse_config
 from vebus.errors import ErrorCode, Exhausted
@@ -157,6 +158,13 @@ async def test_list_filters_and_show(js: JetStreamContext, cli: Cli) -> None:
     assert doc["event"]["id"] == "101"
     assert doc["event"]["eventclass"] == "event"
     assert doc["data"]["Vm"]["Name"] == "vm-01"
+    # the event is the CloudEvent in JSON, as tail --json prints it: routes test takes it
+    assert doc["event"]["data"]["Vm"]["Name"] == "vm-01"
+    original = (await get_dead_letter(js, int(ident))).event()
+    shown_event = from_json(json.dumps(doc["event"]))
+    assert original is not None
+    assert shown_event.attributes() == original.attributes()
+    assert json.loads(shown_event.data) == json.loads(original.data)
     assert doc["msg_id"] == "vc01:1:101:r1"
 
     missing = await cli("show", "999")

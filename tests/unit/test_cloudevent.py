@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vebus.bus.cloudevent import CloudEvent, from_headers, to_headers
+from vebus.bus.cloudevent import CloudEvent, charset, from_headers, to_headers
 from vebus.errors import InvalidEventError
 from vebus.names import event_subject, route_subject, token
 
@@ -88,3 +88,25 @@ def test_text_data_is_matched_as_text_and_other_types_not_at_all() -> None:
     with pytest.raises(InvalidEventError, match="not UTF-8"):
         CloudEvent(id="4", source="s", type="t", datacontenttype="text/plain",
                    data=b"\xff").as_match_input()  # fmt: skip
+
+
+def test_content_types_json_text_and_charset() -> None:
+    for ct in (None, "application/json", "text/json", "application/vnd.x+json; charset=utf-8"):
+        assert CloudEvent(id="1", source="s", type="t", datacontenttype=ct).is_json(), ct
+    for ct in ("text/plain", "TEXT/CSV; charset=utf-8"):
+        ev = CloudEvent(id="1", source="s", type="t", datacontenttype=ct)
+        assert (ev.is_json(), ev.is_text()) == (False, True), ct
+    latin_1 = 'text/plain; charset="ISO-8859-1"'
+    latin = CloudEvent(id="5", source="s", type="t", datacontenttype=latin_1, data=b"caf\xe9")
+    assert latin.as_match_input()["data"] == "café"
+    assert charset("text/plain") == "utf-8"
+    with pytest.raises(InvalidEventError, match="unknown charset 'nope'"):
+        CloudEvent(id="6", source="s", type="t", datacontenttype="text/plain; charset=nope",
+                   data=b"x").text()  # fmt: skip
+
+
+def test_event_class_from_subject_then_type() -> None:
+    assert _event().event_class() == "VmPoweredOffEvent"
+    no_subject = CloudEvent(id="1", source="s", type="com.vmware.vsphere.VmCreatedEvent.v0")
+    assert no_subject.event_class() == "VmCreatedEvent"
+    assert CloudEvent(id="1", source="s", type="com.example.x").event_class() == "com.example.x"

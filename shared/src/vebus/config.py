@@ -48,6 +48,7 @@ __all__ = [
     "HttpSink",
     "NatsConfig",
     "NatsSink",
+    "NatsTls",
     "PagerDutySink",
     "Route",
     "Sink",
@@ -121,6 +122,23 @@ def _check_http_url(field: str, url: str) -> None:
         raise ValueError(f"{field}: expected an http(s) URL, got {url!r}")
 
 
+class NatsTls(_Base, frozen=True):
+    """TLS to NATS: the CA that signed the servers' certificates, and for mutual TLS the
+    client's own certificate and key (PEM files)."""
+
+    #: the CA certificate(s) to trust (default: the system's CAs)
+    ca_file: str | None = None
+    #: this client's certificate and private key, when the server verifies clients
+    cert_file: str | None = None
+    key_file: str | None = None
+    #: the name the servers' certificates must carry (default: each URL's host)
+    server_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file: give both (mutual TLS) or neither")
+
+
 class NatsConfig(_Base, frozen=True):
     """How to reach NATS."""
 
@@ -128,9 +146,18 @@ class NatsConfig(_Base, frozen=True):
     url: str = f"nats://127.0.0.1:{NATS_PORT}"
     user: str | None = None
     password: str | None = None
+    #: a NATS credentials file (NKEY seed and user JWT: decentralised auth), instead of
+    #: user and password
+    creds: str | None = None
+    #: TLS to the servers (also when a URL says `tls://`)
+    tls: NatsTls | None = None
     #: JetStream stream replicas (1 embedded, 3 on a cluster)
     replicas: int = 1
     connect_timeout: Duration = Duration(5)
+
+    def __post_init__(self) -> None:
+        if self.creds is not None and (self.user or self.password):
+            raise ValueError("creds: give a credentials file or user and password, not both")
 
     def servers(self) -> list[str]:
         """The server URLs: `url` may list several, comma-separated (a cluster's nodes)."""

@@ -11,12 +11,15 @@ VebusError
 │   └── RetryableDeliveryError   a sink may take the event later (5xx, 429, timeout, refused)
 ├── PermanentError               retrying cannot help: the same input fails the same way
 │   ├── InvalidEventError        a message is not a valid CloudEvent (or not one vebus takes)
+│   │   ├── UnsupportedModeError a CloudEvents mode or format vebus does not read (batch)
 │   │   └── RequestRefusedError  an HTTP request to vebus is refused; `status` says how
 │   ├── RouteFullError           a route's queue in VEBUS_ROUTES is at its limit
 │   ├── MessageTooLargeError     headers and body exceed the server's max_payload
 │   ├── TemplateError            a template does not compile or cannot be rendered
 │   ├── PermanentDeliveryError   a sink refuses the event every time (4xx, bad answer)
 │   ├── NatsAuthError            NATS refused the credentials
+│   ├── NatsTlsError             the TLS handshake with NATS failed (an untrusted server
+│   │                            certificate, no client certificate where one is required)
 │   ├── VCenterCertificateError  vCenter's TLS certificate does not verify (system CAs or
 │   │                            `ca_file`)
 │   ├── VCenterLoginError        vCenter refused the username and password
@@ -50,6 +53,7 @@ __all__ = [
     "InvalidEventError",
     "MessageTooLargeError",
     "NatsAuthError",
+    "NatsTlsError",
     "NotFoundError",
     "PatternError",
     "PermanentDeliveryError",
@@ -63,6 +67,7 @@ __all__ = [
     "StaleRevisionError",
     "StreamConflictError",
     "TemplateError",
+    "UnsupportedModeError",
     "VCenterCertificateError",
     "VCenterConnectionError",
     "VCenterLoginError",
@@ -148,6 +153,11 @@ class InvalidEventError(PermanentError):
     """A NATS message is not a valid vebus CloudEvent."""
 
 
+class UnsupportedModeError(InvalidEventError):
+    """A CloudEvents content mode or format vebus does not read: batch mode, or a
+    structured format other than JSON."""
+
+
 class RequestRefusedError(InvalidEventError):
     """An HTTP request to a vebus endpoint (the webhook source) is refused; `status` is
     the HTTP status to answer with (400 malformed, 401 unauthorised, 413 too large...)."""
@@ -221,6 +231,10 @@ class VCenterCertificateError(PermanentError):
 
 class VCenterLoginError(PermanentError):
     """vCenter refused the login (wrong username or password)."""
+
+
+class NatsTlsError(PermanentError):
+    """The TLS handshake with NATS failed; the message says which side and what to set."""
 
 
 class StreamConflictError(PermanentError):

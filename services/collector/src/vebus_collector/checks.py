@@ -334,23 +334,18 @@ class CheckRunner:
                 cond = conditions[key] = msgspec.structs.replace(cond, raised=True)
                 if cond.cleared is None:
                     await store.put(cond)
-                log.info(
-                    "%s: check %s: %s",
-                    self.vc.name,
-                    check.name,
-                    _message(check, cond.finding, False),
-                )
+                self._said(check, cond, cleared=False)
             if cond.cleared is not None:
                 await self._publish(to_message(check, self.vc, key, cond, cleared=True))
                 del conditions[key]
                 self._check_allowed()
                 await store.remove(key)
-                log.info(
-                    "%s: check %s: %s",
-                    self.vc.name,
-                    check.name,
-                    _message(check, cond.finding, True),
-                )
+                self._said(check, cond, cleared=True)
+
+    def _said(self, check: Check, cond: Condition, *, cleared: bool) -> None:
+        """Log a condition raised or cleared (after its event was published)."""
+        log.info("%s: check %s: %s", self.vc.name, check.name,
+                 _message(check, cond.finding, cleared))  # fmt: skip
 
     def _check_allowed(self) -> None:
         if not self.allowed():

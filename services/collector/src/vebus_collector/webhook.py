@@ -1,174 +1,74 @@
 """The webhook event source: CloudEvents POSTed over HTTP, published to VEBUS_EVENTS.
 
 Binary mode (`ce-` headers, data in the body) and structured mode (`Content-Type:
-application/cloudevents+json`) are accepted, one event per request, with bearer and/or
-basic authentication. Each event goes to `vebus.events.webhook.<type token>` with
-Msg-Id `webhook:<source>:<id>` (a retry by the sender inside JetStream's duplicate window is
-stored once), keeping its own source and id. The answer comes after JetStream's publish
-ack: 200 stored (`"duplicate": true` when it was already), 400 malformed (the reason in the
-body; nothing published), 401 not authenticated, 413 larger than the limit, 415 batch mode,
-503 JetStream did not acknowledge (try again later).
+application/cloudevents+json`, what `vebus tail --json` prints) are accepted, one event per
+request, as `vebus.bus.http` reads them, with bearer and/or basic authentication. An event
+carrying `eventclass`, which vebus sets on vSphere events only, is refused. Each event goes
+to `vebus.events.webhook.<type token>` with Msg-Id `webhook:<source>:<id>` (a retry by the
+sender inside JetStream's duplicate window is stored once), keeping its own source and id.
+The answer comes after JetStream's publish ack: 200 stored (`"duplicate": true` when it was
+already), 400 malformed or reserved (the reason in the body; nothing published), 401 not
+authenticated, 413 larger than the limit, 415 batch mode or a format other than JSON, 503
+JetStream did not acknowledge (try again later).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import datetime as dt
 import hmac
 import logging
 import re
+from collections.abc import Mapping
 from typing import Any
-from urllib.parse import unquote
 
-import msgspec
 from aiohttp import web
 from nats.js import JetStreamContext
 
 from vebus import names
 from vebus.bus.cloudevent import CloudEvent, to_headers
+from vebus.bus.http import from_http
 from vebus.bus.publish import publish
 from vebus.config import WebhookSourceConfig
-from vebus.errors import PublishError
+from vebus.errors import (
+    InvalidEventError,
+    PublishError,
+    RequestRefusedError,
+    UnsupportedModeError,
+)
 from vebus.names import MSG_ID, TRACEPARENT
 from vebus_collector.events import PAYLOAD_MARGIN
 
-__all__ = ["STRUCTURED", "WebhookSource", "parse_request"]
+__all__ = ["RESERVED_EXTENSIONS", "WebhookSource", "parse_request"]
 
 log = logging.getLogger(__name__)
 
-STRUCTURED = "application/cloudevents+json"
-BATCH = "application/cloudevents-batch+json"
-SOURCE = "webhook"
+SOURCE = names.WEBHOOK_SOURCE
 
-_ATTR_NAME = re.compile(r"^[a-z0-9]{1,64}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_CORE = ("id", "source", "type", "specversion")
-_OPTIONAL = ("time", "subject", "dataschema")
-#: set by vebus on vSphere events only (DESIGN.md): a webhook event may not claim it
-_RESERVED_EXTENSIONS = frozenset({"eventclass"})
+#: set by vebus on vSphere events only (DESIGN.md, Events): a webhook event may not claim them
+RESERVED_EXTENSIONS = frozenset({"eventclass"})
 
 
-class BadRequest(Exception):
-    """The request is not an acceptable CloudEvent; the message says why."""
+def parse_request(headers: Mapping[str, str], body: bytes) -> CloudEvent:
+    """The CloudEvent in a request, either mode; RequestRefusedError when it cannot be taken.
 
-    def __init__(self, reason: str, status: int = 400) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
-
-
-def parse_request(headers: dict[str, str], body: bytes) -> CloudEvent:
-    """The CloudEvent in a request (header names lower-cased); BadRequest when malformed."""
-    content_type = headers.get("content-type", "")
-    media = content_type.split(";", 1)[0].strip().lower()
-    if media == BATCH:
-        raise BadRequest(
-            "batch mode (application/cloudevents-batch+json) is not supported: "
-            "send one event per request",
-            415,
-        )
-    if media == STRUCTURED:
-        return _structured(body)
-    if any(name.startswith("ce-") for name in headers):
-        return _binary(headers, content_type or None, body)
-    raise BadRequest(
-        "not a CloudEvent: expected ce-specversion, ce-id, ce-source and ce-type headers "
-        f"(binary mode) or Content-Type {STRUCTURED} (structured mode)"
-    )
-
-
-def _binary(headers: dict[str, str], content_type: str | None, body: bytes) -> CloudEvent:
-    attrs: dict[str, str] = {}
-    for name, raw in headers.items():
-        if not name.startswith("ce-"):
-            continue
-        attr = name[3:]
-        attrs[attr] = unquote(raw)  # the HTTP binding percent-encodes header values
-    if "datacontenttype" in attrs:
-        raise BadRequest("ce-datacontenttype: in binary mode the Content-Type header carries it")
-    return _event(attrs, content_type, body, where="header ce-")
-
-
-def _structured(body: bytes) -> CloudEvent:
+    Read by the one HTTP binding (`vebus.bus.http`); refused besides: an event carrying
+    an attribute vebus sets on vSphere events only.
+    """
     try:
-        doc = msgspec.json.decode(body)
-    except msgspec.DecodeError as e:
-        raise BadRequest(f"body is not valid JSON: {e}") from None
-    if not isinstance(doc, dict):
-        raise BadRequest(f"expected a JSON object (one CloudEvent), got {type(doc).__name__}")
-    content_type = doc.pop("datacontenttype", None)
-    if content_type is not None and not isinstance(content_type, str):
-        raise BadRequest("datacontenttype: expected a string")
-    has_data, data = "data" in doc, doc.pop("data", None)
-    data_b64 = doc.pop("data_base64", None)
-    if has_data and data_b64 is not None:
-        raise BadRequest("data and data_base64: give one of them, not both")
-    body_out = b""
-    if data_b64 is not None:
-        if not isinstance(data_b64, str):
-            raise BadRequest("data_base64: expected a base64 string")
-        try:
-            body_out = base64.b64decode(data_b64, validate=True)
-        except (binascii.Error, ValueError):
-            raise BadRequest("data_base64: not valid base64") from None
-    elif has_data and data is not None:
-        if isinstance(data, str) and content_type and not _is_json(content_type):
-            body_out = data.encode()
-        else:
-            body_out = msgspec.json.encode(data)
-            content_type = content_type or "application/json"
-    attrs: dict[str, str] = {}
-    for name, value in doc.items():
-        if isinstance(value, bool):
-            attrs[name] = "true" if value else "false"
-        elif isinstance(value, str | int) and not isinstance(value, bool):
-            attrs[name] = str(value)
-        else:
-            raise BadRequest(f"{name}: expected a string, number or boolean attribute value")
-    return _event(attrs, content_type, body_out, where="")
-
-
-def _is_json(content_type: str) -> bool:
-    media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or media.endswith("+json") or media == "text/json"
-
-
-def _event(attrs: dict[str, str], content_type: str | None, data: bytes, where: str) -> CloudEvent:
-    missing = [a for a in _CORE if not attrs.get(a)]
-    if missing:
-        raise BadRequest("missing required attribute(s): " + ", ".join(where + m for m in missing))
-    if attrs["specversion"] != "1.0":
-        raise BadRequest(f"{where}specversion: only 1.0 is supported, got {attrs['specversion']!r}")
-    for name, value in attrs.items():
-        if not _ATTR_NAME.match(name):
-            raise BadRequest(
-                f"{where}{name}: attribute names are lower-case letters and digits only"
-            )
-        if _CONTROL.search(value):
-            raise BadRequest(f"{where}{name}: control characters are not allowed")
-        if name in _RESERVED_EXTENSIONS:
-            raise BadRequest(f"{where}{name}: reserved for the events vebus reads from vCenter")
-    if content_type is not None and _CONTROL.search(content_type):
-        raise BadRequest("content type: control characters are not allowed")
-    if "time" in attrs:
-        try:
-            dt.datetime.fromisoformat(attrs["time"].replace("Z", "+00:00"))
-        except ValueError:
-            raise BadRequest(f"{where}time: expected an RFC 3339 timestamp") from None
-    ext = {k: v for k, v in attrs.items() if k not in _CORE and k not in _OPTIONAL}
-    return CloudEvent(
-        id=attrs["id"],
-        source=attrs["source"],
-        type=attrs["type"],
-        specversion="1.0",
-        time=attrs.get("time"),
-        subject=attrs.get("subject"),
-        dataschema=attrs.get("dataschema"),
-        datacontenttype=content_type,
-        extensions=ext,
-        data=data,
-    )
+        event = from_http(headers, body)
+    except UnsupportedModeError as e:
+        raise RequestRefusedError(str(e), 415) from None
+    except InvalidEventError as e:
+        raise RequestRefusedError(str(e)) from None
+    reserved = sorted(RESERVED_EXTENSIONS & event.extensions.keys())
+    if reserved:
+        raise RequestRefusedError(
+            f"{', '.join(reserved)}: reserved for the events vebus reads from vCenter "
+            "(an event received over HTTP may not carry it)"
+        )
+    return event
 
 
 class WebhookSource:
@@ -263,7 +163,7 @@ class WebhookSource:
         headers = {k.lower(): v for k, v in request.headers.items()}
         try:
             event = parse_request(headers, body)
-        except BadRequest as e:
+        except RequestRefusedError as e:
             log.debug("webhook request refused: %s", e.reason)
             return self._refuse(e.status, e.reason)
         extra = {MSG_ID: f"webhook:{event.source}:{event.id}"}

@@ -122,8 +122,8 @@ def _schemas() -> dict[str, Any]:
         "msg_id": {"type": ["string", "null"], "description": "the original Nats-Msg-Id"},
         "event": {
             "type": ["object", "null"],
-            "additionalProperties": {"type": "string"},
-            "description": "the CloudEvent's attributes; null when it was not a valid one",
+            "description": "the event as a structured CloudEvent (JSON format: what "
+            "`vebus routes test --event` takes); null when it was not a valid one",
         },
         "headers": {"type": "object", "additionalProperties": {"type": "string"}},
         "data": {"description": "the body: JSON as JSON, other UTF-8 text as a string"},

@@ -30,6 +30,7 @@ from nats.js.errors import APIError, NotFoundError
 
 from vebus import names
 from vebus.bus.cloudevent import CloudEvent, from_headers
+from vebus.bus.http import to_json
 from vebus.bus.publish import publish
 from vebus.errors import (
     DeadLetterNotFoundError,
@@ -57,6 +58,7 @@ __all__ = [
     "replay_selection",
 ]
 
+_json = msgspec.json.Decoder()
 #: what separates an original Msg-Id from the dead letter it was replayed from
 REPLAY_MARK = ":replay:"
 
@@ -140,12 +142,13 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
             return "base64", base64.b64encode(self.body).decode("ascii")
 
     def detail(self) -> dict[str, Any]:
-        """Everything: the summary, the Msg-Id, the event's attributes, headers and data."""
+        """Everything: the summary, the Msg-Id, the event as a structured CloudEvent (what
+        `vebus routes test --event` takes), the headers and the data."""
         ev = self.event()
         kind, data = self.data()
         out: dict[str, Any] = dict(self.summary())
         out["msg_id"] = self.msg_id
-        out["event"] = ev.attributes() if ev else None
+        out["event"] = _json.decode(to_json(ev)) if ev else None
         out["headers"] = dict(self.headers)
         out["data" if kind != "base64" else "data_base64"] = data
         return out

@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
+import msgspec
 import nats.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from vebus import names
-from vebus.config import Config, load_config
+from vebus.config import Config, NatsConfig, NatsTls, load_config
 from vebus.errors import ConfigError, VebusError
 from vebus.local.natsauth import (
     DEFAULT_AUTH_PATH,
@@ -28,6 +29,7 @@ from vebus.local.natsauth import (
     password_var,
     read_env_file,
 )
+from vebus.local.tls import DEFAULT_TLS_DIR, LocalTls
 from vebus.routing.source import RouteView
 from vebus.runtime.connect import ConnectFailedError, connect_once
 
@@ -113,14 +115,27 @@ def credentials(config: Config, url: str) -> tuple[str | None, str | None, str]:
     return None, None, "no user given"
 
 
+def nats_settings(config: Config, url: str) -> NatsConfig:
+    """The config's NATS settings; for a NATS on this machine that `vebus up --nats-tls`
+    started in this folder, with its CA and client certificate when the config names none."""
+    local = LocalTls(DEFAULT_TLS_DIR)
+    if config.nats.tls is None and is_local_url(url) and local.ca_file.is_file():
+        tls = NatsTls(ca_file=str(local.ca_file), cert_file=str(local.client_cert),
+                      key_file=str(local.client_key))  # fmt: skip
+        return msgspec.structs.replace(config.nats, tls=tls)
+    return config.nats
+
+
 async def connect(config: Config, nats_url: str | None) -> Client:
     """Connect to NATS once (a command does not wait for a server that is not there)."""
     url = nats_url or config.nats.url
     user, password, source = credentials(config, url)
     try:
-        return await connect_once(config.nats, url=url, user=user, password=password,
-                                  name="vebus-cli")  # fmt: skip
+        return await connect_once(nats_settings(config, url), url=url, user=user,
+                                  password=password, name="vebus-cli")  # fmt: skip
     except ConnectFailedError as e:
+        if e.tls:
+            fail(e.reason)
         if e.auth:
             who = f"user {user!r} ({source})" if user else "a connection without a user"
             fail(

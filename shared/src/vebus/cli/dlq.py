@@ -293,12 +293,15 @@ async def _get(config: Config, nats_url: str | None, ident: int) -> DeadLetter:
 def show(ident: int, as_json: bool, config_path: str, nats_url: str | None) -> None:
     """Show everything about dead letter ID: why it failed, the CloudEvent and its data.
 
+    With --json, `event` is the CloudEvent in JSON (structured mode, as `vebus tail
+    --json` prints it), which `vebus routes test --event -` takes as it is.
     Exits 1 if there is no dead letter with that ID.
 
     \b
     Example:
       vebus dlq show 42
       vebus dlq show 42 --json | jq .data
+      vebus dlq show 42 --json | jq .event | vebus routes test --route vm-off --event -
     """
     dl: DeadLetter = run_async(_get, load_or_default(config_path), nats_url, ident)
     if as_json:

@@ -7,7 +7,6 @@ that when they return the change is in force everywhere (or they say where it is
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import sys
@@ -18,7 +17,7 @@ import click
 import yaml
 
 from vebus import names
-from vebus.bus.cloudevent import CloudEvent
+from vebus.bus.http import from_json
 from vebus.cli._common import (
     config_option,
     echo_config_errors,
@@ -31,13 +30,10 @@ from vebus.cli._common import (
 from vebus.errors import InvalidEventError, PatternError
 from vebus.events.patterns import Pattern, compile_pattern, explain_match
 
-__all__ = ["load_structured_event", "routes"]
+__all__ = ["routes"]
 
 #: exit statuses of `vebus routes test`
 MATCHED, NOT_MATCHED, INVALID = 0, 1, 2
-
-_REQUIRED = ("specversion", "id", "source", "type")
-_KNOWN = ("time", "subject", "dataschema", "datacontenttype")
 
 
 @click.group()
@@ -64,62 +60,6 @@ def _read(file: str) -> str:
         fail(f"{file}: cannot read the event file: {e.strerror}", INVALID)
     except UnicodeDecodeError:
         fail(f"{file}: not UTF-8 text: save the event file as UTF-8", INVALID)
-
-
-def _attribute(name: str, value: Any, where: str) -> str:
-    """An attribute as the NATS binding carries it: a string (true/false, numbers as text)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str | int | float):
-        return str(value)
-    raise InvalidEventError(f"{where}: attribute {name!r} must be a string, number or boolean")
-
-
-def load_structured_event(text: str, where: str) -> CloudEvent:
-    """A CloudEvent from its JSON (structured) form; InvalidEventError says what is wrong."""
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InvalidEventError(f"{where}: not valid JSON: {e}") from None
-    if not isinstance(doc, dict):
-        raise InvalidEventError(
-            f"{where}: expected a CloudEvent as a JSON object, got {type(doc).__name__}"
-        )
-    missing = [name for name in _REQUIRED if not doc.get(name)]
-    if missing:
-        raise InvalidEventError(
-            f"{where}: not a structured CloudEvent: missing {', '.join(missing)}"
-            " (expected an object with specversion, id, source, type and data)"
-        )
-    attrs = {
-        name: _attribute(name, value, where)
-        for name, value in doc.items()
-        if name not in ("data", "data_base64") and value is not None
-    }
-    if attrs["specversion"] != "1.0":
-        raise InvalidEventError(f"{where}: unsupported specversion {attrs['specversion']!r}")
-    content_type = attrs.get("datacontenttype")
-    if "data_base64" in doc:
-        try:
-            body = base64.b64decode(doc["data_base64"], validate=True)
-        except (ValueError, TypeError):
-            raise InvalidEventError(f"{where}: data_base64 is not valid base64") from None
-    elif "data" not in doc or doc["data"] is None:
-        body = b""
-    elif isinstance(doc["data"], str) and content_type and "json" not in content_type.lower():
-        body = doc["data"].encode()
-    else:
-        body = json.dumps(doc["data"]).encode()
-    return CloudEvent(
-        id=attrs.pop("id"),
-        source=attrs.pop("source"),
-        type=attrs.pop("type"),
-        specversion=attrs.pop("specversion"),
-        datacontenttype=attrs.pop("datacontenttype", "application/json"),
-        **{name: attrs.pop(name) for name in _KNOWN if name in attrs},
-        extensions={name.lower(): value for name, value in attrs.items()},
-        data=body,
-    )
 
 
 def _route_pattern(config_path: str, name: str) -> tuple[str, Pattern | None]:
@@ -166,7 +106,8 @@ def _route_pattern(config_path: str, name: str) -> tuple[str, Pattern | None]:
     "--event",
     "event_file",
     required=True,
-    help="A structured CloudEvent (JSON) file, or - for standard input.",
+    help="A CloudEvent in JSON (structured mode), as `vebus tail --json` prints it: "
+    "a file, or - for standard input.",
 )
 @config_option
 def test(
@@ -175,12 +116,15 @@ def test(
     """Match one event against a route's pattern (or --pattern) and say why.
 
     Prints "matched" or "no match" and the field that decided it, as the filter would
-    decide. Exit status: 0 matched, 1 no match, 2 invalid pattern, event or route.
+    decide. The event is a CloudEvent in JSON (the JSON event format, structured mode),
+    as `vebus tail --json` prints it. Exit status: 0 matched, 1 no match, 2 invalid
+    pattern, event or route.
 
     \b
     Examples:
       vebus routes test --route vm-off-to-slack --event event.json
       vebus routes test --pattern '{"type": [{"prefix": "com.vmware.vsphere.Vm"}]}' --event -
+      vebus tail --json --count 1 | vebus routes test --route vm-off-to-slack --event -
     """
     if (route_name is None) == (pattern_json is None):
         raise click.UsageError("give exactly one of --route NAME or --pattern JSON")
@@ -202,10 +146,9 @@ def test(
         label = f"route {route_name}"
     where = "stdin" if event_file == "-" else event_file
     try:
-        event = load_structured_event(_read(event_file), where)
-        doc = event.as_match_input()
+        doc = from_json(_read(event_file)).as_match_input()
     except InvalidEventError as e:
-        fail(str(e), INVALID)
+        fail(f"{where}: {e}", INVALID)
     explanation = explain_match(pattern, doc)
     for line in explanation.lines(label):
         click.echo(line)

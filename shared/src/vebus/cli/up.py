@@ -57,6 +57,14 @@ __all__ = ["up"]
     "local client, e.g. `nats sub '>'`.",
 )
 @click.option(
+    "--nats-tls",
+    is_flag=True,
+    help="TLS on every NATS connection, clients and cluster routes, each side verified: a "
+    "local CA and certificates are made in <data-dir>/tls (kept across restarts) and the "
+    "services present the client certificate. `vebus` commands run in the same folder use "
+    "it by themselves; elsewhere give nats.tls (ca_file, cert_file, key_file) in a config.",
+)
+@click.option(
     "--scale",
     "scale",
     multiple=True,
@@ -78,6 +86,7 @@ def up(
     nats_port: int,
     nats_cluster: int,
     nats_auth: bool,
+    nats_tls: bool,
     scale: tuple[str, ...],
     vcsim_port: int,
     quiet: bool,
@@ -97,6 +106,7 @@ def up(
       vebus up --config vebus.yaml   # your vCenters and routes
       vebus up --nats-cluster 3 --scale dispatcher=2 --scale filter=2
       vebus up --nats-auth           # NATS users and passwords (in .vebus/nats-auth.env)
+      vebus up --nats-tls            # TLS to NATS and between its nodes (.vebus/tls)
     """
     from vebus.local.supervisor import UpOptions, load_raw, run_up
 
@@ -118,7 +128,9 @@ def up(
     try:
         raw = load_raw(config_path)  # a --config that does not exist: ConfigError
         if nats_auth:
-            _check_auth_target(raw, config_path)
+            _check_auth_target(raw, config_path, "--nats-auth")
+        if nats_tls:
+            _check_auth_target(raw, config_path, "--nats-tls")
         if raw:
             parse_config(raw)
     except ConfigError as e:
@@ -132,6 +144,7 @@ def up(
         nats_port=nats_port,
         nats_cluster=nats_cluster,
         nats_auth=nats_auth,
+        nats_tls=nats_tls,
         scale=replicas,
         vcsim_port=vcsim_port,
         echo=not quiet,
@@ -145,9 +158,10 @@ def up(
     raise SystemExit(status)
 
 
-def _check_auth_target(raw: dict[str, Any], config_path: Path | None) -> None:
-    """--nats-auth secures the nats-server `vebus up` starts, not a remote one: refuse
-    rather than send generated users to a server that does not know them."""
+def _check_auth_target(raw: dict[str, Any], config_path: Path | None, flag: str) -> None:
+    """--nats-auth and --nats-tls secure the nats-server `vebus up` starts, not a remote
+    one: refuse rather than send generated users or certificates to a server that does not
+    know them."""
     from vebus.local.natsauth import is_local_url
 
     section = raw.get("nats")
@@ -155,12 +169,12 @@ def _check_auth_target(raw: dict[str, Any], config_path: Path | None) -> None:
     url = str(nats_cfg.get("url") or "")
     if url and not is_local_url(url):
         fail(
-            f"--nats-auth: {config_path}: nats.url {url} is a server vebus up does not start; "
-            "its users are configured on that server (give nats.user and nats.password "
-            "in the config, and run without --nats-auth)",
+            f"{flag}: {config_path}: nats.url {url} is a server vebus up does not start; "
+            "its users and certificates are configured on that server (give nats.user, "
+            f"nats.password and nats.tls in the config, and run without {flag})",
             2,
         )
-    if nats_cfg.get("user") or nats_cfg.get("password"):
+    if flag == "--nats-auth" and (nats_cfg.get("user") or nats_cfg.get("password")):
         click.echo(
             f"vebus up: --nats-auth: nats.user/nats.password in {config_path} are not used: "
             "each service logs in as its own generated user",

@@ -4,7 +4,9 @@ A service connects with `connect_service`: it tries again every few seconds (a N
 still starting, a cluster node that is down) until connected or told to stop, and then
 reconnects for ever. A command connects with `connect_once`: one try per server, so a user
 who forgot `vebus up` hears so at once. Both stop at once when NATS refuses the
-credentials: retrying cannot help, and the error says what to check.
+credentials or its certificate (or ours): retrying cannot help, and the error says what
+to check. TLS (`nats.tls`: a CA, and a client certificate for mutual TLS) and credentials
+files (`nats.creds`: NKEY and JWT) are set here for every connection vebus makes.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from typing import Any
 
 import nats
@@ -19,10 +22,17 @@ import nats.errors
 from nats.aio.client import Client
 
 from vebus import aio
-from vebus.config import NatsConfig
-from vebus.errors import NatsAuthError
+from vebus.config import NatsConfig, NatsTls
+from vebus.errors import ConfigError, NatsAuthError, NatsTlsError
 
-__all__ = ["ConnectFailedError", "connect_once", "connect_service", "is_auth_error"]
+__all__ = [
+    "ConnectFailedError",
+    "connect_once",
+    "connect_service",
+    "is_auth_error",
+    "is_tls_error",
+    "tls_context",
+]
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +42,13 @@ MAX_CONNECT_DELAY = 5.0
 
 class ConnectFailedError(Exception):
     """A command could not connect; `reason` is the last error, `auth` whether NATS
-    refused the credentials."""
+    refused the credentials, `tls` whether the TLS handshake failed."""
 
-    def __init__(self, reason: str, *, auth: bool) -> None:
+    def __init__(self, reason: str, *, auth: bool, tls: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.auth = auth
+        self.tls = tls
 
 
 def is_auth_error(e: BaseException) -> bool:
@@ -46,16 +57,69 @@ def is_auth_error(e: BaseException) -> bool:
     return "authorization violation" in text or "authentication" in text
 
 
+def is_tls_error(e: BaseException) -> bool:
+    """Whether a connection error is a failed TLS handshake or a TLS mismatch (a server
+    that requires TLS, or one that has none)."""
+    if isinstance(e, ssl.SSLError):
+        return True
+    text = str(e).lower()
+    return "tls required" in text or "secure connection" in text or "tls not" in text
+
+
+def tls_problem(e: BaseException, url: str) -> str:
+    """What a failed TLS handshake means, in words that say what to fix."""
+    text = str(e)
+    if isinstance(e, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in text:
+        return (
+            f"NATS at {url}: TLS: the server's certificate is not trusted ({text}): set "
+            "nats.tls.ca_file to the CA that signed it (and nats.tls.server_name if the "
+            "certificate names another host)"
+        )
+    if "certificate required" in text.lower() or "bad certificate" in text.lower():
+        return (
+            f"NATS at {url}: TLS: the server refused this client ({text}): it verifies "
+            "clients; give nats.tls.cert_file and nats.tls.key_file, signed by a CA it trusts"
+        )
+    if "tls required" in text.lower() or "secure connection" in text.lower():
+        return f"NATS at {url} requires TLS ({text}): configure nats.tls"
+    return f"NATS at {url}: TLS handshake failed ({text}): check nats.tls"
+
+
+def _closed(e: BaseException) -> bool:
+    """A connection the server closed under us (reset, broken pipe, nats-py's "lost")."""
+    return (
+        isinstance(e, ConnectionResetError | BrokenPipeError) or "connection lost" in str(e).lower()
+    )
+
+
+def tls_context(tls: NatsTls) -> ssl.SSLContext:
+    """The client TLS context for `nats.tls`: verifying the server, with our certificate."""
+    try:
+        context = ssl.create_default_context(cafile=tls.ca_file)
+        if tls.cert_file and tls.key_file:
+            context.load_cert_chain(tls.cert_file, tls.key_file)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError([f"nats.tls: cannot load the certificate files: {e}"]) from None
+    return context
+
+
 def _options(
     cfg: NatsConfig, servers: list[str], user: str | None, password: str | None
 ) -> dict[str, Any]:
     """The nats.connect arguments every vebus connection shares."""
-    return {
+    options: dict[str, Any] = {
         "servers": servers,
-        "user": user,
-        "password": password,
         "connect_timeout": float(cfg.connect_timeout),
     }
+    if cfg.creds:
+        options["user_credentials"] = cfg.creds
+    else:
+        options["user"], options["password"] = user, password
+    if cfg.tls is not None:
+        options["tls"] = tls_context(cfg.tls)
+        if cfg.tls.server_name:
+            options["tls_hostname"] = cfg.tls.server_name
+    return options
 
 
 async def connect_service(cfg: NatsConfig, name: str, stopping: asyncio.Event) -> Client | None:
@@ -65,11 +129,11 @@ async def connect_service(cfg: NatsConfig, name: str, stopping: asyncio.Event) -
     """
     delay = 0.5
     refused = asyncio.Event()
-    reason: list[str] = []
+    reason: list[BaseException] = []
 
     async def on_error(e: Exception) -> None:
-        if is_auth_error(e):
-            reason.append(str(e))
+        if is_auth_error(e) or is_tls_error(e):
+            reason.append(e)
             refused.set()
         else:
             log.warning("NATS: %r", e)
@@ -92,14 +156,22 @@ async def connect_service(cfg: NatsConfig, name: str, stopping: asyncio.Event) -
             attempt.cancel()
             with contextlib.suppress(BaseException):
                 await attempt
-            who = f"user {cfg.user!r}" if cfg.user else "no credentials"
+            if is_tls_error(reason[0]):
+                raise NatsTlsError(tls_problem(reason[0], cfg.url))
+            who = (
+                f"user {cfg.user!r}"
+                if cfg.user
+                else (f"the credentials file {cfg.creds}" if cfg.creds else "no credentials")
+            )
             raise NatsAuthError(
                 f"NATS at {cfg.url} refused {who} ({reason[0]}): check nats.user and "
-                "nats.password in the config and the server's accounts"
+                "nats.password (or nats.creds) in the config and the server's accounts"
             )
         try:
             return attempt.result()
         except (TimeoutError, OSError, nats.errors.Error) as e:
+            if is_tls_error(e):
+                raise NatsTlsError(tls_problem(e, cfg.url)) from e
             if is_auth_error(e):
                 raise NatsAuthError(f"NATS at {cfg.url} refused the credentials: {e}") from e
             log.warning("cannot reach NATS at %s (%r); trying again in %.0fs", cfg.url, e, delay)
@@ -133,7 +205,20 @@ async def connect_once(
             name=name,
         )
     except (TimeoutError, OSError, nats.errors.Error) as e:
+        seen = (*errors, e)
+        tls = next((x for x in seen if is_tls_error(x)), None)
+        if tls is not None:
+            raise ConnectFailedError(tls_problem(tls, url), auth=False, tls=True) from None
+        if cfg.tls is not None and not cfg.tls.cert_file and any(_closed(x) for x in seen):
+            # TLS 1.3: a server that wants a client certificate may close the connection
+            # after the handshake, before its alert is read
+            raise ConnectFailedError(
+                f"NATS at {url} closed the connection during TLS set-up: if it verifies "
+                "clients, give nats.tls.cert_file and nats.tls.key_file",
+                auth=False,
+                tls=True,
+            ) from None
         cause = errors[-1] if errors else e
         raise ConnectFailedError(
-            str(cause) or type(cause).__name__, auth=any(is_auth_error(x) for x in (*errors, e))
+            str(cause) or type(cause).__name__, auth=any(is_auth_error(x) for x in seen)
         ) from None

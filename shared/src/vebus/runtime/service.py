@@ -47,7 +47,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exp
 
 from vebus import aio, names
 from vebus.config import Config, load_config
-from vebus.errors import ConfigError, NatsAuthError
+from vebus.errors import ConfigError, NatsAuthError, NatsTlsError
 from vebus.runtime.connect import connect_service
 from vebus.runtime.telemetry import LogContextFilter, Telemetry
 
@@ -92,7 +92,7 @@ Poll = Callable[[], Awaitable[None]]
 def startup_retryable(e: BaseException) -> bool:
     """Whether a JetStream API call at start failed because the server or cluster is not
     ready yet (no leader, no responders, no peers, a timeout), not because it was refused."""
-    if isinstance(e, NatsAuthError):
+    if isinstance(e, NatsAuthError | NatsTlsError):
         return False
     if isinstance(e, TimeoutError | nats.errors.TimeoutError | nats.errors.NoRespondersError):
         return True
@@ -429,7 +429,8 @@ async def run_service(settings: ServiceSettings, body: Body, *, version: str = "
         nc = await connect_service(
             config.nats, f"{names.micro_service(settings.service)}-{settings.instance}", stopping
         )
-    except NatsAuthError as e:
+    except (NatsAuthError, NatsTlsError, ConfigError) as e:
+        # credentials or certificates NATS refuses, or files that cannot be read
         log.error("%s", e)
         print(f"vebus {settings.service}: {e}", file=sys.stderr)
         return 2

@@ -3,7 +3,8 @@
 At-most-once by nature: the event counts as delivered once the line is written and flushed;
 nothing confirms that anyone read it (a pipe to a dead reader loses what it buffered).
 `format: line` prints `time type source id subject` and, for vSphere events, the
-event's FullFormattedMessage; `format: json` prints the structured CloudEvent.
+event's FullFormattedMessage; `format: json` prints the CloudEvent in the JSON event
+format (`vebus.bus.http`).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from typing import TextIO
 
 from vebus import config
 from vebus.bus.cloudevent import CloudEvent
+from vebus.bus.http import to_json
 from vebus.errors import ErrorCode, InvalidEventError, PermanentDeliveryError
-from vebus_dispatcher.sinks import encoding
 from vebus_dispatcher.sinks.base import SinkContext
 
 __all__ = ["ConsoleSink", "format_line"]
@@ -37,10 +38,8 @@ class ConsoleSink:
         self._stream = stream
 
     async def deliver(self, event: CloudEvent, headers: Mapping[str, str]) -> None:
-        if self._sink.format == "json":
-            line = encoding.structured_body(event).decode("utf-8")
-        else:
-            line = format_line(event)
+        json = self._sink.format == "json"
+        line = to_json(event).decode("utf-8") if json else format_line(event)
         stream = self._stream or sys.stdout
         try:
             stream.write(line + "\n")

@@ -29,6 +29,7 @@ import botocore.exceptions
 
 from vebus import config
 from vebus.bus.cloudevent import CloudEvent
+from vebus.bus.http import to_json
 from vebus.errors import (
     ConfigError,
     DeliveryError,
@@ -36,7 +37,6 @@ from vebus.errors import (
     PermanentDeliveryError,
     RetryableDeliveryError,
 )
-from vebus_dispatcher.sinks import encoding
 from vebus_dispatcher.sinks.base import SinkContext
 from vebus_dispatcher.sinks.threads import SinkThreads
 
@@ -117,8 +117,8 @@ class EventBridgeSink:
         """The PutEvents entry for `event`."""
         out: dict[str, Any] = {
             "Source": self._sink.source or event.source,
-            "DetailType": encoding.event_class(event),
-            "Detail": encoding.structured_body(event).decode("utf-8"),
+            "DetailType": event.event_class(),
+            "Detail": to_json(event).decode("utf-8"),
             "EventBusName": self._sink.event_bus,
         }
         if (when := _time(event.time)) is not None:

@@ -26,8 +26,8 @@ from urllib.parse import urlsplit
 
 from vebus import config
 from vebus.bus.cloudevent import CloudEvent
+from vebus.bus.http import to_json
 from vebus.errors import ErrorCode, RetryableDeliveryError
-from vebus_dispatcher.sinks import encoding
 from vebus_dispatcher.sinks.base import SinkContext
 from vebus_dispatcher.sinks.templating import compile_optional, render
 
@@ -73,7 +73,7 @@ def format_message(
             _field(host, 255),
             _field(app_name, 48),
             "-",
-            _field(encoding.event_class(event), 32),
+            _field(event.event_class(), 32),
             "-",
         )
     )
@@ -111,7 +111,7 @@ class SyslogSink:
         if self._message is not None:
             msg = render(self._message, event)
         else:
-            msg = encoding.structured_body(event).decode("utf-8")
+            msg = to_json(event).decode("utf-8")
         return format_message(
             event, pri=self._pri, hostname=self._sink.hostname, app_name=self._sink.app_name,
             msg=msg,

@@ -1,8 +1,9 @@
 """The webhook sink: CloudEvents over HTTP POST (a VEBA function, a Knative service, ...).
 
 Binary mode by default (attributes in `ce-` headers, data as the body), structured mode on
-request; extra headers; optional auth: a bearer token, basic auth, or an HMAC-SHA256
-signature of the body (`X-Vebus-Signature-256: sha256=<hex>`). At-least-once: a 2xx is
+request, both written by the one HTTP binding (`vebus.bus.http`); extra headers; optional
+auth: a bearer token, basic auth, or an HMAC-SHA256 signature of the body
+(`X-Vebus-Signature-256: sha256=<hex>`). At-least-once: a 2xx is
 success; 429 and 5xx are retried (honouring `Retry-After`), as are timeouts and connection
 failures; any other answer is permanent. Redirects are not followed: a POST that is
 redirected is reported, so that the route's URL gets fixed.
@@ -14,8 +15,8 @@ from collections.abc import Mapping
 
 from vebus import config
 from vebus.bus.cloudevent import CloudEvent
+from vebus.bus.http import to_binary, to_structured
 from vebus.names import TRACEPARENT
-from vebus_dispatcher.sinks import encoding
 from vebus_dispatcher.sinks.base import SinkContext
 from vebus_dispatcher.sinks.httpclient import Authenticator, new_session, request
 
@@ -36,10 +37,8 @@ class WebhookSink:
         self._auth = Authenticator(sink.auth)
 
     async def deliver(self, event: CloudEvent, headers: Mapping[str, str]) -> None:
-        if self._sink.mode == "structured":
-            ce_headers, body = encoding.structured(event)
-        else:
-            ce_headers, body = encoding.binary(event)
+        encode = to_structured if self._sink.mode == "structured" else to_binary
+        ce_headers, body = encode(event)
         out = dict(self._sink.headers)
         out.update(ce_headers)
         out.update(self._auth.headers(body))
