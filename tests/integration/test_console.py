@@ -285,3 +285,76 @@ async def test_explain_and_event_page(console: str, nc: Client, nats_server: Nat
             routes = (await r.json())["routes"]
         assert [x["matched"] for x in routes] == [False, True]
         assert routes[0]["lines"][0] == "no match: route vm-off"
+
+
+async def _dead_letters(js: Any, n: int) -> None:
+    from vebus.bus.dlq import publish_dead_letter
+    from vebus.errors import ErrorCode, Exhausted
+
+    for i in range(n):
+        ev = event(i)
+        await publish_dead_letter(
+            js, route="vm-off", sink="webhook", code=ErrorCode.HTTP_4XX, error="refused",
+            headers=to_headers(ev, {names.MSG_ID: f"vc01:1:{i}:vm-off"}), body=ev.data,
+            attempts=1, exhausted=Exhausted.NOT_RETRYABLE,
+        )  # fmt: skip
+
+
+async def test_purge_asks_first_then_goes_through_the_deadletter_api(
+    console: str, nc: Client
+) -> None:
+    js = nc.jetstream()
+    await _dead_letters(js, 3)
+    async with aiohttp.ClientSession(headers=_bearer(OPERATOR_TOKEN)) as http:
+        async with http.get(f"{console}/deadletters/2") as r:
+            page = await r.text()
+        assert "refused" in page
+        assert "&#34;specversion&#34;: &#34;1.0&#34;" in page  # the event, as JSON
+        form = {"scope": "ids", "id": "2"}
+        async with http.post(f"{console}/deadletters/purge", data=form) as r:
+            confirm = await r.text()
+        assert "Purge 1 dead letter(s)?" in confirm
+        assert (await js.stream_info(names.DLQ_STREAM)).state.messages == 3  # not yet
+        async with http.post(
+            f"{console}/deadletters/purge", data={**form, "confirm": "yes"}, allow_redirects=False
+        ) as r:
+            assert r.status == 303
+            assert "purged%201" in r.headers["Location"]
+        assert (await js.stream_info(names.DLQ_STREAM)).state.messages == 2
+        async with http.post(
+            f"{console}/deadletters/purge",
+            data={"scope": "filter", "route": "vm-off", "confirm": "yes"},
+            allow_redirects=False,
+        ) as r:
+            assert r.status == 303
+        assert (await js.stream_info(names.DLQ_STREAM)).state.messages == 0
+
+
+async def test_https_when_given_a_certificate(stack: Stack, tmp_path: Path) -> None:
+    import ssl
+
+    from tests.support.sink import self_signed_cert
+
+    cert, key = self_signed_cert(tmp_path)
+    dlq_port, port = free_port(), free_port()
+    config = _config(stack, dlq_port, port)
+    config["console"]["tls"] = {"cert_file": str(cert), "key_file": str(key)}
+    stack.write_config(config)
+    await asyncio.to_thread(stack.start, "console")
+    context = ssl.create_default_context(cafile=str(cert))
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        async with http.post(
+            f"https://127.0.0.1:{port}/login",
+            data={"user": OPERATOR, "password": OPERATOR_PASSWORD},
+            headers={"Origin": f"https://127.0.0.1:{port}"},
+            ssl=context,
+            allow_redirects=False,
+        ) as r:
+            assert r.status == 303
+            cookie = r.headers["Set-Cookie"]
+        assert "Secure" in cookie
+        assert "HttpOnly" in cookie
+        assert "SameSite=Strict" in cookie
+        with pytest.raises(aiohttp.ClientError):
+            async with http.get(f"http://127.0.0.1:{port}/live"):
+                pass
