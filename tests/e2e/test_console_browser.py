@@ -41,6 +41,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
 VEBUS = str(Path(sys.executable).parent / "vebus")
 SERVICES = ("collector", "filter", "dispatcher", "deadletter", "console")
+SECRET = "T0000/B0000/not-to-be-shown"
 
 
 def _vebus(stack: Stack, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -66,6 +67,12 @@ def _config(vcsim: Vcsim, sink: RecordingSink, dlq: int, port: int) -> dict[str,
                 "delivery": {"max_attempts": 1},
             },
             {"name": "everything", "sink": {"kind": "console", "format": "line"}},
+            {
+                # never matches: only here to show a secret redacted on the pages
+                "name": "chat",
+                "match": {"type": ["com.example.never"]},
+                "sink": {"kind": "slack", "url": f"https://hooks.slack.com/services/{SECRET}"},
+            },
         ],
         "deadletter": {"api": {"listen": f"127.0.0.1:{dlq}", "token": DLQ_TOKEN}},
         "console": console_section(f"127.0.0.1:{port}", f"http://127.0.0.1:{dlq}"),
@@ -171,7 +178,11 @@ async def test_an_operator_at_work(
             await route.locator("button", has_text="Pause").click()
             await expect(page.locator(".flash.ok")).to_have_text("route vm-off paused")
             await expect(route).to_contain_text("PAUSED")
+            # delivered 1 (the replay) and failed 1 (the dead letter), summed over replicas
+            await expect(route.locator("td.num").nth(2)).to_have_text("1")
+            await expect(route.locator("td.num").nth(3)).to_have_text("1")
             await page.screenshot(path=shots / "routes.png", full_page=True)
+            assert SECRET not in await page.content()
             listing = await asyncio.to_thread(
                 _vebus, stack, "routes", "list", "--config", str(stack.config_path)
             )

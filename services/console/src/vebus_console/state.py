@@ -77,7 +77,7 @@ class Console:
                 data = ep.get("data") if isinstance(ep, dict) else None
                 if not isinstance(data, dict):
                     continue
-                for route, c in ((data.get("counters") or {}).get("routes") or {}).items():
+                for route, c in (data.get("routes") or {}).items():
                     delivered[route] = delivered.get(route, 0.0) + float(c.get("delivered", 0))
                     failed[route] = failed.get(route, 0.0) + float(c.get("failed", 0))
         before = self.counters

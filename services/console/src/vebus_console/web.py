@@ -17,8 +17,10 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import jinja2
+import nats.errors
 from aiohttp import web
 
+from vebus.errors import RetryableError
 from vebus_console.auth import COOKIE, CSRF_FIELD, CSRF_HEADER, Principal
 from vebus_console.state import Console
 
@@ -200,6 +202,9 @@ async def _guarded(request: web.Request, handler: Handler) -> web.StreamResponse
                     request, 403, f"{principal.name} is a viewer: this needs the operator role"
                 )
         return await handler(request)
+    except (nats.errors.Error, TimeoutError, RetryableError) as e:
+        log.warning("%s %s: NATS request failed: %r", request.method, request.path, e)
+        return _refuse(request, 503, f"NATS did not answer, try again: {e!r}")
     except web.HTTPException as e:
         if e.status >= 400 and e.status != 404 and e.status != 405:
             return _refuse(request, e.status, e.reason)
