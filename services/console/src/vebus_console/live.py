@@ -100,7 +100,11 @@ class LiveHub:
         self._nc = nc
         self._sub: Subscription | None = None
         self._viewers: set[Viewer] = set()
-        self.recent: collections.deque[tuple[CloudEvent, Row]] = collections.deque(maxlen=RECENT)
+        #: the last events as they came (subject, headers, body): decoded only for a page
+        #: that opens, so that no one watching costs next to nothing
+        self.recent: collections.deque[tuple[str, dict[str, str] | None, bytes]] = (
+            collections.deque(maxlen=RECENT)
+        )
         #: events received since the last stats frame, and in all
         self.received = 0
         self.total = 0
@@ -132,7 +136,14 @@ class LiveHub:
         """A new viewer, primed with up to `backlog` recent events its filter takes
         (oldest first, so that the page shows the newest on top)."""
         viewer = Viewer(filter=flt, rate=rate)
-        primed = [(ev, row) for ev, row in self.recent if flt.matches(ev, row)][-backlog:]
+        decoded = []
+        for subject, headers, body in self.recent:
+            try:
+                event = from_headers(headers, body)
+            except InvalidEventError:
+                continue
+            decoded.append((event, row_of(subject, event)))
+        primed = [(ev, row) for ev, row in decoded if flt.matches(ev, row)][-backlog:]
         for event, row in primed:
             viewer.put(event_frame(event, row))
         self._viewers.add(viewer)
@@ -144,14 +155,14 @@ class LiveHub:
     async def _on_msg(self, msg: Msg) -> None:
         self.received += 1
         self.total += 1
+        self.recent.append((msg.subject, msg.headers, msg.data))
+        if not self._viewers:
+            return
         try:
             event = from_headers(msg.headers, msg.data)
         except InvalidEventError:
             return  # the filter dead-letters it; nothing to show
         row = row_of(msg.subject, event)
-        self.recent.append((event, row))
-        if not self._viewers:
-            return
         now = time.monotonic()
         frame: bytes | None = None
         for viewer in self._viewers:
