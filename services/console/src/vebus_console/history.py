@@ -25,7 +25,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from vebus import names
-from vebus.bus.cloudevent import CloudEvent, from_headers
+from vebus.bus.cloudevent import from_headers
 from vebus.bus.window import iter_window
 from vebus.errors import InvalidEventError
 from vebus.timespec import format_time, parse_time, utcnow
@@ -221,8 +221,3 @@ async def search(js: JetStreamContext, query: Query) -> SearchPage:
         scanned=stats.get("scanned", 0),
         seconds=time.perf_counter() - began,
     )
-
-
-def event_of(msg: Msg) -> CloudEvent:
-    """The CloudEvent of a history message (InvalidEventError if it is not one)."""
-    return from_headers(msg.headers, msg.data)

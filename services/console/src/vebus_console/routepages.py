@@ -12,6 +12,7 @@ operator (`alice (console)`), which `vebus routes list` shows.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import logging
 import time
@@ -125,9 +126,7 @@ async def routes_page(request: web.Request) -> web.Response:
     )
 
 
-def _utc(epoch: float) -> Any:
-    import datetime as dt
-
+def _utc(epoch: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(epoch, dt.UTC)
 
 

@@ -62,7 +62,6 @@ class Console:
     #: the config file's `routes:` as written (run while none are stored)
     config_routes: list[Any] = field(default_factory=list)
     counters: RouteCounters = field(default_factory=RouteCounters)
-    _by_replica: dict[str, dict[str, Any]] = field(default_factory=dict)
     _chart: tuple[float, MinuteCounts] | None = None
     _chart_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 

@@ -8,8 +8,6 @@ user.
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 
 from vebus import names
@@ -103,9 +101,3 @@ def row_of(subject: str, event: CloudEvent, *, seq: int = 0, stored: str = "") -
         seq=seq,
         stored=stored,
     )
-
-
-def row_dict(row: Row) -> dict[str, Any]:
-    """The row as JSON-ready builtins."""
-    out: dict[str, Any] = msgspec.to_builtins(row)
-    return out

@@ -12,6 +12,7 @@ from urllib.parse import urlencode
 import msgspec
 import nats.errors
 from aiohttp import web
+from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
 
 from vebus import names
@@ -25,6 +26,7 @@ from vebus_console.chart import render_svg
 from vebus_console.eventjson import event_document, event_from_document, event_json
 from vebus_console.filters import parse_filter
 from vebus_console.history import MAX_EXPORT, iter_matches, parse_query, search
+from vebus_console.state import Console
 from vebus_console.web import console_of, render
 
 __all__ = ["add_routes", "explain_event"]
@@ -88,7 +90,7 @@ async def live_stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def explain_event(console: Any, event: CloudEvent) -> list[dict[str, Any]]:
+async def explain_event(console: Console, event: CloudEvent) -> list[dict[str, Any]]:
     """Every running route, whether it matches `event`, and why (as `vebus routes test`)."""
     view = await console.routes.load()
     doc = event.as_match_input()
@@ -115,7 +117,7 @@ async def api_explain(request: web.Request) -> web.Response:
 _QUERY_KEYS = ("from", "to", "vcenter", "type", "object", "user", "after", "limit")
 
 
-async def _subjects(console: Any) -> dict[str, list[str]]:
+async def _subjects(console: Console) -> dict[str, list[str]]:
     """The vCenters and event classes VEBUS_EVENTS holds (for the form's suggestions)."""
     try:
         info = await console.js.stream_info(names.EVENTS_STREAM, subjects_filter=">")
@@ -207,7 +209,9 @@ async def history_export(request: web.Request) -> web.StreamResponse:
 # ---------------------------------------------------------------------------- one event
 
 
-async def _stored_event(console: Any, request: web.Request) -> tuple[int, Any, CloudEvent]:
+async def _stored_event(
+    console: Console, request: web.Request
+) -> tuple[int, RawStreamMsg, CloudEvent]:
     raw = request.match_info["seq"]
     if not raw.isdigit() or int(raw) < 1:
         raise web.HTTPNotFound(reason=f"no event {raw!r}")
@@ -233,7 +237,7 @@ async def event_page(request: web.Request) -> web.Response:
         "event.html",
         seq=seq,
         subject=msg.subject,
-        stored=format_time(msg.time) if getattr(msg, "time", None) else "",
+        stored=format_time(msg.time) if msg.time else "",
         event=event,
         event_json=json.dumps(doc, indent=2, ensure_ascii=False),
         routes=await explain_event(console, event),

@@ -9,6 +9,9 @@ static files ship in the package.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -121,9 +124,6 @@ async def _authenticate(
         if scheme.lower() == "bearer":
             who = await console.auth.token(value)
         elif scheme.lower() == "basic":
-            import base64
-            import binascii
-
             try:
                 name, _, password = base64.b64decode(value).decode().partition(":")
             except (binascii.Error, UnicodeDecodeError):
@@ -156,8 +156,6 @@ async def _csrf_ok(request: web.Request, principal: Principal) -> bool:
         "multipart/form-data",
     ):
         given = str((await request.post()).get(CSRF_FIELD) or "")
-    import hmac
-
     return bool(given) and hmac.compare_digest(given or "", principal.csrf)
 
 
