@@ -2,13 +2,13 @@
 
     uv run python -m loadtest.console [--short] [--only live|history] [--keep DIR]
 
-- live: core-NATS events at 1,000/s for 60 s (`--short`: 10 s) while headless Chromium
+- live: core-NATS events at 1,000/s for 60 s (`--short`: 6 s) while headless Chromium
   shows the live view. Reported: the tab's JS heap and DOM nodes over time (CDP
   Performance.getMetrics; bounded = the last sample within a small factor of the first
   after warm-up), the rows on the page (at most 200), the frames the page got, the
   sampling notice, and the console process's CPU per published event (utime + stime from
   /proc, over the run).
-- history: 100,000 events spread over 1,000 VMs, 50 users, 2 vCenters and 20 classes
+- history: 100,000 events (`--short`: 5,000) spread over 1,000 VMs, 50 users, 2 vCenters and 20 classes
   stored in VEBUS_EVENTS, then one-hour searches through the console's page
   (`GET /history`, a bearer token), each run 3 times (median): no filter, by type (the
   subject decides), by object and by user (bodies are read), and an object that no event
@@ -170,7 +170,7 @@ async def _publish_steady(nc: Any, rate: float, seconds: float) -> int:
 async def live(workdir: Path, short: bool) -> dict[str, Any]:
     from playwright.async_api import async_playwright
 
-    seconds = 10.0 if short else 60.0
+    seconds = 6.0 if short else 60.0
     async with Console(workdir) as c, async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         context = await browser.new_context(
@@ -255,7 +255,7 @@ SEARCHES = [
 
 
 async def history(workdir: Path, short: bool) -> dict[str, Any]:
-    count = 10_000 if short else 100_000
+    count = 5_000 if short else 100_000
     rows = []
     async with Console(workdir) as c:
         stored = await _store(c.nc, count)
