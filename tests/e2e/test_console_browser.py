@@ -166,6 +166,8 @@ async def test_an_operator_at_work(
             await page.click("#replay")
             await expect(page.locator("#job-state")).to_have_text("done", timeout=15_000)
             await expect(page.locator("#job-replayed")).to_have_text("1")
+            # the job records who asked for it (GET /v1/replays shows the same `by`)
+            await expect(page.locator("dl.facts")).to_contain_text(f"{OPERATOR} (console)")
             await page.screenshot(path=shots / "replay.png")
             assert await sink.wait_for(lambda: len(sink.accepted) == 1, timeout=15)
             assert sink.accepted[0].headers.get("ce-type") == (
