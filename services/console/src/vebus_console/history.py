@@ -58,6 +58,8 @@ class Query:
     #: continue after this stream sequence (the previous page's `next_after`)
     after: int = 0
     limit: int = 50
+    #: `to` was now: the window ends with what the stream holds when the search starts
+    open_end: bool = False
 
     @property
     def event_class(self) -> str:
@@ -106,6 +108,7 @@ def parse_query(params: dict[str, str], *, now: dt.datetime | None = None) -> Qu
         user=(params.get("user") or "").strip(),
         after=number("after", 0, 0, 2**63),
         limit=number("limit", 50, 1, MAX_LIMIT),
+        open_end=(params.get("to") or "now").strip().lower() == "now",
     )
 
 
@@ -175,7 +178,7 @@ async def iter_matches(
         async for msg in iter_window(
             js,
             start=query.start,
-            end=query.end,
+            end=None if query.open_end else query.end,
             subject=query.subject(),
             batch=BATCH,
             after=query.after,
