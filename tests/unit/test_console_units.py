@@ -240,3 +240,30 @@ def test_vebus_up_fills_in_a_sign_in_and_the_dlq_token(tmp_path: Path) -> None:
     assert own.env == {}
     assert own.config["console"]["users"][0]["name"] == "me"
     parse_config(setup.config, {"VEBUS_DLQ_TOKEN": "x" * 20})
+
+
+async def test_live_hub_filters_samples_and_primes_new_pages() -> None:
+    from nats.aio.msg import Msg
+
+    from vebus.bus.cloudevent import to_headers
+    from vebus_console.live import LiveHub
+
+    hub = LiveHub(nc=None)  # type: ignore[arg-type]  # no subscription: messages fed below
+    everything = hub.add(parse_filter(""), rate=50)
+    web = hub.add(parse_filter("web-01"), rate=50)
+    for i in range(200):
+        ev = _event(Vm={"Name": "web-01" if i % 2 else "db-01"}, Key=i)
+        msg = Msg(_client=None, subject="vebus.events.vc01.VmPoweredOffEvent",  # type: ignore[arg-type]
+                  data=ev.data, headers=to_headers(ev))  # fmt: skip
+        await hub._on_msg(msg)
+    assert (everything.matched, everything.sent, everything.skipped) == (200, 50, 150)
+    assert (web.matched, web.sent, web.skipped) == (100, 50, 50)
+    frame = everything.queue.get_nowait()
+    assert frame is not None
+    assert frame.startswith(b"event: ev\ndata: ")
+    doc = json.loads(frame.split(b"data: ", 1)[1])
+    assert doc["row"]["object"] == "db-01"
+    assert doc["event"]["type"] == "com.vmware.vsphere.VmPoweredOffEvent.v0"
+    # a page that opens now gets the recent events its filter takes, newest last
+    late = hub.add(parse_filter("db-01"), rate=50, backlog=10)
+    assert late.queue.qsize() == 10
