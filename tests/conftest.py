@@ -10,6 +10,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 
+from tests.support.auth import AuthNats, start_auth_nats
 from tests.support.sink import RecordingSink
 from tests.support.stack import Stack
 from vebus.local.embedded import (
@@ -94,6 +95,14 @@ async def sink() -> AsyncIterator[RecordingSink]:
     s = await RecordingSink().start()
     yield s
     await s.stop()
+
+
+@pytest.fixture
+def auth_nats(tmp_path: Path) -> Iterator[AuthNats]:
+    """nats-server with deploy/nats/auth.conf (tests/support/auth.PASSWORDS)."""
+    server = start_auth_nats(tmp_path)
+    yield server
+    server.proc.kill()
 
 
 @pytest.fixture

@@ -95,7 +95,7 @@ def test_up_with_nats_auth_logs_every_service_in_as_its_own_user(
         )
         users = {k.removeprefix("VEBUS_NATS_").removesuffix("_PASSWORD").lower(): v
                  for k, v in passwords.items()}  # fmt: skip
-        assert set(users) == {*SERVICES, "admin"}
+        assert set(users) == {*SERVICES, "subscriber", "admin"}
 
         # NATS lets nobody in without a login, on every node
         for port in range(nats_port, nats_port + nodes):

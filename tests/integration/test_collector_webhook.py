@@ -13,6 +13,7 @@ from nats.aio.client import Client
 
 from tests.support.stack import Stack
 from tests.support.streams import stream_messages
+from vebus.bus import signing
 from vebus.local.embedded import free_port
 from vebus.names import EVENTS_STREAM
 
@@ -120,3 +121,70 @@ async def test_cloudevents_over_http_are_published_and_bad_requests_are_not(
     assert h2["ce-priority"] == "3"
     assert h2["ce-time"] == "2024-05-01T10:00:00Z"
     assert json.loads(second.data or b"") == {"host": "esx01", "ok": False}
+
+
+async def test_signed_requests_with_a_timestamp_and_a_per_client_rate_limit(
+    stack: Stack, nc: Client
+) -> None:
+    """`hmac` checks the signature a webhook sink with `timestamp: true` makes (signed by
+    the sink's own code here), refuses a stale or altered one, and stores a replayed one
+    once; `rate_limit` answers 429 to the client over it, stores nothing for it, and lets
+    another client through."""
+    import time
+
+    from vebus.config import HmacAuth
+    from vebus_dispatcher.sinks.httpclient import Authenticator
+
+    secret = "hook-secret-for-tests"
+    port = free_port()
+    stack.write_config(
+        {
+            "webhook": {
+                "listen": f"127.0.0.1:{port}",
+                "hmac": {"secret": secret, "tolerance": "60s"},
+                "rate_limit": {"requests": 5, "per": "10s"},
+            }
+        }
+    )
+    await asyncio.to_thread(stack.start, "collector")
+    url = f"http://127.0.0.1:{port}/webhook"
+    signer = Authenticator(HmacAuth(secret=secret, timestamp=True))
+
+    def event(n: int) -> tuple[bytes, dict[str, str]]:
+        body = json.dumps({"specversion": "1.0", "id": f"s{n}", "source": "https://signer",
+                           "type": "com.example.signed", "data": {"n": n}}).encode()  # fmt: skip
+        return body, {"Content-Type": "application/cloudevents+json", **signer.headers(body)}
+
+    async with aiohttp.ClientSession() as http:
+        body, headers = event(1)
+        r = await http.post(url, data=body, headers=headers)
+        assert r.status == 200, await r.text()
+        # the same captured request again: accepted within the tolerance, stored once
+        r = await http.post(url, data=body, headers=headers)
+        assert (await r.json())["duplicate"] is True
+        # altered body, no signature, a stale timestamp, a time that is not a time
+        r = await http.post(url, data=body.replace(b'"n": 1', b'"n": 9'), headers=headers)
+        assert r.status == 401
+        assert "does not match" in (await r.json())["error"]
+        r = await http.post(url, data=body, headers={"Content-Type": headers["Content-Type"]})
+        assert r.status == 401
+        old = str(int(time.time()) - 3600)
+        stale = {**headers, "X-Vebus-Timestamp": old,
+                 "X-Vebus-Signature-256": signing.sign(secret, body, old)}  # fmt: skip
+        r = await http.post(url, data=body, headers=stale)
+        assert r.status == 401
+        assert "old" in (await r.json())["error"]
+        # 5 requests per 10 s per client: the 5 above are all this client may send
+        body, headers = event(2)
+        r = await http.post(url, data=body, headers=headers)
+        assert r.status == 429
+        assert int(r.headers["Retry-After"]) >= 1
+    # another client address is not held back by the first one's limit
+    local = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+    async with aiohttp.ClientSession(connector=local) as other:
+        r = await other.post(url, data=body, headers=headers)
+        assert r.status == 200, await r.text()
+
+    stored = await stream_messages(nc, EVENTS_STREAM, "vebus.events.webhook.>")
+    assert sorted(json.loads(m.data or b"{}")["n"] for m in stored) == [1, 2]
+    # (the 429 stored nothing; the second client's request was stored)

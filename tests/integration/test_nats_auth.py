@@ -7,10 +7,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,38 +19,14 @@ import yaml
 
 from tests.conftest import Vcsim
 from tests.e2e.test_flow import _power_off_first_vm
+from tests.support.auth import PASSWORDS, AuthNats
 from tests.support.sink import RecordingSink
-from vebus.local.embedded import ManagedProcess, free_port, start_nats, start_service
+from vebus.local.embedded import ManagedProcess, free_port, start_service
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = ("collector", "filter", "dispatcher", "deadletter")
-PASSWORDS = {name: f"{name}-secret-{n}" for n, name in enumerate((*SERVICES, "admin"))}
-
-
-class AuthNats:
-    def __init__(self, proc: ManagedProcess, port: int) -> None:
-        self.proc, self.port = proc, port
-        self.url = f"nats://127.0.0.1:{port}"
-
-
-@pytest.fixture
-def auth_nats(tmp_path: Path) -> Iterator[AuthNats]:
-    port = free_port()
-    conf = tmp_path / "nats.conf"
-    # nats-server resolves include paths against the including file's folder
-    shutil.copy(REPO / "deploy" / "nats" / "auth.conf", tmp_path / "auth.conf")
-    conf.write_text(f'port: {port}\ninclude "auth.conf"\n')  # JetStream: start_nats
-    env = {f"VEBUS_NATS_{name.upper()}_PASSWORD": pw for name, pw in PASSWORDS.items()}
-    os.environ.update(env)  # start_nats passes its environment on to nats-server
-    try:
-        proc, port = start_nats(tmp_path / "js", port=port, extra_args=["-c", str(conf)])
-    finally:
-        for key in env:
-            os.environ.pop(key, None)
-    yield AuthNats(proc, port)
-    proc.kill()
 
 
 def _wait_ready(proc: ManagedProcess, port: int, timeout: float = 60.0) -> None:

@@ -65,7 +65,7 @@ def test_webhook_source() -> None:
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        ({}, "webhook.bearer_token: give bearer_token and/or username/password"),
+        ({}, "webhook.bearer_token: give bearer_token, username/password and/or hmac"),
         ({"anonymous": True, "listen": "nope"}, "webhook.listen: expected host:port"),
         ({"username": "u"}, "webhook.username: basic auth needs both"),
         ({"anonymous": True, "path": "x"}, "webhook.path: expected a path"),

@@ -118,3 +118,17 @@ def test_every_kubernetes_deployment_runs_a_real_entry_point_with_a_valid_config
         if svc != "collector":
             env.update(VCENTER_USER="x", VCENTER_PASSWORD="x")  # only the collector reads them
         load_config(REPO / "deploy" / "k8s" / "vebus.yaml", env)
+
+
+def test_kubernetes_services_get_the_nats_tls_files_their_config_names() -> None:
+    """vebus.yaml's nats.tls files are in the secret every Deployment mounts."""
+    cfg = yaml.safe_load((REPO / "deploy" / "k8s" / "vebus.yaml").read_text())
+    files = [Path(cfg["nats"]["tls"][k]) for k in ("ca_file", "cert_file", "key_file")]
+    for svc in SERVICES:
+        doc = yaml.safe_load((REPO / "deploy" / "k8s" / f"{svc}.yaml").read_text())
+        spec = doc["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        secrets = {v["name"]: v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v}
+        assert secrets.get("nats-tls") == "vebus-nats-tls", svc
+        assert all(f.parent == Path(mounts["nats-tls"]) for f in files), svc

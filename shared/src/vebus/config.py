@@ -20,7 +20,14 @@ import yaml
 
 from vebus.bus.streams import StreamSettings
 from vebus.errors import ConfigError
-from vebus.names import CONSOLE_PORT, DEADLETTER_API_PORT, NATS_PORT, RESERVED_SOURCES, token
+from vebus.names import (
+    CONSOLE_PORT,
+    DEADLETTER_API_PORT,
+    H_SIGNATURE,
+    NATS_PORT,
+    RESERVED_SOURCES,
+    token,
+)
 from vebus.passwords import is_hash
 
 __all__ = [
@@ -61,6 +68,8 @@ __all__ = [
     "VCenterEndpoint",
     "VmPoweredOffCheck",
     "VsphereSink",
+    "WebhookHmac",
+    "WebhookRateLimit",
     "WebhookSink",
     "WebhookSourceConfig",
     "env_references",
@@ -234,6 +243,37 @@ class VCenterConfig(VCenterEndpoint, frozen=True, kw_only=True):
             raise ValueError("stall_after: expected a duration > 0")
 
 
+class WebhookHmac(_Base, frozen=True):
+    """Requests signed as a webhook sink with `auth: {kind: hmac, timestamp: true}` signs."""
+
+    secret: str
+    header: str = H_SIGNATURE
+    #: how far the signed time may be from now: a captured request is refused after it
+    #: (and one replayed within it stores nothing new: JetStream drops the same event id
+    #: within `streams.duplicate_window`, 2 minutes by default)
+    tolerance: Duration = Duration(120)
+
+    def __post_init__(self) -> None:
+        if not self.secret:
+            raise ValueError("secret: expected a non-empty secret")
+        if float(self.tolerance) <= 0:
+            raise ValueError(f"tolerance: expected a duration > 0, got {float(self.tolerance):g}")
+
+
+class WebhookRateLimit(_Base, frozen=True):
+    """At most `requests` per `per` from one client address (a moving window)."""
+
+    requests: int
+    per: Duration = Duration(1)
+
+    def __post_init__(self) -> None:
+        if self.requests < 1:
+            raise ValueError(f"requests: expected >= 1, got {self.requests}")
+        seconds = float(self.per)
+        if seconds < 1 or seconds != int(seconds):
+            raise ValueError(f"per: expected a whole number of seconds >= 1s, got {seconds:g}")
+
+
 class WebhookSourceConfig(_Base, frozen=True):
     """The collector's HTTP endpoint for CloudEvents from other systems."""
 
@@ -245,10 +285,14 @@ class WebhookSourceConfig(_Base, frozen=True):
     #: `Authorization: Basic` with these accepted when set
     username: str | None = None
     password: str | None = None
+    #: an HMAC-SHA256 signature of the body with a timestamp required (vebus.bus.signing)
+    hmac: WebhookHmac | None = None
     #: no authentication at all (say so explicitly)
     anonymous: bool = False
     #: largest request body in bytes; 0: the NATS server's max_payload minus vebus's margin
     max_body: int = 0
+    #: requests each client address may send; more are answered 429 and not stored
+    rate_limit: WebhookRateLimit | None = None
 
     def __post_init__(self) -> None:
         host, sep, port = self.listen.rpartition(":")
@@ -258,10 +302,12 @@ class WebhookSourceConfig(_Base, frozen=True):
             raise ValueError(f"path: expected a path starting with '/', got {self.path!r}")
         if (self.username is None) != (self.password is None):
             raise ValueError("username: basic auth needs both username and password")
-        authenticated = self.bearer_token is not None or self.username is not None
+        authenticated = (
+            self.bearer_token is not None or self.username is not None or self.hmac is not None
+        )
         if not authenticated and not self.anonymous:
             raise ValueError(
-                "bearer_token: give bearer_token and/or username/password, "
+                "bearer_token: give bearer_token, username/password and/or hmac, "
                 "or anonymous: true to accept unauthenticated requests"
             )
         if self.max_body < 0:
@@ -346,10 +392,13 @@ class BasicAuth(_Base, frozen=True, tag_field="kind", tag="basic"):
 
 
 class HmacAuth(_Base, frozen=True, tag_field="kind", tag="hmac"):
-    """An HMAC-SHA256 of the request body, `sha256=<hex>`, in `header` (GitHub style)."""
+    """An HMAC-SHA256 of the request body, `sha256=<hex>`, in `header` (GitHub style); with
+    `timestamp`, of `<unix time>.<body>` and the time in X-Vebus-Timestamp, which a vebus
+    webhook source with `hmac` requires (vebus.bus.signing)."""
 
     secret: str
-    header: str = "X-Vebus-Signature-256"
+    header: str = H_SIGNATURE
+    timestamp: bool = False
 
     def __post_init__(self) -> None:
         if not self.secret:

@@ -61,6 +61,8 @@ __all__ = [
     "H_DLQ_STATUS",
     "H_EPOCH",
     "H_KEY",
+    "H_SIGNATURE",
+    "H_SIGNED_AT",
     "H_VCENTER",
     "JS_ERR_MAX_MSGS_PER_SUBJECT",
     "JS_ERR_MSG_DELETE_FAILED",
@@ -84,6 +86,7 @@ __all__ = [
     "SRV_STATS",
     "STATUS_PREFIX",
     "SUBJECT_ROOT",
+    "SUBSCRIBER_DURABLE",
     "TRACEPARENT",
     "TRACESTATE",
     "TRUNCATED_EXTENSION",
@@ -178,6 +181,9 @@ def stream_of_subject(subject: str) -> tuple[str, str]:
 # ---------------------------------------------------------------- durable consumers
 
 FILTER_DURABLE = "vebus-filter"
+#: the durable consumer on VEBUS_EVENTS that the `subscriber` NATS user may use (and no
+#: other): how another program reads the events at-least-once (deploy/nats/auth.conf)
+SUBSCRIBER_DURABLE = "subscriber"
 #: the consumer every dispatcher replica shares for a route: the route name follows
 DISPATCHER_DURABLE_PREFIX = "vebus-dispatch-"
 #: the consumer every functions replica shares for a route whose sink is a function
@@ -273,6 +279,10 @@ H_KEY = "vebus-key"
 TRUNCATED_EXTENSION = "vebustruncated"
 #: extension set on a replayed event: when it was replayed
 REPLAY_EXTENSION = "vebusreplay"
+#: HTTP headers of a signed request (a webhook sink's `hmac` auth, the webhook source's
+#: `hmac` check): `sha256=<hex>`, and the Unix time the signature covers
+H_SIGNATURE = "X-Vebus-Signature-256"
+H_SIGNED_AT = "X-Vebus-Timestamp"
 #: a dead letter's headers: what happened to the event it carries
 DLQ_HEADER_PREFIX = "vebus-dlq-"
 H_DLQ_ROUTE = DLQ_HEADER_PREFIX + "route"

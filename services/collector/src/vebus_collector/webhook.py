@@ -18,7 +18,9 @@ import base64
 import binascii
 import hmac
 import logging
+import math
 import re
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,10 +28,11 @@ from aiohttp import web
 from nats.js import JetStreamContext
 
 from vebus import names
+from vebus.bus import signing
 from vebus.bus.cloudevent import CloudEvent, to_headers
 from vebus.bus.http import from_http
 from vebus.bus.publish import publish
-from vebus.config import WebhookSourceConfig
+from vebus.config import WebhookRateLimit, WebhookSourceConfig
 from vebus.errors import (
     InvalidEventError,
     PublishError,
@@ -71,6 +74,26 @@ def parse_request(headers: Mapping[str, str], body: bytes) -> CloudEvent:
     return event
 
 
+class _ClientLimit:
+    """The `rate_limit` per client address: a moving window (the `limits` library)."""
+
+    def __init__(self, cfg: WebhookRateLimit) -> None:
+        from limits import RateLimitItemPerSecond
+        from limits.storage import MemoryStorage
+        from limits.strategies import MovingWindowRateLimiter
+
+        self._item = RateLimitItemPerSecond(cfg.requests, int(float(cfg.per)))
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    def hit(self, client: str) -> int:
+        """0 when `client` may send this request (it is counted); else the seconds until
+        it may again (Retry-After)."""
+        if self._limiter.hit(self._item, client):
+            return 0
+        reset = self._limiter.get_window_stats(self._item, client).reset_time
+        return max(1, math.ceil(reset - time.time()))
+
+
 class WebhookSource:
     """The HTTP endpoint; `start()` listens, `stop()` finishes requests in flight."""
 
@@ -81,8 +104,9 @@ class WebhookSource:
         self.limit = max_payload - PAYLOAD_MARGIN
         self.max_body = min(cfg.max_body, self.limit) if cfg.max_body else self.limit
         self.port = 0
-        self.counts = {"published": 0, "duplicates": 0, "refused": 0}
+        self.counts = {"published": 0, "duplicates": 0, "refused": 0, "limited": 0}
         self._runner: web.AppRunner | None = None
+        self._limit = _ClientLimit(cfg.rate_limit) if cfg.rate_limit else None
 
     def status(self) -> dict[str, Any]:
         """The /readyz view."""
@@ -97,11 +121,15 @@ class WebhookSource:
         host, _, port = self.cfg.listen.rpartition(":")
         site = web.TCPSite(self._runner, host.strip("[]"), int(port))
         await site.start()
-        sockets = getattr(site._server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else int(port)
+        addresses = self._runner.addresses  # the bound address: port 0 picks a free one
+        self.port = int(addresses[0][1]) if addresses else int(port)
         auth = [
             m
-            for m, on in (("bearer", self.cfg.bearer_token), ("basic", self.cfg.username))
+            for m, on in (
+                ("bearer", self.cfg.bearer_token),
+                ("basic", self.cfg.username),
+                ("hmac", self.cfg.hmac),
+            )
             if on is not None
         ]
         log.info(
@@ -119,8 +147,11 @@ class WebhookSource:
             self._runner = None
 
     def _authorized(self, request: web.Request) -> bool:
-        if self.cfg.anonymous and self.cfg.bearer_token is None and self.cfg.username is None:
-            return True
+        """Authorised by its Authorization header (or needing none); an `hmac` source
+        authorises a request by its signature instead, once the body is read."""
+        cfg = self.cfg
+        if cfg.bearer_token is None and cfg.username is None:
+            return cfg.anonymous or cfg.hmac is not None
         header = request.headers.get("Authorization", "")
         scheme, _, credentials = header.partition(" ")
         scheme = scheme.lower()
@@ -141,6 +172,11 @@ class WebhookSource:
         return web.json_response({"error": reason}, status=status, headers=headers or None)
 
     async def _handle(self, request: web.Request) -> web.Response:
+        if self._limit is not None and (wait := self._limit.hit(request.remote or "")):
+            self.counts["limited"] += 1
+            return self._refuse(
+                429, "too many requests from this client", **{"Retry-After": str(wait)}
+            )
         if not self._authorized(request):
             challenge = []
             if self.cfg.bearer_token is not None:
@@ -160,6 +196,17 @@ class WebhookSource:
             return self._refuse(413, f"body larger than {self.max_body} bytes")
         if len(body) > self.max_body:
             return self._refuse(413, f"body larger than {self.max_body} bytes")
+        if (signed := self.cfg.hmac) is not None and (
+            problem := signing.verify(
+                signed.secret,
+                body,
+                request.headers.get(signed.header),
+                request.headers.get(names.H_SIGNED_AT),
+                tolerance=float(signed.tolerance),
+            )
+        ):
+            log.debug("webhook request refused: %s", problem)
+            return self._refuse(401, problem)
         headers = {k.lower(): v for k, v in request.headers.items()}
         try:
             event = parse_request(headers, body)

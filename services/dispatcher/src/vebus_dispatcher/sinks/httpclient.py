@@ -12,16 +12,16 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import email.utils
-import hashlib
-import hmac
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp
 
-from vebus import config
+from vebus import config, names
+from vebus.bus import signing
 from vebus.errors import DeliveryError, ErrorCode, PermanentDeliveryError, RetryableDeliveryError
 
 __all__ = [
@@ -31,7 +31,6 @@ __all__ = [
     "parse_retry_after",
     "redact",
     "request",
-    "signature",
     "status_error",
 ]
 
@@ -194,9 +193,10 @@ class Authenticator:
         """The headers to add to a request that carries `body`."""
         if self._hmac is None:
             return self._fixed
-        return {self._hmac.header: signature(self._hmac.secret, body or b"")}
-
-
-def signature(secret: str, body: bytes) -> str:
-    """The `sha256=<hex>` value an HMAC auth header carries (for receivers and tests)."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+        if not self._hmac.timestamp:
+            return {self._hmac.header: signing.sign(self._hmac.secret, body or b"")}
+        now = str(int(time.time()))
+        return {
+            self._hmac.header: signing.sign(self._hmac.secret, body or b"", now),
+            names.H_SIGNED_AT: now,
+        }
