@@ -563,7 +563,7 @@ class UpCluster:
             if m := _REPLICA_LINE.match(line):
                 label = m.group("label")
                 service = label.rsplit("-", 1)[0] if label[-1].isdigit() else label
-                if service in self.SERVICES:  # not the console: it is no part of the flow
+                if service in self.SERVICES:  # vebus up also runs those with no role here
                     self.replicas.append(Replica(label, service, int(m.group("port"))))
         expected = len(self.SERVICES) * self.replicas_per_service
         assert len(self.replicas) == expected, self.up_log()[-3000:]

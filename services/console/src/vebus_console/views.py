@@ -17,7 +17,7 @@ from nats.js.errors import NotFoundError
 
 from vebus import names
 from vebus.bus.cloudevent import CloudEvent, from_headers
-from vebus.bus.status import collect_status
+from vebus.bus.status import collect_status, discover, function_summary
 from vebus.errors import InvalidEventError
 from vebus.routing.router import Router
 from vebus.routing.source import collect_statuses
@@ -255,15 +255,16 @@ async def event_raw(request: web.Request) -> web.Response:
 
 async def status_page(request: web.Request) -> web.Response:
     console = console_of(request)
-    status, counts, replicas = await asyncio.gather(
+    status, counts, replicas, replies = await asyncio.gather(
         collect_status(console.nc, interval=0.5),
         console.chart(),
         collect_statuses(console.nc, 0.5),
+        discover(console.nc),
     )
     stored = None
     with contextlib.suppress(nats.errors.Error, TimeoutError):
         stored = await console.store.get()
-    functions = [s for s in status["services"] if s.get("service") == "functions"]
+    functions = sorted(function_summary(replies).values(), key=lambda f: str(f["function"]))
     return render(
         request,
         "status.html",

@@ -21,7 +21,15 @@ from nats.aio.client import Client
 
 from vebus import names
 
-__all__ = ["COUNTERS", "collect_status", "discover", "leases"]
+__all__ = [
+    "COUNTERS",
+    "collect_status",
+    "discover",
+    "function_summary",
+    "leases",
+    "merge_quantile",
+    "replica_of",
+]
 
 #: counters each replica reports, and the rate shown for each
 COUNTERS = ("received", "published", "delivered", "failed")
@@ -54,7 +62,7 @@ async def discover(nc: Client, timeout: float = 1.0, idle: float = 0.3) -> list[
     return out
 
 
-def _replica(reply: dict[str, Any]) -> dict[str, Any]:
+def replica_of(reply: dict[str, Any]) -> dict[str, Any]:
     """One replica from its STATS answer: its status endpoint's data, or what STATS says."""
     data: dict[str, Any] = {}
     for ep in reply.get("endpoints") or []:
@@ -73,7 +81,7 @@ def _replica(reply: dict[str, Any]) -> dict[str, Any]:
 async def collect_status(nc: Client, interval: float = 1.0) -> dict[str, Any]:
     """Everything `vebus status` shows, as a dict (what `--json` prints)."""
     js = nc.jetstream()
-    first = {r["id"]: _replica(r) for r in await discover(nc)}
+    first = {r["id"]: replica_of(r) for r in await discover(nc)}
     t0 = time.monotonic()
     info: dict[str, Any] = getattr(nc, "_server_info", {}) or {}
     out: dict[str, Any] = {
@@ -137,7 +145,7 @@ async def collect_status(nc: Client, interval: float = 1.0) -> dict[str, Any]:
                 }
             )
     await asyncio.sleep(max(0.0, interval - (time.monotonic() - t0)))
-    second = {r["id"]: _replica(r) for r in await discover(nc)}
+    second = {r["id"]: replica_of(r) for r in await discover(nc)}
     elapsed = max(time.monotonic() - t0, 1e-3)
     replicas = []
     for rid, rep in sorted(second.items(), key=lambda kv: (kv[1]["service"], kv[1]["instance"])):
@@ -185,4 +193,57 @@ def leases(replicas: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                     entry["last_key"] = pos.get("key")
             else:
                 entry["standby"].append(rep["instance"])
+    return out
+
+
+def merge_quantile(buckets: list[int], bounds: list[float], q: float) -> float | None:
+    """The `q` quantile of a histogram (counts per bucket, upper `bounds`, one more bucket
+    above the last bound), interpolated inside its bucket; None when it is empty."""
+    total = sum(buckets)
+    if not total:
+        return None
+    rank = q * total
+    seen = 0
+    for i, n in enumerate(buckets):
+        if n and seen + n >= rank:
+            low = bounds[i - 1] if i > 0 else 0.0
+            high = bounds[i] if i < len(bounds) else bounds[-1] * 2
+            return low + (high - low) * ((rank - seen) / n)
+        seen += n
+    return bounds[-1]
+
+
+def function_summary(replies: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per function, from every functions replica's `$SRV.STATS` answer (`discover`):
+    replicas, invocations, errors, outcomes, p50 and p99 duration, problems, last error
+    (what `vebus fn list` prints and the console's status page shows)."""
+    out: dict[str, dict[str, Any]] = {}
+    for reply in replies:
+        rep = replica_of(reply)
+        if rep.get("service") != "functions":
+            continue
+        for name, st in ((rep.get("details") or {}).get("functions") or {}).items():
+            agg = out.setdefault(name, {
+                "function": name, "runtime": st.get("runtime"), "replicas": 0,
+                "invocations": 0, "errors": 0, "outcomes": {}, "buckets": None,
+                "bounds": st.get("bounds") or [], "problems": [], "last_error": None,
+            })  # fmt: skip
+            agg["replicas"] += 1
+            agg["invocations"] += int(st.get("invocations") or 0)
+            agg["errors"] += int(st.get("errors") or 0)
+            for k, v in (st.get("outcomes") or {}).items():
+                agg["outcomes"][k] = agg["outcomes"].get(k, 0) + int(v)
+            b = st.get("buckets") or []
+            if agg["buckets"] is None:
+                agg["buckets"] = b
+            else:
+                agg["buckets"] = [x + y for x, y in zip(agg["buckets"], b, strict=False)]
+            if st.get("problem"):
+                agg["problems"].append(f"{rep.get('instance')}: {st['problem']}")
+            agg["last_error"] = st.get("last_error") or agg["last_error"]
+    for agg in out.values():
+        buckets = agg.pop("buckets") or []
+        bounds = agg.pop("bounds")
+        agg["p50"] = merge_quantile(buckets, bounds, 0.5) if bounds else None
+        agg["p99"] = merge_quantile(buckets, bounds, 0.99) if bounds else None
     return out
