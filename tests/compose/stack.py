@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 import secrets
 import subprocess
 import threading
@@ -26,7 +27,10 @@ from pyVmomi import vim
 
 from tests.compose.engine import Engine
 from tests.support.ports import free_run
+from vebus.config import NatsTls
 from vebus.local.natsauth import USERS
+from vebus.local.tls import ensure_local_tls
+from vebus.runtime.connect import tls_context
 
 __all__ = ["SERVICES", "Compose", "Poster", "wait_for"]
 
@@ -37,6 +41,12 @@ NATS_NODES = ("nats-1", "nats-2", "nats-3")
 SINK = "vebus-test-sink"
 #: the prefixes of the variables compose.yaml reads
 _COMPOSE_VARIABLES = ("VEBUS_", "VCENTER_", "OTEL_")
+
+
+#: the names the NATS nodes are reached at (containers) and the published port (the test)
+TLS_HOSTS = ("nats-1", "nats-2", "nats-3", "localhost", "127.0.0.1")
+#: the user every vebus container runs as
+CONTAINER_UID = 10001
 
 
 def _password() -> str:
@@ -92,6 +102,11 @@ class Compose:
         self.passwords = {name: _password() for name in USERS}  # every user of auth.conf
         self.vcenter_password = _password()
         self.sink_token = _password()
+        # TLS to NATS on (clients and routes), with certificates as `vebus tls init` makes
+        # them, given to the containers' user
+        self.tls = ensure_local_tls(self.workdir / "tls", TLS_HOSTS)
+        for path in (self.tls.folder, *self.tls.folder.iterdir()):
+            os.chown(path, CONTAINER_UID, CONTAINER_UID)
         lines = [f"VEBUS_NATS_{n.upper()}_PASSWORD={p}" for n, p in self.passwords.items()]
         lines += [
             "VCENTER_USER=vebus-test",
@@ -99,6 +114,7 @@ class Compose:
             f"VEBUS_NATS_PORT={self.nats_port}",
             f"VEBUS_VCSIM_PORT={self.vcsim_port}",
             f"VEBUS_SINKS_ENV_FILE={self.sinks_env}",
+            f"VEBUS_TLS_DIR={self.tls.folder}",
         ]
         self.env_file.write_text("\n".join(lines) + "\n")
         self.sinks_env.write_text(f"SINK_TOKEN={self.sink_token}\n")
@@ -245,6 +261,13 @@ class Compose:
         async def run() -> Any:
             nc = await nats.connect(
                 f"nats://127.0.0.1:{self.nats_port}",
+                tls=tls_context(
+                    NatsTls(
+                        ca_file=str(self.tls.ca_file),
+                        cert_file=str(self.tls.client_cert),
+                        key_file=str(self.tls.client_key),
+                    )
+                ),
                 user="admin",
                 password=self.passwords["admin"],
                 connect_timeout=5,

@@ -181,11 +181,19 @@ def test_compose_publishes_on_the_loopback_only_and_the_simulator_is_where_vebus
     assert vcenter["password"] == "${VCENTER_PASSWORD}"
 
 
-def test_nats_cluster_config_is_valid_for_nats_server() -> None:
+def test_nats_cluster_config_is_valid_for_nats_server(tmp_path: Path) -> None:
+    """cluster.conf as compose mounts it: auth.conf beside it, the TLS files where compose
+    puts them (here, made by `vebus tls init`'s code in a temporary folder)."""
+    from vebus.local.tls import ensure_local_tls
+
     compose = _compose()
     env = {k: _with_values(str(v)) for k, v in compose["services"]["nats-1"]["environment"].items()}
-    out = _run(str(BIN / "nats-server"), "-c", str(REPO / "deploy" / "nats" / "cluster.conf"),
-               "-t", env=env)  # fmt: skip
+    tls = ensure_local_tls(tmp_path / "tls", ("nats-1", "nats-2", "nats-3"))
+    conf = (REPO / "deploy" / "nats" / "cluster.conf").read_text()
+    assert conf.count('"/etc/nats/tls/') == 6  # clients and routes: cert, key, CA each
+    (tmp_path / "cluster.conf").write_text(conf.replace("/etc/nats/tls", str(tls.folder)))
+    (tmp_path / "auth.conf").write_text((REPO / "deploy" / "nats" / "auth.conf").read_text())
+    out = _run(str(BIN / "nats-server"), "-c", str(tmp_path / "cluster.conf"), "-t", env=env)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
