@@ -339,6 +339,15 @@ def _status(ctx: ServiceContext, version: str, started: float) -> dict[str, Any]
             "delivered": m.total(m.delivered),
             "failed": m.total(m.dead_lettered),
         }
+        # per route: what the console's routes page shows (delivered and failed counts)
+        routes: dict[str, dict[str, float]] = {}
+        for counter, key in ((m.delivered, "delivered"), (m.dead_lettered, "failed")):
+            for labels, value in counter.items():
+                if route := labels.get("route"):
+                    entry = routes.setdefault(route, {"delivered": 0.0, "failed": 0.0})
+                    entry[key] += value
+        if routes:
+            out["routes"] = routes
         out["tracing"] = tel.tracer is not None
     return out
 
