@@ -10,8 +10,11 @@ import json
 import os
 import secrets
 import subprocess
+import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,7 +39,7 @@ __all__ = ["SERVICES", "Compose", "Poster", "wait_for"]
 
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = "vebus"
-SERVICES = ("collector", "filter", "dispatcher", "deadletter")
+SERVICES = ("collector", "filter", "dispatcher", "deadletter", "functions", "console")
 NATS_NODES = ("nats-1", "nats-2", "nats-3")
 SINK = "vebus-test-sink"
 #: the prefixes of the variables compose.yaml reads
@@ -83,8 +86,11 @@ class Compose:
     nats_port: int = 0
     vcsim_port: int = 0
     sink_port: int = 0
+    console_port: int = 0
     vcenter_password: str = ""
     sink_token: str = ""
+    #: the token user admin signs in to the console with (`vebus console token` made it)
+    console_token: str = ""
     #: container name -> RestartCount when a test last looked
     seen_restarts: dict[str, int] = field(default_factory=dict)
 
@@ -97,8 +103,9 @@ class Compose:
 
     def write_env(self) -> None:
         """The test's .env (an env file given to every compose command) and sinks.env."""
-        first = free_run(3)
+        first = free_run(4)
         self.nats_port, self.vcsim_port, self.sink_port = first, first + 1, first + 2
+        self.console_port = first + 3
         self.passwords = {name: _password() for name in USERS}  # every user of auth.conf
         self.vcenter_password = _password()
         self.sink_token = _password()
@@ -115,7 +122,19 @@ class Compose:
             f"VEBUS_VCSIM_PORT={self.vcsim_port}",
             f"VEBUS_SINKS_ENV_FILE={self.sinks_env}",
             f"VEBUS_TLS_DIR={self.tls.folder}",
+            f"VEBUS_CONSOLE_PORT={self.console_port}",
+            f"VEBUS_DLQ_TOKEN={secrets.token_hex(24)}",
+            f"VEBUS_CONSOLE_SESSION_KEY={secrets.token_hex(32)}",
         ]
+        # the console's sign-in as env.example says to make it: the command appends the
+        # hash's line (single-quoted: compose must not read its $ signs as variables)
+        made = subprocess.run(
+            [str(Path(sys.executable).parent / "vebus"), "console", "token",
+             "--env", "VEBUS_CONSOLE_TOKEN_HASH"],
+            capture_output=True, text=True, check=True, timeout=60,
+        )  # fmt: skip
+        self.console_token = made.stderr.strip().rsplit(" ", 1)[1]
+        lines.append(made.stdout.strip())
         self.env_file.write_text("\n".join(lines) + "\n")
         self.sinks_env.write_text(f"SINK_TOKEN={self.sink_token}\n")
 
@@ -243,6 +262,23 @@ class Compose:
             30,
             details=lambda: self.engine.docker("logs", SINK, check=False),
         )
+
+    def console(
+        self, path: str, *, form: dict[str, str] | None = None, token: str | None = None
+    ) -> tuple[int, str, str]:
+        """A request to the console's published port as a program makes it (a bearer
+        token: admin's unless `token`), following redirects: (status, final path, body)."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.console_port}{path}",
+            data=urllib.parse.urlencode(form).encode() if form is not None else None,
+            headers={"Authorization": f"Bearer {token or self.console_token}"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as r:
+                final = urllib.parse.urlsplit(r.geturl()).path
+                return r.status, final, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, path, e.read().decode()
 
     def records(self, after: int) -> list[dict[str, Any]] | None:
         url = f"http://127.0.0.1:{self.sink_port}/records?after={after}"

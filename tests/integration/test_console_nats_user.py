@@ -1,5 +1,6 @@
-"""The console logged in as its own NATS user (docs/console.md, "NATS permissions"): every
-page reads, the route store takes its changes, and nothing else is allowed."""
+"""The console logged in as its own NATS user, deploy/nats/auth.conf's `console` (docs/console.md,
+"NATS permissions"): every page reads, the route store takes its changes, and nothing else is
+allowed."""
 
 from __future__ import annotations
 
@@ -14,20 +15,17 @@ import nats.errors
 import pytest
 import yaml
 
-from tests.support.console import (
-    CONSOLE_NATS_USER,
-    OPERATOR_TOKEN,
-    console_section,
-)
+from tests.support.auth import PASSWORDS, start_auth_nats
+from tests.support.console import OPERATOR_TOKEN, console_section
 from tests.support.dispatcher import event
 from vebus import names
 from vebus.bus.cloudevent import to_headers
 from vebus.bus.publish import OutgoingMessage, publish_all
-from vebus.local.embedded import ManagedProcess, free_port, start_nats, start_service
+from vebus.local.embedded import ManagedProcess, free_port, start_service
 
 pytestmark = pytest.mark.integration
 
-ADMIN_PASSWORD, CONSOLE_PASSWORD = "admin-pw-0123", "console-pw-0123"
+ADMIN_PASSWORD, CONSOLE_PASSWORD = PASSWORDS["admin"], PASSWORDS["console"]
 
 
 def _start(name: str, config: Path, tmp: Path, user: str, password: str) -> ManagedProcess:
@@ -38,15 +36,8 @@ def _start(name: str, config: Path, tmp: Path, user: str, password: str) -> Mana
 
 
 async def test_the_console_needs_no_more_than_its_user(tmp_path: Path) -> None:
-    port = free_port()
-    conf = tmp_path / "nats.conf"
-    conf.write_text(
-        f"port: {port}\nauthorization {{ users: [\n"
-        f"  {{ user: admin, password: {ADMIN_PASSWORD} }}\n{CONSOLE_NATS_USER}\n] }}\n"
-    )
-    env = dict(os.environ, VEBUS_NATS_CONSOLE_PASSWORD=CONSOLE_PASSWORD)
-    nats_proc, port = start_nats(tmp_path / "js", port=port, extra_args=["-c", str(conf)], env=env)
-    url = f"nats://127.0.0.1:{port}"
+    auth = start_auth_nats(tmp_path)
+    url = auth.url
     console_port, dlq_port = free_port(), free_port()
     config = tmp_path / "vebus.yaml"
     config.write_text(
@@ -146,4 +137,4 @@ async def test_the_console_needs_no_more_than_its_user(tmp_path: Path) -> None:
     finally:
         for p in procs:
             p.kill()
-        nats_proc.kill()
+        auth.proc.kill()

@@ -83,29 +83,3 @@ def csrf_of(html: str) -> str:
     m = re.search(r'data-csrf="([^"]*)"', html)
     assert m, html[:500]
     return m.group(1)
-
-
-#: the console's NATS user, as docs/console.md gives it for deploy/nats/auth.conf
-#: (tests/integration/test_console_nats_user.py runs the console logged in as it)
-CONSOLE_NATS_USER = """
-    {
-      user: console
-      password: $VEBUS_NATS_CONSOLE_PASSWORD
-      permissions: {
-        publish: { allow: [
-          "$JS.API.INFO", "$JS.API.STREAM.INFO.>",
-          "$JS.API.STREAM.MSG.GET.VEBUS_EVENTS",
-          "$JS.API.DIRECT.GET.VEBUS_DLQ", "$JS.API.DIRECT.GET.VEBUS_DLQ.>",
-          "$JS.API.STREAM.MSG.GET.KV_vebus_routes", "$JS.API.DIRECT.GET.KV_vebus_routes.>",
-          "$JS.API.CONSUMER.CREATE.VEBUS_EVENTS", "$JS.API.CONSUMER.CREATE.VEBUS_EVENTS.>",
-          "$JS.API.CONSUMER.MSG.NEXT.VEBUS_EVENTS.>", "$JS.API.CONSUMER.DELETE.VEBUS_EVENTS.>",
-          "$JS.API.CONSUMER.CREATE.KV_vebus_routes", "$JS.API.CONSUMER.CREATE.KV_vebus_routes.>",
-          "$JS.API.CONSUMER.DELETE.KV_vebus_routes.>",
-          "$JS.API.CONSUMER.INFO.>", "$JS.API.CONSUMER.LIST.>", "$JS.API.CONSUMER.NAMES.>",
-          "$KV.vebus_routes.>",
-          "$SRV.>", "vebus.control.routes.status", "_INBOX.>"] }
-        subscribe: { allow: ["vebus.events.>", "_INBOX.>", "$SRV.>", "vebus.status.>"] }
-        allow_responses: true
-      }
-    }
-"""

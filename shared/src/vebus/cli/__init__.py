@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fn": ("vebus.cli.fn", "fn"),
     "subscriber": ("vebus.cli.subscriber", "subscriber"),
     "tls": ("vebus.cli.tls", "tls"),
+    "console": ("vebus.cli.console", "console"),
 }
 
 

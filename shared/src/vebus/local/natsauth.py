@@ -20,7 +20,6 @@ from vebus import names
 __all__ = [
     "AUTH_FILE",
     "DEFAULT_AUTH_PATH",
-    "NOT_IN_AUTH_CONF",
     "PASSWORD_ENV",
     "USERS",
     "USER_ENV",
@@ -31,13 +30,7 @@ __all__ = [
     "read_env_file",
 ]
 
-#: services whose NATS user deploy/nats/auth.conf does not define yet, which `vebus up
-#: --nats-auth` therefore does not start: the console (its user is in docs/console.md,
-#: "NATS permissions"; it joins auth.conf with the console's deployment)
-NOT_IN_AUTH_CONF = frozenset({"console"})
-#: the users deploy/nats/auth.conf defines: the services, `subscriber` for another
-#: program reading the events (names.SUBSCRIBER_DURABLE), and `admin` for the CLI
-USERS = (*(s for s in names.SERVICES if s not in NOT_IN_AUTH_CONF), "subscriber", "admin")
+USERS = (*names.SERVICES, "subscriber", "admin")
 AUTH_FILE = "nats-auth.env"
 #: where the `vebus` command looks when nothing names a user: `vebus up`'s default data dir
 DEFAULT_AUTH_PATH = Path(".vebus") / AUTH_FILE

@@ -441,9 +441,6 @@ async def run_up(opts: UpOptions, raw: dict[str, Any]) -> int:
 
         services = []
         for name in names.SERVICES:
-            if name == "console" and passwords and "console" not in passwords:
-                _say("console          not started: deploy/nats/auth.conf has no console user")
-                continue
             for replica in range(1, opts.scale.get(name, 1) + 1):
                 port = opts.health_ports[name] if replica == 1 else 0
                 if not port or not _port_free(port):
