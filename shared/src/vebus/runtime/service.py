@@ -462,6 +462,12 @@ async def run_service(settings: ServiceSettings, body: Body, *, version: str = "
         if not stopping.is_set():
             raise
         log.info("%s stopped while starting", settings.service)  # ctx.startup, interrupted
+    except ConfigError as e:
+        # found only once connected (a route of the config file whose sink cannot be
+        # built): the user's mistake, reported as a bad config file is
+        for line in e.errors:
+            log.error("%s", line)
+        status = 2
     except Exception:
         log.exception("%s failed", settings.service)
         status = 1
