@@ -1,4 +1,5 @@
-"""The runner's scenarios: latency, throughput, scale-out, backlog, routes, burst.
+"""The runner's scenarios: latency, throughput, scale-out, backlog, routes, burst, functions
+(loadtest/functions.py).
 
 Each is `async def <name>(workdir, short) -> dict` returning its results: `rows` (the table
 printed), `chart` (series for the PNG), `goal` (what the issue asks, met or not, the
@@ -23,6 +24,7 @@ from loadtest import dispatcher as dbench
 from loadtest import filter as fbench
 from loadtest import rawpipe, wqconsumers
 from loadtest.collector import _connect, _vc_state, follow_run
+from loadtest.functions import functions
 from loadtest.pipeline import Bench, ms, rate_of, routes_yaml, vm_hwm_mb
 from vebus.local.embedded import start_vcsim, vcsim_binary
 from vebus.runtime import eventloop
@@ -653,4 +655,5 @@ SCENARIOS = {
     "backlog": backlog,
     "routes": routes,
     "burst": burst,
+    "functions": functions,
 }
