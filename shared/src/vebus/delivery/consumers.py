@@ -90,7 +90,7 @@ START_CONCURRENCY = 16
 CONSUMER_RETRY: dict[str, Any] = {
     "retry": retry_if_exception_type(nats.errors.TimeoutError),
     "stop": stop_after_attempt(4),
-    "wait": wait_exponential_jitter(initial=0.5, max=4.0),
+    "wait": wait_exponential_jitter(multiplier=0.5, max=4.0),
     "before_sleep": before_sleep_log(log, logging.WARNING),
     "reraise": True,
 }
