@@ -114,8 +114,11 @@ def _post_all(url: str, count: int, posters: int) -> tuple[dict[int, float], flo
     return posted, start, end
 
 
-def raw_reader(url: str, page_size: int, expect: int, out: Path, idle: float) -> None:
-    """The baseline: WaitForUpdatesEx on latestPage, new keys only; writes seen times."""
+def raw_reader(
+    url: str, page_size: int, expect: int, out: Path, idle: float, limit: float = 120.0
+) -> None:
+    """The baseline: WaitForUpdatesEx on latestPage, new keys only; writes seen times
+    (after `idle` seconds without a new key, or `limit` seconds after the first one)."""
     from pyVmomi import vim, vmodl
 
     si = _connect(url)
@@ -131,11 +134,28 @@ def raw_reader(url: str, page_size: int, expect: int, out: Path, idle: float) ->
         ],
     )
     pc.CreateFilter(spec, partialUpdates=True)
-    version, last = "", None
     seen: dict[int, float] = {}
+    # SIGTERM (the runner giving up on a reader that fell too far behind, e.g. decoding a
+    # page of 1,000 per event) still writes what was seen
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        _raw_follow(pc, expect, idle, limit, seen)
+    finally:
+        out.write_text(json.dumps(seen))
+
+
+def _raw_follow(pc: Any, expect: int, idle: float, limit: float, seen: dict[int, float]) -> None:
+    from pyVmomi import vmodl
+
+    version, last = "", None
     print("ready", flush=True)
     quiet_since = time.time()
-    while len(seen) < expect and time.time() - quiet_since < idle:
+    first: float | None = None
+    while (
+        len(seen) < expect
+        and time.time() - quiet_since < idle
+        and (first is None or time.time() - first < limit)
+    ):
         update = pc.WaitForUpdatesEx(
             version, vmodl.query.PropertyCollector.WaitOptions(maxWaitSeconds=1)
         )
@@ -154,11 +174,11 @@ def raw_reader(url: str, page_size: int, expect: int, out: Path, idle: float) ->
                         if msg.startswith(MARK):
                             seen.setdefault(int(msg[len(MARK) :]), now)
                             quiet_since = now
+                            first = first or now
         keys = [int(e.key) for fs in update.filterSet or [] for obj in fs.objectSet or []
                 for change in obj.changeSet or [] for e in change.val or []]  # fmt: skip
         if keys:
             last = max([*keys, last or 0])
-    out.write_text(json.dumps(seen))
 
 
 # ------------------------------------------------------------------- the vebus side
@@ -187,8 +207,11 @@ def _wait(predicate: Any, timeout: float, what: str) -> float:
     return time.monotonic() - start
 
 
-async def _stored_times(nc: Client, subject: str) -> dict[int, float]:
-    """n -> the time VEBUS_EVENTS stored the event (its publish ack)."""
+async def _stored_times(
+    nc: Client, subject: str, copies: dict[int, int] | None = None
+) -> dict[int, float]:
+    """n -> the time VEBUS_EVENTS stored the event (its publish ack); `copies` counts the
+    messages of each n (1 each: no duplicate)."""
     js = nc.jetstream()
     out: dict[int, float] = {}
     seq = 1
@@ -202,6 +225,8 @@ async def _stored_times(nc: Client, subject: str) -> dict[int, float]:
         msg = str(data.get("Message") or data.get("FullFormattedMessage") or "")
         if msg.startswith(MARK) and raw.time is not None:
             out.setdefault(int(msg[len(MARK) :]), raw.time.timestamp())
+            if copies is not None:
+                copies[int(msg[len(MARK) :])] = copies.get(int(msg[len(MARK) :]), 0) + 1
 
 
 def _rates(
@@ -242,17 +267,24 @@ def follow_run(
             assert reader.stdout is not None
             assert reader.stdout.readline().strip() == "ready"
             raw_posted, raw_start, raw_end = _post_all(url, events, posters)
-            reader.wait(60)
+            try:
+                reader.wait(180)
+            except subprocess.TimeoutExpired:  # fell too far behind: take what it saw
+                reader.terminate()
+                reader.wait(60)
         finally:
             if reader.poll() is None:
                 reader.kill()
         raw_seen = {int(k): v for k, v in json.loads(out.read_text() or "{}").items()}
+        copies: dict[int, int] = {}
         posted, start, end, stored = _collector_phase(
-            run, nats_url, url, page_size, events, posters
+            run, nats_url, url, page_size, events, posters, copies
         )
         return {
             "page_size": page_size,
             "events": events,
+            "duplicates": sum(c - 1 for c in copies.values()),
+            "missing": events - len(stored),
             "post_rate": events / (end - start),
             "post_rate_raw_phase": events / (raw_end - raw_start),
             "collector": _rates(posted, stored, start),
@@ -263,7 +295,13 @@ def follow_run(
 
 
 def _collector_phase(
-    run: Path, nats_url: str, url: str, page_size: int, events: int, posters: int
+    run: Path,
+    nats_url: str,
+    url: str,
+    page_size: int,
+    events: int,
+    posters: int,
+    copies: dict[int, int] | None = None,
 ) -> tuple[dict[int, float], float, float, dict[int, float]]:
     """The collector process follows a burst; (post times, start, end, stored times)."""
     name = f"lt{page_size}"
@@ -290,7 +328,7 @@ def _collector_phase(
     async def stored() -> dict[int, float]:
         nc = await nats.connect(nats_url)
         try:
-            return await _stored_times(nc, f"vebus.events.{name}.>")
+            return await _stored_times(nc, f"vebus.events.{name}.>", copies)
         finally:
             await nc.close()
 

@@ -50,6 +50,7 @@ from vebus.bus.streams import ensure_streams
 from vebus.config import load_config
 from vebus.local.embedded import ManagedProcess, free_port, start_nats
 from vebus.names import MSG_ID
+from vebus.runtime import eventloop
 from vebus_filter import app as filter_app
 
 ROUTES = 10
@@ -352,7 +353,7 @@ def cli() -> None:
     )
     args = parser.parse_args()
     if args.raw_loop:
-        asyncio.run(raw_loop(args.raw_loop[0], int(args.raw_loop[1])))
+        eventloop.run(raw_loop(args.raw_loop[0], int(args.raw_loop[1])))
         return
     asyncio.run(main(args.short, args.profile, args.rounds))
 

@@ -53,15 +53,22 @@ def event(n: int, routes: int, *, when: float | None = None) -> tuple[str, bytes
     return "vebus.events.vc01.VmPoweredOffEvent", ce.data, to_headers(ce, {MSG_ID: f"vc01:1:{n}"})
 
 
-def routes_yaml(nats_url: str, sink_url: str, routes: int, *, extra: str = "") -> str:
+def routes_yaml(
+    nats_url: str,
+    sink_url: str,
+    routes: int,
+    *,
+    extra: str = "",
+    urls: dict[int, str] | None = None,
+) -> str:
     """A config of `routes` webhook routes to one sink, route r<i> taking VM vm-<i>
-    (a single route takes everything)."""
+    (a single route takes everything); `urls` gives some routes another sink."""
     lines = [f"nats: {{url: '{nats_url}'}}", "streams: {route_max_msgs: 2000000}", "routes:"]
     for i in range(routes):
         lines.append(f"  - name: r{i}")
         if routes > 1:
             lines.append(f"    match: {{data: {{Vm: {{Name: [vm-{i}]}}}}}}")
-        lines.append(f"    sink: {{kind: webhook, url: '{sink_url}'}}")
+        lines.append(f"    sink: {{kind: webhook, url: '{(urls or {}).get(i, sink_url)}'}}")
     return "\n".join(lines) + "\n" + extra
 
 
@@ -117,7 +124,9 @@ class Bench:
     async def ensure_streams(self) -> None:
         await ensure_streams(self.js, load_config(self.config).stream_settings())
 
-    async def start(self, service: str, name: str | None = None) -> ManagedProcess:
+    async def start(
+        self, service: str, name: str | None = None, timeout: float = 120.0
+    ) -> ManagedProcess:
         """Start a service process and wait until its /readyz answers 200."""
         name = name or service
         port = free_port()
@@ -129,7 +138,7 @@ class Bench:
             extra_args=["--log-level", "WARNING"],
         )
         self.services[name] = proc
-        await asyncio.to_thread(_wait_http, f"http://127.0.0.1:{port}/readyz", proc, 120.0)
+        await asyncio.to_thread(_wait_http, f"http://127.0.0.1:{port}/readyz", proc, timeout)
         return proc
 
     def stop(self, name: str) -> None:

@@ -121,3 +121,40 @@ async def test_a_stop_finishes_the_messages_already_fetched(nc: Client) -> None:
     info = await _settled(js)
     assert info.num_ack_pending == 0
     assert info.num_pending == 100 - len(done)
+
+
+async def test_an_idle_consumer_asks_less_often_and_still_gets_a_message_at_once(
+    nc: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests that come back empty double the next one's expiry (up to IDLE_FETCH_MAX);
+    a message published meanwhile is handled at once, and the expiry starts over."""
+    from vebus.bus import consume
+
+    monkeypatch.setattr(consume, "IDLE_FETCH_MAX", 0.8)
+    await _setup(nc, 0)
+    js = nc.jetstream()
+    handled: list[float] = []
+
+    async def handler(msg: Msg) -> Disposition:
+        handled.append(time.monotonic())
+        return Ack()
+
+    worker = PullWorker(js, stream=STREAM, durable=DURABLE, handler=handler, max_in_flight=4,
+                        fetch_timeout=0.2)  # fmt: skip
+    stopping = asyncio.Event()
+    task = asyncio.create_task(worker.run(stopping))
+    try:
+        deadline = time.monotonic() + 10
+        while worker._expiry < 0.8:  # 0.2 -> 0.4 -> 0.8 after two empty requests
+            assert time.monotonic() < deadline, worker._expiry
+            await asyncio.sleep(0.05)
+        sent = time.monotonic()
+        await js.publish("pull.x", b"late")
+        while not handled:
+            assert time.monotonic() < sent + 5
+            await asyncio.sleep(0.01)
+        assert handled[0] - sent < 0.5  # the long request delivered it: no wait for expiry
+        assert worker._expiry == 0.2
+    finally:
+        stopping.set()
+        await task

@@ -343,3 +343,64 @@ async def test_connection_errors_back_off_and_retry() -> None:
 
 def _iso(event: Any) -> str:
     return str(event.createdTime.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+
+
+class QueuingVCenter(FakeVCenter):
+    """Like vcsim: one queued update per new event, each the watched page as it was then;
+    an answer carries every update queued since the last one. Counts history reads."""
+
+    def __init__(self, first_key: int = 1) -> None:
+        super().__init__(first_key)
+        self.history_reads = 0
+        self.answered = 0
+
+    def history_pages(self, since: dt.datetime | None) -> Iterator[list[Any]]:
+        self.history_reads += 1
+        yield from super().history_pages(since)
+
+    def wait_page(self, max_wait: int) -> list[Any] | None:
+        if len(self.events) == self.answered:
+            time.sleep(0.01)
+            return None
+        out: list[Any] = []
+        for i in range(self.answered, len(self.events)):  # one page per event posted
+            out.extend(reversed(self.events[max(0, i + 1 - self.page_size) : i + 1]))
+        self.answered = len(self.events)
+        return out
+
+
+async def test_a_burst_across_the_wrap_is_taken_from_the_updates_without_history() -> None:
+    vc = QueuingVCenter(first_key=INT32_MAX - 20)
+    vc.post(2)
+    h = Harness(vc, page_size=1000).start()  # page_size no longer sizes the watched page
+    await h.until(lambda: h.status.state == "tailing")
+    reads = vc.history_reads
+    vc.answered = len(vc.events)
+    vc.post(500)  # crosses 2**31-1 -> -2**31
+    await h.until(lambda: len(h.publisher.messages) == 502)
+    await h.stop()
+    assert vc.page_size == 1  # the tail watches one event whatever page_size says
+    assert vc.history_reads == reads  # the updates held every key: no history read
+    assert h.publisher.keys() == _keys_from(INT32_MAX - 20, 502)
+
+
+async def test_a_coalesced_burst_is_read_from_history_once_no_gap_no_duplicate() -> None:
+    vc = FakeVCenter(first_key=INT32_MAX - 2)
+    vc.post(1)
+    h = Harness(vc).start()
+    await h.until(lambda: h.status.state == "tailing")
+    vc.post(40)  # one update of the newest event only, as a real vCenter coalesces
+    await h.until(lambda: len(h.publisher.messages) == 41)
+    vc.post(1)
+    await h.until(lambda: len(h.publisher.messages) == 42)
+    await h.stop()
+    assert h.publisher.keys() == _keys_from(INT32_MAX - 2, 42)
+
+
+def test_follows_means_the_next_keys_without_a_hole() -> None:
+    follows = follower_module._follows
+    assert follows(5, {6, 7, 8})
+    assert not follows(5, {7, 8})
+    assert not follows(5, {6, 8})
+    assert follows(INT32_MAX, {-(2**31), -(2**31) + 1})
+    assert not follows(INT32_MAX, {-(2**31) + 1})

@@ -220,7 +220,8 @@ class VCenterConfig(VCenterEndpoint, frozen=True, kw_only=True):
 
     #: the event source's name: the subject token `vebus.events.<name>.>`
     name: str
-    #: events per EventHistoryCollector page while tailing
+    #: accepted for old configs (1-1000); the tail watches one event and reads bursts from
+    #: history in pages of 1,000 (docs/collector.md, "Page size")
     page_size: int = 10
     #: where a collector with no checkpoint starts: new events only, or all history vCenter has
     start: Literal["latest", "earliest"] = "latest"

@@ -33,6 +33,7 @@ __all__ = [
     "ENV_CONSOLE_LISTEN",
     "ENV_CONSOLE_TOKEN",
     "ENV_DLQ_TOKEN",
+    "ENV_EVENT_LOOP",
     "ENV_FUNCTION",
     "ENV_HEALTH_HOST",
     "ENV_HEALTH_PORT",
@@ -377,6 +378,8 @@ CONSOLE_PORT = 8090
 # ---------------------------------------------------------------- environment variables
 
 ENV_CONFIG = "VEBUS_CONFIG"
+#: the event loop a service runs on: `uvloop` (the default where it is installed) or `asyncio`
+ENV_EVENT_LOOP = "VEBUS_EVENT_LOOP"
 ENV_HEALTH_HOST = "VEBUS_HEALTH_HOST"
 ENV_HEALTH_PORT = "VEBUS_HEALTH_PORT"
 ENV_LOG_LEVEL = "VEBUS_LOG_LEVEL"

@@ -1,10 +1,10 @@
 """Entry point: `python -m vebus_collector --config vebus.yaml`."""
 
-import asyncio
 import sys
 
+from vebus.runtime import eventloop
 from vebus.runtime.service import parse_settings
 from vebus_collector import app
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(app.main(parse_settings("collector"))))
+    sys.exit(eventloop.run(app.main(parse_settings("collector"))))

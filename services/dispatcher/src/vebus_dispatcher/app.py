@@ -20,6 +20,8 @@ import contextlib
 import logging
 from importlib.metadata import version
 
+import aiohttp
+
 from vebus import names
 from vebus.bus.streams import ensure_streams
 from vebus.config import Route
@@ -30,6 +32,7 @@ from vebus.routing.source import RouteSource, RouteView, serve_status
 from vebus.routing.store import PauseBook, open_route_store
 from vebus.runtime.service import ServiceContext, ServiceSettings, run_service
 from vebus_dispatcher.sinks import SinkContext, build_sink
+from vebus_dispatcher.sinks.httpclient import shared_session
 
 __all__ = ["FUNCTION_SINK", "main", "owns"]
 
@@ -52,9 +55,26 @@ async def _body(ctx: ServiceContext, *, paused_seconds: PausedSeconds | None = N
     source = RouteSource(store, ctx.config, service="dispatcher", delivers=owns)
     pauses = PauseBook(await ctx.startup("paused routes", store.pauses))
     user_agent = f"vebus-dispatcher/{version(names.distribution('dispatcher'))}"
+    # one keep-alive pool for every HTTP sink (vebus_dispatcher.sinks.httpclient)
+    http = shared_session(user_agent)
+    try:
+        await _run(ctx, source, pauses, http, user_agent, paused_seconds)
+    finally:
+        await http.close()
 
+
+async def _run(
+    ctx: ServiceContext,
+    source: RouteSource,
+    pauses: PauseBook,
+    http: aiohttp.ClientSession,
+    user_agent: str,
+    paused_seconds: PausedSeconds | None,
+) -> None:
     def make_sink(route: Route) -> Sink:
-        return build_sink(SinkContext(route=route, nc=ctx.nc, js=ctx.js, user_agent=user_agent))
+        return build_sink(
+            SinkContext(route=route, nc=ctx.nc, js=ctx.js, user_agent=user_agent, http=http)
+        )
 
     consumers = RouteConsumers(
         ctx.js,

@@ -14,7 +14,12 @@ more is reported in progress before its handler starts, so its ack_wait starts a
 Messages come through one outstanding pull request at a time (batch = the room left,
 long-polling up to `fetch_timeout`) into a subscription callback: they start as they
 arrive, with no per-message timer and no round trip between batches while a backlog lasts
-(loadtest/RESULTS.md has the before and after).
+(loadtest/RESULTS.md has the before and after). An idle consumer's requests last longer
+and longer (each that ends with no message doubles the next one's expiry, up to
+IDLE_FETCH_MAX; a message brings it back to `fetch_timeout`): a thousand idle routes make
+a few requests a second instead of hundreds. A request lost to a reconnect is noticed by
+the connection's reconnect count, looked at every RECONNECT_POLL seconds while a request
+waits, not only when it expires.
 
 A consumer that disappears (deleted by hand, or by another replica that retired its route
 while this one runs it again) ends the outstanding pull request with "409 Consumer
@@ -87,6 +92,11 @@ EXPIRY_MARGIN = 1.0
 ERROR_PAUSE = 0.5
 #: on stop, how long messages of the outstanding pull request are still taken
 STOP_GRACE = 1.0
+#: the longest an idle consumer's pull request waits (its expiry doubles up to this)
+IDLE_FETCH_MAX = 30.0
+#: while a request waits, how often the connection's reconnect count is looked at (a
+#: reconnect drops what the server held for the old connection)
+RECONNECT_POLL = 1.0
 
 
 class PullWorker:
@@ -112,6 +122,12 @@ class PullWorker:
         self._max_in_flight = max_in_flight
         self._batch = batch
         self._fetch_timeout = fetch_timeout
+        #: the next request's expiry: `fetch_timeout`, longer while requests come back empty
+        self._expiry = fetch_timeout
+        #: messages the outstanding request brought so far
+        self._got = 0
+        #: the connection's reconnect count when the outstanding request was sent
+        self._reconnects = 0
         self._limit = max_in_flight + max(0, prefetch)
         #: fetch again once this many fit: with prefetch, in batches rather than one by one
         self._refill = max(1, prefetch // 2)
@@ -154,12 +170,16 @@ class PullWorker:
                 if self._gone is not None:
                     await self._recreate(self._gone)
                 now = time.monotonic()
-                if self._pending and now >= self._expires_at + EXPIRY_MARGIN:
+                if self._pending and (
+                    now >= self._expires_at + EXPIRY_MARGIN
+                    or nc.stats["reconnects"] != self._reconnects
+                ):
                     self._pending = 0  # its end never came (a reconnect drops requests)
+                    self._expiry = self._fetch_timeout
                 room = self._limit - self._in_flight - len(self._ready)
                 if not self._pending and now >= self._pause_until and self._may_pull(room):
                     want = min(self._batch, room)
-                    request = {"batch": want, "expires": int(self._fetch_timeout * 1e9)}
+                    request = {"batch": want, "expires": int(self._expiry * 1e9)}
                     try:
                         await nc.publish(api, json.dumps(request).encode(), reply=inbox)
                     except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
@@ -169,7 +189,9 @@ class PullWorker:
                         self._pause_until = now + ERROR_PAUSE
                     else:
                         self._pending = want
-                        self._expires_at = now + self._fetch_timeout
+                        self._got = 0
+                        self._reconnects = nc.stats["reconnects"]
+                        self._expires_at = now + self._expiry
                 self._wake.clear()
                 wait = self._next_deadline() - time.monotonic()
                 with contextlib.suppress(TimeoutError):
@@ -204,7 +226,7 @@ class PullWorker:
     def _next_deadline(self) -> float:
         """When the pull loop must look again even if nothing wakes it."""
         if self._pending:
-            return self._expires_at + EXPIRY_MARGIN
+            return min(self._expires_at + EXPIRY_MARGIN, time.monotonic() + RECONNECT_POLL)
         if self._pause_until > time.monotonic():
             return self._pause_until
         return time.monotonic() + self._fetch_timeout
@@ -231,6 +253,8 @@ class PullWorker:
             if status == StatusCode.CONTROL_MESSAGE:  # idle heartbeat
                 return
             self._pending = 0
+            if status in (StatusCode.NO_MESSAGES, StatusCode.REQUEST_TIMEOUT) and not self._got:
+                self._expiry = min(self._expiry * 2, max(IDLE_FETCH_MAX, self._fetch_timeout))
             if status not in (StatusCode.NO_MESSAGES, StatusCode.REQUEST_TIMEOUT):
                 description = msg.headers.get(Header.DESCRIPTION, "") if msg.headers else ""
                 description = description.split("\n", 1)[0].strip()  # 503: headers follow
@@ -243,6 +267,8 @@ class PullWorker:
             return
         if self._pending > 0:
             self._pending -= 1
+        self._got += 1
+        self._expiry = self._fetch_timeout
         self._ready.append((msg, time.monotonic()))
         self._start_ready()
         if not self._pending:

@@ -24,7 +24,7 @@ from tenacity import (
 )
 
 from vebus import names
-from vebus.bus import natsapi, observe
+from vebus.bus import acks, natsapi, observe
 from vebus.errors import MessageTooLargeError, PublishError, RouteFullError
 
 __all__ = ["OutgoingMessage", "check_size", "message_size", "publish", "publish_all"]
@@ -122,7 +122,7 @@ async def _publish(
     check_size(js, subject, body, headers)
     try:
         try:  # the first attempt without the retry machinery: it is the hot path
-            return await js.publish(subject, body, timeout=timeout, headers=headers)
+            return await acks.publish(natsapi.connection(js), subject, body, headers, timeout)
         except _RETRYABLE as e:
             failed: BaseException | None = e
         async for attempt in AsyncRetrying(**PUBLISH_RETRY):  # type: ignore[arg-type]
@@ -143,9 +143,9 @@ async def _publish(
 async def publish_all(
     js: JetStreamContext, messages: Sequence[OutgoingMessage], *, timeout: float = 5.0
 ) -> list[PubAck]:
-    """Publish a batch concurrently and wait for every ack (PublishError if any fails)."""
-    return list(
-        await asyncio.gather(
-            *(publish(js, m.subject, m.body, m.headers, timeout=timeout) for m in messages)
-        )
-    )
+    """Publish a batch and wait for every ack, in order (PublishError if any fails): async
+    publishes with a window of acks outstanding (vebus.bus.pubwindow), no task or round
+    trip per message."""
+    from vebus.bus.pubwindow import PublishWindow  # it builds on this module
+
+    return await PublishWindow(js, ack_timeout=timeout).publish_acks(messages)

@@ -25,6 +25,7 @@ from vebus import names
 from vebus.errors import StreamConflictError
 
 __all__ = [
+    "ROUTES_MAX_CONSUMERS",
     "StreamSettings",
     "dlq_stream_config",
     "ensure_consumer",
@@ -68,6 +69,12 @@ def events_stream_config(s: StreamSettings) -> StreamConfig:
     )
 
 
+#: consumers VEBUS_ROUTES may have: one per route and delivering service, plus a few of the
+#: deadletter service's. nats-server 2.15 gives a stream 1,000 unless it sets its own (and
+#: takes 0 or -1 as "its default"), which stopped vebus at 1,000 routes
+ROUTES_MAX_CONSUMERS = 100_000
+
+
 def routes_stream_config(s: StreamSettings) -> StreamConfig:
     """VEBUS_ROUTES: one work queue per route, each bounded so one cannot fill the others."""
     return StreamConfig(
@@ -80,6 +87,7 @@ def routes_stream_config(s: StreamSettings) -> StreamConfig:
         discard_new_per_subject=True,
         duplicate_window=s.duplicate_window,
         num_replicas=s.replicas,
+        max_consumers=ROUTES_MAX_CONSUMERS,
     )
 
 

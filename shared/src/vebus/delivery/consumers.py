@@ -32,12 +32,20 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
+from tenacity import (
+    AsyncRetrying,
+    before_sleep_log,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
 from vebus import aio, names
 from vebus.bus.consume import PullWorker
@@ -74,6 +82,18 @@ DRAIN_MAX = 60.0
 RETIRE_CHECKS = 3
 #: how often a route that could not start is tried again
 RESTART_EVERY = 5.0
+#: routes started at once (each creates or checks its consumer: a round trip or two)
+START_CONCURRENCY = 16
+#: creating a route's consumer when JetStream is slow to answer (thousands of consumers
+#: being created at once): the request is repeated, which is harmless (ensure_consumer
+#: finds the consumer if the first request made it)
+CONSUMER_RETRY: dict[str, Any] = {
+    "retry": retry_if_exception_type(nats.errors.TimeoutError),
+    "stop": stop_after_attempt(4),
+    "wait": wait_exponential_jitter(multiplier=0.5, max=4.0),
+    "before_sleep": before_sleep_log(log, logging.WARNING),
+    "reraise": True,
+}
 
 #: makes the sink of a route (ConfigError if it cannot: a missing extra, a bad template)
 MakeSink = Callable[[Route], Sink]
@@ -153,6 +173,7 @@ class RouteConsumers:
         self._route_errors: dict[str, str] = {}
         self._lock = asyncio.Lock()
         self._rate_kv: KeyValue | None = None
+        self._rate_kv_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
 
     # ---------------------------------------------------------------- route sets
@@ -206,20 +227,36 @@ class RouteConsumers:
         await self._start_missing(strict=strict)
 
     async def _start_missing(self, *, strict: bool = False) -> None:
-        """Start a worker for each desired route that has none (and is not paused)."""
+        """Start a worker for each desired route that has none (and is not paused), up to
+        START_CONCURRENCY at once: a thousand routes start in the time of a few dozen
+        consumer round trips, not a thousand."""
         self._route_errors = {}
-        for name, route in self.desired.items():
-            if name in self.running or self.pauses.is_paused(name):
-                continue
-            try:
-                self.running[name] = await self._start(route)
-            except (ConfigError, VebusError, nats.errors.Error) as e:
-                if strict:
-                    raise
-                text = "; ".join(e.errors) if isinstance(e, ConfigError) else str(e)
-                self._route_errors[name] = f"route {name}: not started: {text}"
-                log.error("route %s: not started: %s; trying again in %.0fs",
-                          name, text, RESTART_EVERY)  # fmt: skip
+        todo = [
+            route
+            for name, route in self.desired.items()
+            if name not in self.running and not self.pauses.is_paused(name)
+        ]
+        gate = asyncio.Semaphore(START_CONCURRENCY)
+
+        async def start(route: Route) -> None:
+            async with gate:
+                try:
+                    self.running[route.name] = await self._start(route)
+                except (ConfigError, VebusError, nats.errors.Error) as e:
+                    if strict:
+                        raise
+                    text = "; ".join(e.errors) if isinstance(e, ConfigError) else str(e)
+                    self._route_errors[route.name] = f"route {route.name}: not started: {text}"
+                    log.error("route %s: not started: %s; trying again in %.0fs",
+                              route.name, text, RESTART_EVERY)  # fmt: skip
+
+        if len(todo) == 1:
+            await start(todo[0])
+            return
+        results = await asyncio.gather(*(start(r) for r in todo), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def restart_failed(self, stopping: asyncio.Event) -> None:
         """Until `stopping`: every RESTART_EVERY seconds, start the routes that failed to."""
@@ -230,12 +267,17 @@ class RouteConsumers:
 
     async def _start(self, route: Route) -> _Running:
         durable = self._durable(route.name)
-        await ensure_consumer(self.js, names.ROUTES_STREAM, route_consumer_config(route, durable))
+        async for attempt in AsyncRetrying(**CONSUMER_RETRY):
+            with attempt:
+                await ensure_consumer(
+                    self.js, names.ROUTES_STREAM, route_consumer_config(route, durable)
+                )
         sink = self._make_sink(route)
         limiter = None
         if route.delivery.rate is not None:
-            if self._rate_kv is None:
-                self._rate_kv = await rate_bucket(self.js, replicas=self._rate_replicas)
+            async with self._rate_kv_lock:  # routes start concurrently: one bucket
+                if self._rate_kv is None:
+                    self._rate_kv = await rate_bucket(self.js, replicas=self._rate_replicas)
             limiter = RateLimiter(self._rate_kv, route.name, route.delivery.rate)
         delivery = RouteDelivery(
             self.js, route, sink, limiter=limiter, paused_seconds=self._paused_seconds

@@ -33,7 +33,7 @@ class HttpSink:
         self._url = compile_field(ctx.route.name, "url", sink.url)
         self._body = compile_optional(ctx.route.name, "body", sink.body)
         self._auth = Authenticator(sink.auth)
-        self._session = new_session(ctx.route, ctx.user_agent)
+        self._session = new_session(ctx.route, ctx.user_agent, ctx.http)
 
     async def deliver(self, event: CloudEvent, headers: Mapping[str, str]) -> None:
         url = render(self._url, event).strip()

@@ -1,8 +1,14 @@
-"""What the HTTP sinks share: one keep-alive session per sink, auth, and answer handling.
+"""What the HTTP sinks share: keep-alive connections, auth, and answer handling.
 
-Each HTTP sink owns one aiohttp session whose pool holds at most the route's
-`max_in_flight` connections, kept alive between events (loadtest/dispatcher.py measures
-the choice: keep-alive against a new connection per request, and against a raw POST loop).
+Inside the dispatcher every HTTP sink sends through one aiohttp session of the process
+(`shared_session`): one pool of keep-alive connections with no limit of its own, so a
+thousand routes to the same server reuse a few dozen connections instead of keeping one
+or more each (loadtest/RESULTS.md, routes). Isolation does not rest on the pool: each
+route's worker has at most its `max_in_flight` requests out, so a hung server holds that
+many connections and the other routes open or reuse others. Built outside the dispatcher
+(tests, a sink made alone), a sink gets a session of its own whose pool holds at most the
+route's `max_in_flight` connections. Keep-alive matters (loadtest/dispatcher.py measures it
+against a new connection per request, and against a raw POST loop).
 A 2xx is success; 429 and 5xx are retried (honouring `Retry-After`), as are timeouts and
 connection failures; any other answer is permanent. Redirects are not followed.
 """
@@ -27,10 +33,12 @@ from vebus.errors import DeliveryError, ErrorCode, PermanentDeliveryError, Retry
 __all__ = [
     "Answer",
     "Authenticator",
+    "SinkSession",
     "new_session",
     "parse_retry_after",
     "redact",
     "request",
+    "shared_session",
     "status_error",
 ]
 
@@ -42,16 +50,47 @@ MAX_ANSWER = 1 << 20
 KEEPALIVE = 30.0
 
 
-def new_session(route: config.Route, user_agent: str) -> aiohttp.ClientSession:
-    """A session for one sink: a pool of at most `max_in_flight` keep-alive connections."""
-    connector = aiohttp.TCPConnector(
-        limit=route.delivery.max_in_flight, keepalive_timeout=KEEPALIVE
-    )
+def shared_session(user_agent: str) -> aiohttp.ClientSession:
+    """The one session of a dispatcher process that its HTTP sinks share (see above)."""
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=KEEPALIVE)
     return aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=None),  # each attempt has the route's timeout
         headers={"User-Agent": user_agent},
     )
+
+
+class SinkSession:
+    """The session an HTTP sink sends through: the process's shared one (closing it is
+    its owner's business) or one of its own."""
+
+    __slots__ = ("_own", "session")
+
+    def __init__(self, session: aiohttp.ClientSession, *, own: bool) -> None:
+        self.session = session
+        self._own = own
+
+    async def close(self) -> None:
+        if self._own:
+            await self.session.close()
+
+
+def new_session(
+    route: config.Route, user_agent: str, shared: aiohttp.ClientSession | None = None
+) -> SinkSession:
+    """The session of one sink: `shared` when given, else a pool of at most
+    `max_in_flight` keep-alive connections of its own."""
+    if shared is not None:
+        return SinkSession(shared, own=False)
+    connector = aiohttp.TCPConnector(
+        limit=route.delivery.max_in_flight, keepalive_timeout=KEEPALIVE
+    )
+    own = aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None),  # each attempt has the route's timeout
+        headers={"User-Agent": user_agent},
+    )
+    return SinkSession(own, own=True)
 
 
 def redact(url: str) -> str:
@@ -73,7 +112,7 @@ class Answer:
 
 
 async def request(
-    session: aiohttp.ClientSession,
+    session: SinkSession,
     method: str,
     url: str,
     *,
@@ -82,9 +121,8 @@ async def request(
 ) -> Answer:
     """Send one request; the 2xx answer, or the DeliveryError that says how it failed
     (naming the URL without its path and query, which may hold a secret)."""
-    shown = redact(url)
     try:
-        async with session.request(
+        async with session.session.request(
             method, url, data=body, headers=headers, allow_redirects=False
         ) as resp:
             if 200 <= resp.status < 300:
@@ -96,7 +134,7 @@ async def request(
                 return Answer(resp.status, raw, resp.headers)
             raw = await resp.content.read(DETAIL_CHARS * 4)
             raise status_error(
-                shown,
+                redact(url),
                 resp.status,
                 resp.reason or "",
                 raw.decode("utf-8", "replace")[:DETAIL_CHARS],
@@ -104,9 +142,9 @@ async def request(
             )
     except aiohttp.ClientError as e:
         if isinstance(e, TimeoutError):
-            raise RetryableDeliveryError(f"{shown}: timed out", code=ErrorCode.TIMEOUT) from e
+            raise RetryableDeliveryError(f"{redact(url)}: timed out", code=ErrorCode.TIMEOUT) from e
         raise RetryableDeliveryError(
-            f"{shown}: connection failed: {_describe(e)}", code=ErrorCode.CONNECTION_FAILURE
+            f"{redact(url)}: connection failed: {_describe(e)}", code=ErrorCode.CONNECTION_FAILURE
         ) from e
 
 

@@ -49,7 +49,7 @@ class PagerDutySink:
             "group": compile_optional(name, "group", sink.group),
             "class": compile_optional(name, "class", sink.class_),
         }
-        self._session = new_session(ctx.route, ctx.user_agent)
+        self._session = new_session(ctx.route, ctx.user_agent, ctx.http)
 
     def body(self, event: CloudEvent) -> dict[str, Any]:
         """The Events API v2 request body for `event`."""

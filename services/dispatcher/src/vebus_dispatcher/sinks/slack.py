@@ -34,7 +34,7 @@ class SlackSink:
     def __init__(self, sink: config.SlackSink, ctx: SinkContext) -> None:
         self._url = sink.url
         self._text = compile_field(ctx.route.name, "text", sink.text)
-        self._session = new_session(ctx.route, ctx.user_agent)
+        self._session = new_session(ctx.route, ctx.user_agent, ctx.http)
 
     async def deliver(self, event: CloudEvent, headers: Mapping[str, str]) -> None:
         text = message_text(render(self._text, event), event, MAX_TEXT)

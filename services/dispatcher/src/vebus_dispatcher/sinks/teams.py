@@ -39,7 +39,7 @@ class TeamsSink:
         self._url = sink.url
         self._text = compile_field(ctx.route.name, "text", sink.text)
         self._title = compile_optional(ctx.route.name, "title", sink.title)
-        self._session = new_session(ctx.route, ctx.user_agent)
+        self._session = new_session(ctx.route, ctx.user_agent, ctx.http)
 
     async def deliver(self, event: CloudEvent, headers: Mapping[str, str]) -> None:
         text = message_text(render(self._text, event), event, MAX_TEXT)

@@ -33,7 +33,7 @@ class WebhookSink:
 
     def __init__(self, sink: config.WebhookSink, ctx: SinkContext) -> None:
         self._sink = sink
-        self._session = new_session(ctx.route, ctx.user_agent)
+        self._session = new_session(ctx.route, ctx.user_agent, ctx.http)
         self._auth = Authenticator(sink.auth)
 
     async def deliver(self, event: CloudEvent, headers: Mapping[str, str]) -> None:
