@@ -22,6 +22,7 @@ from nats.js.kv import KeyValue
 
 from vebus import aio
 from vebus.config import Check, VCenterConfig
+from vebus.errors import PublishError
 from vebus_collector.checkpoint import CheckpointStore, last_published
 from vebus_collector.checks import CheckRunner
 from vebus_collector.enrich import Enricher
@@ -94,6 +95,14 @@ class VCenterRunner:
                 await self._term()
             except LeaseLostError as e:
                 log.warning("%s: %s; going back to standby", self.cfg.name, e)
+            except PublishError as e:
+                # JetStream refuses or does not acknowledge (no storage left, no leader):
+                # nothing after the last stored event was checkpointed; the next term
+                # resumes from it. One line, no traceback: the cause is NATS's, not ours.
+                log.error("%s: %s; resuming from the last stored event", self.cfg.name, e)
+                with contextlib.suppress(Exception):
+                    await self.lease.release()
+                await self._pause(1.0)
             except Exception:
                 log.exception("%s: follower failed; going back to standby", self.cfg.name)
                 await self.lease.release()

@@ -39,6 +39,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from vebus import names
 from vebus.bus import observe
+from vebus.errors import PublishError
+from vebus.runtime.jshealth import PublishHealth
 from vebus.runtime.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -187,6 +189,8 @@ class Telemetry:
         #: (stream, durable) of every consumer a PullWorker runs here, for the backlog poll
         self.consumers: set[tuple[str, str]] = set()
         self._published: dict[str, Any] = {}
+        #: the streams whose publishes keep failing (/readyz, `vebus status`)
+        self.publish_health = PublishHealth()
 
     @classmethod
     def from_env(cls, service: str, instance: str, version: str) -> Telemetry:
@@ -368,6 +372,7 @@ class _Publishing:
 
     def stored(self) -> None:
         self._counter.inc()
+        self._tel.publish_health.stored(self._subject)
         if self._subject.startswith(_DLQ_SUBJECT_START):
             self._tel._dead_lettered(self._headers)
         if self._span is not None:
@@ -375,6 +380,8 @@ class _Publishing:
 
     def failed(self, error: BaseException, reason: str) -> None:
         self._tel._publish_failed(self._subject, reason)
+        if isinstance(error, PublishError):  # not a full route, not a too-large message
+            self._tel.publish_health.failed(self._subject, error)
         if self._span is not None:
             record_error(self._span, error)
             self._span.end()
