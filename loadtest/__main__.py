@@ -1,9 +1,10 @@
 """The benchmark runner: `uv run python -m loadtest [SCENARIO ...] [--short]` (`make bench`).
 
-Scenarios: latency, throughput, scaleout, backlog, routes, sync (all by default). Each prints its
-table and writes `loadtest/results/<scenario>.json` and `.png` (`--short`: the seconds-long
-form, `<scenario>-short.*`, git-ignored), with the machine (nproc, load average), date,
-git commit and the JetStream storage and sync settings it ran with. Every figure sits next
+Scenarios: latency, throughput, scaleout, backlog, routes, functions, sync (all
+by default). Each prints its table and writes `loadtest/results/<scenario>.json` and `.png`
+(`--short`: the seconds-long form, `<scenario>-short.*`, git-ignored), with the machine
+(nproc, load average), date, git commit and the JetStream storage and sync settings it ran
+with. Every figure sits next
 to a baseline measured in the same run: compare ratios across machines, not numbers.
 """
 

@@ -1,4 +1,5 @@
-"""The runner's five scenarios: latency, throughput, scale-out, backlog, routes.
+"""The runner's scenarios: latency, throughput, scale-out, backlog, routes, functions
+(loadtest/functions.py).
 
 Each is `async def <name>(workdir, short) -> dict` returning its results: `rows` (the table
 printed), `chart` (series for the PNG), `goal` (what the issue asks, met or not, the
@@ -22,6 +23,7 @@ from typing import Any
 from loadtest import dispatcher as dbench
 from loadtest import filter as fbench
 from loadtest.collector import _connect, _vc_state
+from loadtest.functions import functions
 from loadtest.pipeline import Bench, ms, rate_of, routes_yaml, vm_hwm_mb
 from vebus.local.embedded import start_vcsim, vcsim_binary
 
@@ -598,4 +600,5 @@ SCENARIOS = {
     "backlog": backlog,
     "routes": routes,
     "sync": sync,
+    "functions": functions,
 }

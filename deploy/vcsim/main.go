@@ -10,10 +10,15 @@
 // ::1 and localhost; Go's built-in test certificate has a 1024-bit RSA key that OpenSSL
 // refuses); -cert-file PATH writes it as PEM before the URL line so a client can trust it
 // (vebus: `ca_file: PATH`).
-// Log in with user "user", password "pass". Flags and defaults follow govmomi's vcsim
-// command (-host is hosts per cluster). The datastores are folders under $TMPDIR
-// (govcsim-*), removed on SIGINT/SIGTERM but left behind by SIGKILL: stop it with SIGTERM,
-// or give each simulator its own TMPDIR.
+// Logins: by default any non-empty user name and password is accepted (pyvmomi's
+// SmartConnect with user "user", password "pass", say). With -username and -password
+// (or $VCSIM_USERNAME and $VCSIM_PASSWORD, which keep the password out of the process
+// list) only that login is accepted and any other is refused with InvalidLogin, as
+// govmomi's vcsim command does (the check is SessionManager.Login's; govmomi 0.24 does
+// not check LoginByToken or LoginExtensionByCertificate).
+// Flags and defaults follow govmomi's vcsim command (-host is hosts per cluster).
+// The datastores are folders under $TMPDIR (govcsim-*), removed on SIGINT/SIGTERM but
+// left behind by SIGKILL: stop it with SIGTERM, or give each simulator its own TMPDIR.
 package main
 
 import (
@@ -35,6 +40,9 @@ import (
 	"time"
 
 	"github.com/vmware/govmomi/simulator"
+	// the vSphere Automation REST API under /rest (tagging, content library): registered
+	// below; functions tag VMs and hosts through it (vebus_functions.tagging)
+	_ "github.com/vmware/govmomi/vapi/simulator"
 )
 
 func main() {
@@ -47,6 +55,8 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:8989", "address to listen on (host:port; port 0 picks a free port)")
 	useTLS := flag.Bool("tls", false, "serve HTTPS with a self-signed certificate (default: plain HTTP)")
 	certFile := flag.String("cert-file", "", "with -tls: write the server's certificate (PEM) to this file")
+	username := flag.String("username", "", "the only user name a login may give (env VCSIM_USERNAME; default: any non-empty)")
+	password := flag.String("password", "", "the only password a login may give (env VCSIM_PASSWORD; default: any non-empty)")
 	flag.IntVar(&model.Datacenter, "dc", model.Datacenter, "number of datacenters")
 	flag.IntVar(&model.Cluster, "cluster", model.Cluster, "number of clusters per datacenter")
 	flag.IntVar(&model.ClusterHost, "host", model.ClusterHost, "number of hosts per cluster")
@@ -59,6 +69,17 @@ func main() {
 	}
 	if *certFile != "" && !*useTLS {
 		fail("-cert-file needs -tls")
+	}
+	// The environment is read here, not as the flags' defaults, so that -help never
+	// prints a password.
+	if *username == "" {
+		*username = os.Getenv("VCSIM_USERNAME")
+	}
+	if *password == "" {
+		*password = os.Getenv("VCSIM_PASSWORD")
+	}
+	if (*username == "") != (*password == "") {
+		fail("-username and -password go together (or $VCSIM_USERNAME and $VCSIM_PASSWORD): give both or neither")
 	}
 	if _, _, err := net.SplitHostPort(*listen); err != nil {
 		fail("-listen %q: expected host:port (e.g. 127.0.0.1:8989 or 127.0.0.1:0): %v", *listen, err)
@@ -77,6 +98,12 @@ func main() {
 	}
 
 	model.Service.Listen = &url.URL{Host: *listen}
+	if *username != "" {
+		// govmomi's SessionManager.Login accepts any non-empty login while Listen.User is
+		// nil (or simulator.DefaultLogin itself); any other Userinfo makes it compare the
+		// user name and password exactly and answer anything else with InvalidLogin.
+		model.Service.Listen.User = url.UserPassword(*username, *password)
+	}
 	var certDER []byte
 	if *useTLS {
 		cert, der, err := selfSigned()
@@ -90,6 +117,7 @@ func main() {
 		model.Service.TLS = nil
 	}
 
+	model.Service.RegisterEndpoints = true // serve the REST endpoints imported above
 	server := newServer(model, *listen)
 
 	if *certFile != "" {
@@ -102,7 +130,7 @@ func main() {
 	}
 
 	u := *server.URL
-	u.User = nil // the URL carries the default login (user:pass); print it without
+	u.User = nil // the URL carries the login (user:pass by default); print it without
 	fmt.Fprintf(os.Stdout, "VCSIM_URL=%s\n", u.String())
 	_ = os.Stdout.Sync()
 

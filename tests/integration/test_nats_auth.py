@@ -26,7 +26,7 @@ from vebus.local.embedded import ManagedProcess, free_port, start_service
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-SERVICES = ("collector", "filter", "dispatcher", "deadletter")
+SERVICES = ("collector", "filter", "dispatcher", "deadletter", "functions")
 
 
 def _wait_ready(proc: ManagedProcess, port: int, timeout: float = 60.0) -> None:
@@ -56,11 +56,14 @@ def _service_env(name: str, password: str | None = None) -> dict[str, str]:
 async def test_every_service_works_with_its_own_least_privilege_user(
     auth_nats: AuthNats, vcsim: Vcsim, sink: RecordingSink, tmp_path: Path
 ) -> None:
+    (tmp_path / "fns.py").write_text("def echo(event, ctx):\n    return {'vm': event.data['Vm']}\n")
     cfg = _write_config(
         tmp_path / "vebus.yaml",
         auth_nats.url,
         {
             "vcenters": [{"name": "vc1", "url": vcsim.url, "username": "user", "password": "pass"}],
+            # the functions service as its user: a reply published on its own subject
+            "functions": [{"name": "echo", "python": "fns.py:echo"}],
             # every KV bucket is written as its service's user: the check's open conditions
             # (collector), the rate schedule (dispatcher), checkpoints, leases, routes
             "checks": [
@@ -70,6 +73,16 @@ async def test_every_service_works_with_its_own_least_privilege_user(
                 {
                     "name": "vm-off",
                     "match": {"type": ["com.vmware.vsphere.VmPoweredOffEvent.v0"]},
+                    "sink": {"kind": "webhook", "url": sink.url},
+                },
+                {
+                    "name": "vm-off-fn",
+                    "match": {"type": ["com.vmware.vsphere.VmPoweredOffEvent.v0"]},
+                    "sink": {"kind": "function", "function": "echo"},
+                },
+                {
+                    "name": "echo-replies",
+                    "match": {"source": ["vebus://functions/echo"]},
                     "sink": {"kind": "webhook", "url": sink.url},
                 },
                 {
@@ -102,9 +115,10 @@ async def test_every_service_works_with_its_own_least_privilege_user(
             return [json.loads(r.body) for r in sink.accepted
                     if r.headers.get("ce-type", "").endswith(suffix)]  # fmt: skip
 
-        def seen() -> tuple[bool, bool]:
+        def seen() -> tuple[bool, bool, bool]:
             return (any(b["Vm"]["Name"] == name for b in of_type(".VmPoweredOffEvent.v0")),
-                    bool(of_type(".DatastoreUsageExceeded.v0")))  # fmt: skip
+                    bool(of_type(".DatastoreUsageExceeded.v0")),
+                    any(b["vm"]["Name"] == name for b in of_type(".function.echo.v0")))  # fmt: skip
 
         delivered = await sink.wait_for(lambda: all(seen()), timeout=60)
         assert delivered, (seen(), "\n".join(p.output()[-2000:] for p in procs))

@@ -566,7 +566,8 @@ class UpCluster:
             if m := _REPLICA_LINE.match(line):
                 label = m.group("label")
                 service = label.rsplit("-", 1)[0] if label[-1].isdigit() else label
-                self.replicas.append(Replica(label, service, int(m.group("port"))))
+                if service in self.SERVICES:  # vebus up also runs those with no role here
+                    self.replicas.append(Replica(label, service, int(m.group("port"))))
         expected = len(self.SERVICES) * self.replicas_per_service
         assert len(self.replicas) == expected, self.up_log()[-3000:]
         for r in self.replicas:

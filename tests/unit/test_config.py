@@ -124,7 +124,7 @@ def test_every_problem_is_reported_with_its_path() -> None:
         "max_age, max_attempts, max_in_flight, rate, timeout)",
         "routes[0].delivery.max_attempts: expected int, got str",
         "routes[1].sink.kind: invalid value 'slak' (expected one of: webhook, console, "
-        "slack, teams, pagerduty, http, email, eventbridge, syslog, nats, vsphere)",
+        "slack, teams, pagerduty, http, email, eventbridge, syslog, nats, vsphere, function)",
         "routes[2].delivry: unknown key 'delivry' (expected one of: delivery, match, name, sink)",
         "routes[2].sink.url: expected an http(s) URL, got 'slack'",
         "colour: unknown key 'colour' (expected one of: ",

@@ -20,7 +20,7 @@ import yaml
 
 from vebus.bus.streams import StreamSettings
 from vebus.errors import ConfigError
-from vebus.names import H_SIGNATURE, NATS_PORT, RESERVED_SOURCES, token
+from vebus.names import FUNCTION_SINK, H_SIGNATURE, NATS_PORT, RESERVED_SOURCES, token
 
 __all__ = [
     "SERVICE_SECRETS",
@@ -39,8 +39,12 @@ __all__ = [
     "Duration",
     "EmailSink",
     "EventBridgeSink",
+    "FunctionConfig",
+    "FunctionSink",
+    "FunctionVCenterAccount",
     "HmacAuth",
     "HttpAuth",
+    "HttpFunction",
     "HttpSink",
     "NatsConfig",
     "NatsSink",
@@ -654,6 +658,19 @@ class VsphereSink(VCenterEndpoint, frozen=True, kw_only=True, tag_field="kind", 
         _check_template("value", self.value)
 
 
+class FunctionSink(_Base, frozen=True, tag_field="kind", tag=FUNCTION_SINK):
+    """Run a function of the functions service on each event (`functions:` declares it)."""
+
+    #: the name of a function declared in `functions:` of the functions service's config
+    function: str
+
+    def __post_init__(self) -> None:
+        try:
+            _check_name("function", self.function)
+        except ValueError as e:
+            raise ValueError(f"function: {e}") from None
+
+
 Sink = (
     WebhookSink
     | ConsoleSink
@@ -666,6 +683,7 @@ Sink = (
     | SyslogSink
     | NatsSink
     | VsphereSink
+    | FunctionSink
 )
 
 
@@ -828,6 +846,135 @@ class VmPoweredOffCheck(_Base, frozen=True, tag_field="kind", tag="vm_powered_of
 Check = SnapshotAgeCheck | DatastoreUsageCheck | VmPoweredOffCheck
 
 
+# ---------------------------------------------------------------------------- functions
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_PYTHON_TARGET = re.compile(r"^(?P<where>[^:]+?)(?::(?P<attr>[A-Za-z_][A-Za-z0-9_]*))?$")
+
+
+class FunctionVCenterAccount(_Base, frozen=True):
+    """A vCenter account of a function's own, used instead of `vcenters[]`'s (the URL and
+    TLS settings still come from `vcenters[]`)."""
+
+    username: str
+    password: str = ""
+    #: a file holding the password (a mounted secret), read at each login
+    password_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.password and self.password_file:
+            raise ValueError("password_file: give either password or password_file, not both")
+        if not self.password and not self.password_file:
+            raise ValueError("password: required (or password_file)")
+
+
+class HttpFunction(_Base, frozen=True):
+    """A function server (a VEBA/Knative function folder) that vebus starts and supervises;
+    it must listen on 127.0.0.1 at the port in $PORT and takes binary CloudEvents."""
+
+    #: the server's command line, e.g. [python3, handler.py]
+    command: list[str]
+    #: where events are POSTed
+    path: str = "/"
+    #: a GET that answers below 500 once the server is ready; none: it accepts connections
+    ready_path: str | None = None
+    #: how long the server may take to become ready after it starts
+    start_timeout: Duration = Duration(30)
+
+    def __post_init__(self) -> None:
+        if not self.command or not all(self.command):
+            raise ValueError("command: expected the server's command line, a non-empty list")
+        for name in ("path", "ready_path"):
+            value = getattr(self, name)
+            if value is not None and not value.startswith("/"):
+                raise ValueError(f"{name}: expected a path starting with '/', got {value!r}")
+        if self.start_timeout <= 0:
+            raise ValueError("start_timeout: expected a duration > 0")
+
+
+class FunctionConfig(_Base, frozen=True):
+    """A function: the operator's code that the functions service runs on the events of the
+    routes that name it (`sink: {kind: function, function: NAME}`). Exactly one runtime:
+    `python`, `command` or `http`."""
+
+    name: str
+    #: `path/to/file.py:handle` (relative to `workdir`) or `package.module:handle`
+    python: str | None = None
+    #: a program run once per event: the structured CloudEvent on stdin, exit status 0 done,
+    #: 75 retry later, 65 reject; a JSON document on stdout is a reply
+    command: list[str] | None = None
+    #: a function server started and supervised by the service
+    http: HttpFunction | None = None
+    #: the folder the function runs in and relative paths start from; default: the folder
+    #: of the config file
+    workdir: str | None = None
+    #: environment variables of the function's processes (not secret: may be shown)
+    env: dict[str, str] = msgspec.field(default_factory=dict)
+    #: environment variables holding secrets, usually `${ENV}` references resolved from the
+    #: functions service's environment; never logged (also `ctx.secrets` in Python)
+    secrets: dict[str, str] = msgspec.field(default_factory=dict)
+    #: the longest an invocation may run before its process is killed (the route's
+    #: `delivery.timeout` bounds it too); none: only the route's
+    timeout: Duration | None = None
+    #: worker processes (python), commands at once (command) or requests at once (http),
+    #: per functions replica
+    workers: int = 2
+    #: resident memory in MiB past which a worker is killed (busy) or replaced (idle)
+    memory_mb: int | None = None
+    #: run the function's processes as this user (`name`, `uid` or `uid:gid`); the service
+    #: must run as root to switch
+    run_as: str | None = None
+    #: true: `ctx.vcenter` logs in with the `vcenters[]` account of the event's vCenter;
+    #: an account: logs in with that one instead; false: no vCenter session
+    vcenter: bool | FunctionVCenterAccount = False
+    #: a reply chain is cut here: an event that has passed through this many functions
+    #: (its `vebushops` extension) is dead-lettered HOP_LIMIT instead of run
+    max_hops: int = 8
+
+    def __post_init__(self) -> None:
+        _check_name("function", self.name)
+        given = [k for k in ("python", "command", "http") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "python: give exactly one runtime: python (a handler), command (a program "
+                f"run per event) or http (a function server); got {', '.join(given) or 'none'}"
+            )
+        if self.python is not None:
+            m = _PYTHON_TARGET.match(self.python.strip())
+            if not m or not m.group("where").strip():
+                raise ValueError(
+                    f"python: expected file.py:function or package.module:function, "
+                    f"got {self.python!r}"
+                )
+        if self.command is not None and (not self.command or not all(self.command)):
+            raise ValueError("command: expected the program and its arguments, a non-empty list")
+        for field in ("env", "secrets"):
+            for key in getattr(self, field):
+                if not _ENV_NAME.match(key):
+                    raise ValueError(
+                        f"{field}: {key!r} is not an environment variable name (letters, "
+                        "digits and _, not starting with a digit)"
+                    )
+        both = sorted(set(self.env) & set(self.secrets))
+        if both:
+            raise ValueError(f"secrets: {both[0]!r} is in env too; give it once")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ValueError("timeout: expected a duration > 0 (leave it out for the route's)")
+        if self.workers < 1:
+            raise ValueError(f"workers: expected >= 1, got {self.workers}")
+        if self.memory_mb is not None and self.memory_mb < 16:
+            raise ValueError(f"memory_mb: expected at least 16 (MiB), got {self.memory_mb}")
+        if self.run_as is not None and not self.run_as.strip():
+            raise ValueError("run_as: expected a user name, a uid or uid:gid")
+        if self.max_hops < 1:
+            raise ValueError(f"max_hops: expected >= 1, got {self.max_hops}")
+
+    @property
+    def runtime(self) -> str:
+        """`python`, `command` or `http`."""
+        return "python" if self.python is not None else "command" if self.command else "http"
+
+
 class Config(_Base, frozen=True):
     """The whole vebus.yaml."""
 
@@ -841,6 +988,15 @@ class Config(_Base, frozen=True):
     deadletter: DeadletterConfig = msgspec.field(default_factory=DeadletterConfig)
     #: scheduled checks the collector runs against its vCenters (docs/checks.md)
     checks: list[Check] = msgspec.field(default_factory=list)
+    #: the functions the functions service runs (docs/functions.md); routes name them
+    functions: list[FunctionConfig] = msgspec.field(default_factory=list)
+
+    def function(self, name: str) -> FunctionConfig | None:
+        """The function called `name`, or None."""
+        for f in self.functions:
+            if f.name == name:
+                return f
+        return None
 
     def stream_settings(self) -> StreamSettings:
         """The streams' settings as vebus.bus.streams takes them."""
@@ -873,6 +1029,9 @@ SERVICE_SECRETS: dict[str, frozenset[str]] = {
     "filter": frozenset({"nats"}),
     "dispatcher": frozenset({"nats", "routes"}),
     "deadletter": frozenset({"nats", "deadletter"}),
+    # the functions' own secrets; the vCenters' passwords are taken when set (a function
+    # with `vcenter: true` that needs a missing one says so when it starts)
+    "functions": frozenset({"nats", "functions"}),
     "cli": frozenset({"nats"}),
 }
 
@@ -1010,6 +1169,7 @@ _SINKS: tuple[type[msgspec.Struct], ...] = (
     SyslogSink,
     NatsSink,
     VsphereSink,
+    FunctionSink,
 )
 
 
@@ -1112,8 +1272,13 @@ def parse_config(
                 f"{key}: unknown key {key!r} (expected one of: {', '.join(sorted(fields))})"
             )
             continue
-        if key in ("vcenters", "routes", "checks"):
-            item_type: Any = {"vcenters": VCenterConfig, "routes": Route, "checks": Check}[key]
+        if key in ("vcenters", "routes", "checks", "functions"):
+            item_type: Any = {
+                "vcenters": VCenterConfig,
+                "routes": Route,
+                "checks": Check,
+                "functions": FunctionConfig,
+            }[key]
             if value is None:
                 value = []
             if not isinstance(value, list):
@@ -1127,7 +1292,7 @@ def parse_config(
             parts[key] = _convert(
                 {} if value is None else value, fields[key].type, key, errors, whole
             )
-    for key in ("vcenters", "routes", "checks"):
+    for key in ("vcenters", "routes", "checks", "functions"):
         seen: set[str] = set()
         for i, item in enumerate(parts.get(key) or []):
             if item is None:
@@ -1136,6 +1301,7 @@ def parse_config(
                 errors.append(f"{key}[{i}].name: {item.name!r} is used twice")
             seen.add(token(item.name))
     _check_scopes(parts, errors)
+    _check_functions(parts, errors)
     if errors:
         raise ConfigError(errors)
     return Config(**{k: v for k, v in parts.items() if v is not None})
@@ -1152,6 +1318,21 @@ def _check_scopes(parts: dict[str, Any], errors: list[str]) -> None:
                     f"checks[{i}].scope.vcenters[{j}]: no vCenter named {name!r} "
                     f"(expected one of: {known})"
                 )
+
+
+def _check_functions(parts: dict[str, Any], errors: list[str]) -> None:
+    """When the file declares functions, every function route must name one of them (a
+    file without `functions:` may route to the functions another config declares)."""
+    declared = {f.name for f in parts.get("functions") or [] if f is not None}
+    if not declared:
+        return
+    for i, route in enumerate(parts.get("routes") or []):
+        sink = route.sink if route is not None else None
+        if isinstance(sink, FunctionSink) and sink.function not in declared:
+            errors.append(
+                f"routes[{i}].sink.function: no function named {sink.function!r} "
+                f"(functions: {', '.join(sorted(declared))})"
+            )
 
 
 def load_config(

@@ -11,6 +11,9 @@ VebusError
 │   ├── RateLimiterUnavailableError  a route's shared send schedule could not be reached
 │   ├── VCenterConnectionError   vCenter cannot be reached or does not answer in time
 │   └── RetryableDeliveryError   a sink may take the event later (5xx, 429, timeout, refused)
+├── NoOutcomeError               a delivery attempt ended with no outcome: the process that
+│                                made it died (a function's worker was killed); it counts as
+│                                an attempt, like a crash, and past max_attempts is POISON
 ├── PermanentError               retrying cannot help: the same input fails the same way
 │   ├── InvalidEventError        a message is not a valid CloudEvent (or not one vebus takes)
 │   │   ├── UnsupportedModeError a CloudEvents mode or format vebus does not read (batch)
@@ -34,7 +37,8 @@ VebusError
     └── VcsimNotAvailableError   the vCenter simulator is missing and cannot be built here
 
 DeliveryError is the base of the two delivery leaves: a delivery attempt failed, with the
-dead-letter `code` (ErrorCode), the HTTP `status` and the `Retry-After` the sink asked for.
+dead-letter `code` (ErrorCode), the HTTP `status`, the `Retry-After` the sink asked for and
+an optional `detail` (several lines: a function's traceback, the tail of its output).
 Whether an error is worth another try follows from its class (`is_retryable`), never from
 a flag set by whoever raised it. A service's own errors subclass these in its package
 (vebus_collector.errors: LeaseLostError, CheckpointConflictError, StallError).
@@ -56,6 +60,7 @@ __all__ = [
     "MessageTooLargeError",
     "NatsAuthError",
     "NatsTlsError",
+    "NoOutcomeError",
     "NotFoundError",
     "PatternError",
     "PermanentDeliveryError",
@@ -94,6 +99,18 @@ class ErrorCode(StrEnum):
     POISON = "POISON"
     ROUTE_FULL = "ROUTE_FULL"
     TOO_LARGE = "TOO_LARGE"
+    #: a function raised, exited with an unknown status or answered 5xx (retried)
+    FUNCTION_ERROR = "FUNCTION_ERROR"
+    #: a function asked to be called again later (RetryLater, exit 75; retried)
+    FUNCTION_RETRY = "FUNCTION_RETRY"
+    #: a function refused the event for good (Reject, exit 65, HTTP 4xx; not retried)
+    FUNCTION_REJECTED = "FUNCTION_REJECTED"
+    #: a function ran past its own `timeout` and its worker was killed (retried)
+    FUNCTION_TIMEOUT = "FUNCTION_TIMEOUT"
+    #: a function could not be started (its code does not load, its command is missing)
+    FUNCTION_UNAVAILABLE = "FUNCTION_UNAVAILABLE"
+    #: the event has passed through the function limit of a reply chain (not retried)
+    HOP_LIMIT = "HOP_LIMIT"
 
 
 class Exhausted(StrEnum):
@@ -214,12 +231,15 @@ class DeliveryError(VebusError):
         code: ErrorCode,
         status: int | None = None,
         retry_after: float | None = None,
+        detail: str | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.status = status
         #: seconds the sink asked us to wait before the next attempt (`Retry-After`)
         self.retry_after = retry_after
+        #: several lines that explain it (a traceback, the tail of a function's output)
+        self.detail = detail
 
     @property
     def retryable(self) -> bool:
@@ -232,6 +252,21 @@ class RetryableDeliveryError(DeliveryError, RetryableError):
 
 class PermanentDeliveryError(DeliveryError, PermanentError):
     """The sink will refuse the event every time: it becomes a dead letter at once."""
+
+
+class NoOutcomeError(VebusError):
+    """A delivery attempt ended with no outcome: what made it died before it could say
+    (a function's worker killed by a signal, its memory cap or the OOM killer).
+
+    Not a verdict on the event: the attempt counts like a crash of the service (JetStream's
+    delivery count), the event comes again after the route's backoff, and an event that
+    only ever ends this way becomes a POISON dead letter after max_attempts. `detail` is
+    what the dead process left (the tail of its output).
+    """
+
+    def __init__(self, message: str, *, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 class NatsAuthError(PermanentError):

@@ -21,6 +21,7 @@ __all__ = [
     "DEADLETTER_API_PORT",
     "DEADLETTER_BUCKET",
     "DEADLETTER_QUEUE",
+    "DELIVERING_SERVICES",
     "DISPATCHER_DURABLE_PREFIX",
     "DLQ_HEADER_PREFIX",
     "DLQ_INVALID_ROUTE",
@@ -28,6 +29,7 @@ __all__ = [
     "DLQ_STREAM",
     "DLQ_SUBJECTS",
     "ENV_CONFIG",
+    "ENV_FUNCTION",
     "ENV_HEALTH_HOST",
     "ENV_HEALTH_PORT",
     "ENV_LOG_FORMAT",
@@ -36,6 +38,7 @@ __all__ = [
     "ENV_NATS_PASSWORD",
     "ENV_NATS_URL",
     "ENV_NATS_USER",
+    "ENV_PORT",
     "ENV_VCSIM",
     "EVENTS_PREFIX",
     "EVENTS_STREAM",
@@ -43,9 +46,16 @@ __all__ = [
     "FILTER_DURABLE",
     "FUNCTIONS_DURABLE_PREFIX",
     "FUNCTIONS_SOURCE",
+    "FUNCTION_LOGS_PREFIX",
+    "FUNCTION_LOGS_SUBJECT",
+    "FUNCTION_SINK",
+    "FUNCTION_SOURCE_PREFIX",
+    "FUNCTION_TYPE_PREFIX",
     "HEALTH_PORTS",
+    "HOPS_EXTENSION",
     "H_DLQ_ATTEMPTS",
     "H_DLQ_CODE",
+    "H_DLQ_DETAIL",
     "H_DLQ_ERROR",
     "H_DLQ_EXHAUSTED",
     "H_DLQ_FIRST",
@@ -95,6 +105,8 @@ __all__ = [
     "distribution",
     "dlq_subject",
     "event_subject",
+    "function_logs_subject",
+    "function_reply_msg_id",
     "functions_durable",
     "micro_service",
     "route_of_dlq_subject",
@@ -241,6 +253,11 @@ DEADLETTER_BUCKET = "vebus_deadletter"
 #: filter, dispatcher and functions replicas answer here with the route set they run
 #: (core NATS, every replica answers; not under vebus.routes.>: that is a stream)
 ROUTES_STATUS_SUBJECT = "vebus.control.routes.status"
+#: `vebus.functions.logs.<function>`: the output of a function's workers, live (core NATS,
+#: at-most-once; `vebus fn logs -f`), and where every functions replica answers a request
+#: for the lines it keeps (`vebus fn logs`)
+FUNCTION_LOGS_PREFIX = "vebus.functions.logs"
+FUNCTION_LOGS_SUBJECT = "vebus.control.functions.logs"
 #: NATS micro-service discovery (nats.micro): every replica answers
 SRV_PING = "$SRV.PING"
 SRV_STATS = "$SRV.STATS"
@@ -248,6 +265,11 @@ SRV_STATS = "$SRV.STATS"
 STATUS_PREFIX = "vebus.status"
 #: JetStream's advisory for a message that reached a consumer's MaxDeliver (+ .<stream>.<consumer>)
 MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
+
+
+def function_logs_subject(function: str) -> str:
+    """`vebus.functions.logs.<function>`: a function's output lines, live."""
+    return f"{FUNCTION_LOGS_PREFIX}.{token(function)}"
 
 
 def micro_service(service: str) -> str:
@@ -314,6 +336,27 @@ H_DLQ_LAST = DLQ_HEADER_PREFIX + "last-attempt"
 H_DLQ_MSG_ID = DLQ_HEADER_PREFIX + "msg-id"
 #: set when the event's body could not be kept: its size in bytes
 H_DLQ_OMITTED = DLQ_HEADER_PREFIX + "body-omitted"
+#: several lines that explain the error (a function's traceback or the tail of its
+#: output), JSON-encoded as one string so that it fits a header
+H_DLQ_DETAIL = DLQ_HEADER_PREFIX + "detail"
+
+# ---------------------------------------------------------------- functions
+
+#: the sink kind of a route that delivers to a function (the functions service's routes)
+FUNCTION_SINK = "function"
+#: extension on a function's reply event: how many functions the chain has passed through
+HOPS_EXTENSION = "vebushops"
+#: a reply event's `source` is `vebus://functions/<function>`, its default `type`
+#: `com.vebus.function.<function>.v0`
+FUNCTION_SOURCE_PREFIX = "vebus://functions/"
+FUNCTION_TYPE_PREFIX = "com.vebus.function."
+
+
+def function_reply_msg_id(function: str, cause: str, index: int) -> str:
+    """The Nats-Msg-Id of reply `index` of `function` to the message whose own Msg-Id is
+    `cause`: the same for every retry of that message, so JetStream stores it once."""
+    return f"{FUNCTIONS_SOURCE}:{token(function)}:{cause}:{index}"
+
 
 # ---------------------------------------------------------------- JetStream API errors
 
@@ -338,12 +381,20 @@ JS_ERR_MSG_DELETE_FAILED = 10057
 
 # ---------------------------------------------------------------- services and ports
 
-SERVICES = ("collector", "filter", "dispatcher", "deadletter")
+SERVICES = ("collector", "filter", "dispatcher", "deadletter", "functions")
 #: the services that run routes and report the route set they run (`vebus routes apply`
 #: waits for each of their replicas), the filter first
-ROUTE_SERVICES = ("filter", "dispatcher")
+ROUTE_SERVICES = ("filter", "dispatcher", "functions")
+#: the services that deliver routes (their replicas report pauses)
+DELIVERING_SERVICES = ("dispatcher", "functions")
 #: /healthz, /readyz and /metrics, one port per service so they can share a host
-HEALTH_PORTS = {"collector": 8181, "filter": 8182, "dispatcher": 8183, "deadletter": 8184}
+HEALTH_PORTS = {
+    "collector": 8181,
+    "filter": 8182,
+    "dispatcher": 8183,
+    "deadletter": 8184,
+    "functions": 8186,
+}
 NATS_PORT = 4222
 NATS_MONITOR_PORT = 8222
 VCSIM_PORT = 8989
@@ -363,6 +414,10 @@ ENV_NATS_URL = "VEBUS_NATS_URL"
 ENV_NATS_USER = "VEBUS_NATS_USER"
 ENV_NATS_PASSWORD = "VEBUS_NATS_PASSWORD"
 ENV_VCSIM = "VEBUS_VCSIM"
+#: set in a function worker's environment: the function's name
+ENV_FUNCTION = "VEBUS_FUNCTION"
+#: the port an HTTP function server must listen on (as Knative sets it)
+ENV_PORT = "PORT"
 
 
 def service_module(service: str) -> str:

@@ -122,6 +122,11 @@ def _schemas() -> dict[str, Any]:
         "headers": {"type": "object", "additionalProperties": {"type": "string"}},
         "data": {"description": "the body: JSON as JSON, other UTF-8 text as a string"},
         "data_base64": {"type": "string", "description": "a binary body, base64"},
+        "error_detail": {
+            "type": "string",
+            "description": "several lines that explain the error, when the writer had them "
+            "(a function's traceback or the tail of its output)",
+        },
     }
     return {
         "Error": _object({"error": {"type": "string"}}),

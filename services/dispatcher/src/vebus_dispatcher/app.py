@@ -37,7 +37,7 @@ __all__ = ["FUNCTION_SINK", "main", "owns"]
 log = logging.getLogger(__name__)
 
 #: the sink kind the functions service delivers: the dispatcher leaves those routes alone
-FUNCTION_SINK = "function"
+FUNCTION_SINK = names.FUNCTION_SINK
 
 
 def owns(sink_kind: str) -> bool:

@@ -49,7 +49,9 @@ __all__ = [
     "ReplayOutcome",
     "Replayed",
     "Selection",
+    "decode_detail",
     "delete_dead_letter",
+    "encode_detail",
     "get_dead_letter",
     "iter_dead_letters",
     "publish_dead_letter",
@@ -94,6 +96,8 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     body: bytes
     #: the event's size in bytes when its body was too large to keep with the letter
     body_omitted: int | None = None
+    #: several lines that explain the error (a function's traceback, its output's tail)
+    error_detail: str | None = None
 
     def event(self) -> CloudEvent | None:
         """The original CloudEvent, or None when it was not a valid one."""
@@ -148,6 +152,8 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
         kind, data = self.data()
         out: dict[str, Any] = dict(self.summary())
         out["msg_id"] = self.msg_id
+        if self.error_detail is not None:
+            out["error_detail"] = self.error_detail
         out["event"] = _json.decode(to_json(ev)) if ev else None
         out["headers"] = dict(self.headers)
         out["data" if kind != "base64" else "data_base64"] = data
@@ -232,8 +238,12 @@ async def publish_dead_letter(
     status: int | None = None,
     first_attempt: float | dt.datetime | None = None,
     last_attempt: float | dt.datetime | None = None,
+    detail: str | None = None,
 ) -> None:
     """Store a dead letter and wait for JetStream's ack (PublishError if it does not come).
+
+    `detail` (several lines, e.g. a function's traceback) is kept JSON-encoded in one
+    header, its last DETAIL_MAX characters.
 
     The Msg-Id derives from the original one, so storing the same failure twice within
     the duplicate window (a crash between this publish and the original's ack) makes one.
@@ -254,6 +264,8 @@ async def publish_dead_letter(
     )
     if status is not None:
         out[names.H_DLQ_STATUS] = str(status)
+    if detail:
+        out[names.H_DLQ_DETAIL] = encode_detail(detail)
     if first := _iso(first_attempt):
         out[names.H_DLQ_FIRST] = first
     if msg_id:
@@ -266,6 +278,29 @@ async def publish_dead_letter(
         # (headers, reason) without the body rather than lose the failure
         out[names.H_DLQ_OMITTED] = str(len(body))
         await publish(js, names.dlq_subject(route), b"", out)
+
+
+#: the most characters of a dead letter's detail that are kept (its end: a traceback's
+#: last frames and the exception, the last lines of a function's output)
+DETAIL_MAX = 8000
+
+
+def encode_detail(detail: str) -> str:
+    """A multi-line text as one header value: its last DETAIL_MAX characters, JSON-encoded
+    (ASCII: newlines and non-ASCII characters escaped)."""
+    text = detail if len(detail) <= DETAIL_MAX else "..." + detail[-DETAIL_MAX:]
+    return json.dumps(text)
+
+
+def decode_detail(value: str | None) -> str | None:
+    """The text `encode_detail` wrote (a value that is not JSON is taken as it is)."""
+    if not value:
+        return None
+    try:
+        text = json.loads(value)
+    except ValueError:
+        return value
+    return text if isinstance(text, str) else value
 
 
 def _decode(raw: RawStreamMsg) -> DeadLetter:
@@ -290,6 +325,7 @@ def _decode(raw: RawStreamMsg) -> DeadLetter:
         headers=headers,
         body=raw.data or b"",
         body_omitted=int(omitted) if omitted.isdigit() else None,
+        error_detail=decode_detail(dl.get(names.H_DLQ_DETAIL)),
     )
 
 

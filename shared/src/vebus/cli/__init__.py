@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("vebus.cli.replay", "replay"),
     "stats": ("vebus.cli.stats", "stats"),
     "status": ("vebus.cli.status", "status"),
+    "fn": ("vebus.cli.fn", "fn"),
     "subscriber": ("vebus.cli.subscriber", "subscriber"),
 }
 

@@ -30,4 +30,5 @@ def check(file: str) -> None:
         echo_config_errors(file, e.errors)
         raise SystemExit(2) from None
     checks = f", {len(cfg.checks)} check(s)" if cfg.checks else ""
+    checks += f", {len(cfg.functions)} function(s)" if cfg.functions else ""
     click.echo(f"{file}: ok ({len(cfg.vcenters)} vCenter(s), {len(cfg.routes)} route(s){checks})")

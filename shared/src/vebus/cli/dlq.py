@@ -258,6 +258,10 @@ def _print_show(dl: DeadLetter) -> None:
     line("stored", dl.stored_at)
     line("msg id", dl.msg_id)
     line("error", dl.error)
+    if dl.error_detail:
+        click.echo("detail")
+        for text in dl.error_detail.rstrip("\n").splitlines():
+            click.echo(f"  {text}")
     ev = dl.event()
     if ev is not None:
         click.echo("event")

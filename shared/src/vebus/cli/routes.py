@@ -174,7 +174,7 @@ timeout_option = click.option(
     type=click.FloatRange(min=0),
     default=30.0,
     show_default=True,
-    help="Seconds to wait for every filter and dispatcher replica to report the change.",
+    help="Seconds to wait for every filter, dispatcher and functions replica to report it.",
 )
 
 
@@ -262,7 +262,7 @@ def _replica_line(r: _Replica, problem: str | None) -> str:
     if r.status is None:
         return f"{head} no answer to the routes status request (an older vebus?)"
     text = f"{head} revision {r.status.revision}"
-    if r.service == "dispatcher":
+    if r.service in names.DELIVERING_SERVICES:
         text += f", {len(r.status.routes)} route(s) running"
         if r.status.paused:
             text += f", paused: {', '.join(r.status.paused)}"
@@ -290,6 +290,10 @@ def apply(file: str, timeout: float, config_path: str, nats_url: str | None) -> 
     dispatcher resolves them from its own environment), and then every running filter
     and dispatcher replica is waited for until it reports the new revision.
 
+    A route with `sink: {kind: function, function: F}` must name a function that the
+    running functions replicas declare (or, when none runs, that FILE or --config
+    declares in `functions:`); otherwise nothing is stored (exit 2).
+
     When apply succeeds, every event published after it returned is matched against
     the new routes. Events already routed to a removed route are still delivered.
     NATS settings come from --config; without it, from FILE when FILE has `nats:`.
@@ -300,27 +304,102 @@ def apply(file: str, timeout: float, config_path: str, nats_url: str | None) -> 
       1  some replica did not report it within --timeout, lacks a variable a route
          references (that route keeps its previous form there), or could not load it;
          the new routes are stored and the replicas that took them run them
-      2  the file is invalid: nothing was changed
+      2  the file is invalid, or a route names an unknown function: nothing was changed
     """
     raw_routes = _read_routes_file(file)
+    file_functions = _declared_in(file)
     ctx = click.get_current_context()
     if ctx.get_parameter_source("config_path") is click.core.ParameterSource.DEFAULT and (
         not Path(config_path).exists() or _has_nats_section(file)
     ):
         config_path = file  # a whole vebus.yaml says where NATS is
     config = load_or_default(config_path)
-    status = run_async(_apply, config, nats_url, raw_routes, str(Path(file).resolve()), timeout)
+    declared = file_functions | {f.name for f in config.functions}
+    status = run_async(
+        _apply, config, nats_url, raw_routes, str(Path(file).resolve()), timeout, declared
+    )
     sys.exit(status)
 
 
+def _declared_in(file: str) -> set[str]:
+    """The names of the functions FILE's `functions:` declares (validated with the file)."""
+    try:
+        raw = yaml.safe_load(Path(file).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return set()
+    functions = raw.get("functions") if isinstance(raw, dict) else None
+    return {str(f.get("name")) for f in functions or [] if isinstance(f, dict)}
+
+
+async def _running_functions(nc: Any) -> tuple[set[str], int]:
+    """The functions every running functions replica declares, and how many replicas
+    answered (a replica busy enough to miss one round is asked again)."""
+    import asyncio
+
+    from vebus.bus.control import ping
+    from vebus.routing.source import collect_statuses
+
+    declared: set[str] = set()
+    answered: set[str] = set()
+    for _ in range(2):
+        statuses, pings = await asyncio.gather(
+            collect_statuses(nc, ROUND), ping(nc, "functions", ROUND)
+        )
+        for s in statuses:
+            if s.service == "functions":
+                answered.add(s.instance)
+                declared |= set(s.functions)
+        if len(answered) >= len(pings):
+            break
+    return declared, len(answered)
+
+
+async def _unknown_functions(nc: Any, raw_routes: list[Any], declared_here: set[str]) -> int:
+    """Exit status 2 (nothing stored) when a route names a function that no running
+    functions replica declares (or, when none runs, that the config files do not); 0
+    when every function is known."""
+    from vebus.routing.store import route_name, sink_kind
+
+    wanted = {
+        route_name(raw): str((raw.get("sink") or {}).get("function"))
+        for raw in raw_routes
+        if isinstance(raw, dict) and sink_kind(raw) == names.FUNCTION_SINK
+    }
+    if not wanted:
+        return APPLIED
+    declared, replicas = await _running_functions(nc)
+    where = f"the {replicas} running functions replica(s)"
+    if not replicas:
+        declared = declared_here
+        where = "the config (no functions replica is running)"
+    unknown = {route: fn for route, fn in wanted.items() if fn not in declared}
+    if not unknown:
+        return APPLIED
+    for route, fn in sorted(unknown.items()):
+        click.echo(
+            f"vebus: route {route}: no function named {fn!r} in {where} "
+            f"(functions: {', '.join(sorted(declared)) or 'none'})",
+            err=True,
+        )
+    click.echo("vebus: not applied; the running routes are unchanged", err=True)
+    return INVALID
+
+
 async def _apply(
-    config: Any, nats_url: str | None, raw_routes: list[Any], file: str, timeout: float
+    config: Any,
+    nats_url: str | None,
+    raw_routes: list[Any],
+    file: str,
+    timeout: float,
+    declared_here: set[str],
 ) -> int:
     import msgspec
 
     from vebus.routing.store import open_route_store
 
     async with nats_connection(config, nats_url) as nc:
+        if (refused := await _unknown_functions(nc, raw_routes, declared_here)) != APPLIED:
+            return refused
         store = await open_route_store(nc.jetstream(), replicas=config.nats.replicas)
         current = await store.get()
         if current is not None and msgspec.json.encode(current[0].routes) == msgspec.json.encode(
@@ -344,7 +423,8 @@ async def _apply(
 
         replicas = await _wait_for_replicas(nc, done, timeout)
     if not replicas:
-        click.echo("no filter or dispatcher replica is running: they load it when they start")
+        click.echo("no filter, dispatcher or functions replica is running: they load it when "
+                   "they start")  # fmt: skip
         return APPLIED
     bad = []
     for r in replicas:
@@ -428,7 +508,7 @@ def _pause_command(paused: bool) -> Any:
     limit, `streams.route_max_msgs`; past it they are dead-lettered ROUTE_FULL and can be
     replayed), the dispatchers stop fetching them, and the time paused does not count
     toward the route's max_age. The pause is stored in NATS KV: it survives restarts.
-    Waits until every dispatcher replica reports the route paused.
+    Waits until every dispatcher and functions replica reports the route paused.
 
     \b
     Exit status: 0 done; 1 some dispatcher did not report it within --timeout;
@@ -437,7 +517,7 @@ def _pause_command(paused: bool) -> Any:
         if paused
         else """Deliver route NAME again, starting with the events that waited while paused.
 
-    Waits until every dispatcher replica reports the route running again.
+    Waits until every dispatcher and functions replica reports the route running again.
 
     \b
     Exit status: 0 done; 1 some dispatcher did not report it within --timeout;
@@ -458,13 +538,13 @@ async def _set_paused(
         store = await open_route_store(nc.jetstream(), replicas=config.nats.replicas)
         current = await store.get()
         if current is None:
-            names = [r.name for r in config.routes]
+            known = [r.name for r in config.routes]
         else:
-            names = [str(r.get("name")) for r in current[0].routes if isinstance(r, dict)]
-        if name not in names:
+            known = [str(r.get("name")) for r in current[0].routes if isinstance(r, dict)]
+        if name not in known:
             where = "stored routes" if current is not None else "config file's routes"
             fail(
-                f"no route named {name!r} in the {where} (routes: {', '.join(names) or 'none'})",
+                f"no route named {name!r} in the {where} (routes: {', '.join(known) or 'none'})",
                 INVALID,
             )
         changed = await store.set_paused(name, paused)
@@ -479,19 +559,19 @@ async def _set_paused(
             click.echo(f"route {name} {'paused' if paused else 'resumed'}")
 
         def done(r: _Replica) -> bool:
-            if r.service != "dispatcher":
+            if r.service not in names.DELIVERING_SERVICES:
                 return True
             return r.status is not None and (name in r.status.paused) == paused
 
         replicas = await _wait_for_replicas(nc, done, timeout)
     bad = []
     for r in replicas:
-        if r.service != "dispatcher":
+        if r.service not in names.DELIVERING_SERVICES:
             continue
         p = None if done(r) else f"does not report {name} {'paused' if paused else 'running'}"
         click.echo(_replica_line(r, p))
         if p:
-            bad.append(f"dispatcher {r.instance}")
+            bad.append(f"{r.service} {r.instance}")
     if bad:
         click.echo(f"vebus: not yet in force on {', '.join(bad)}", err=True)
         return NOT_EVERYWHERE

@@ -17,11 +17,15 @@ message entered the route, its JetStream timestamp, less the time the route was 
 | retryable failure, attempt >= max_attempts  | dead letter (max_attempts), ack             |
 | retryable failure, next attempt too late    | dead letter (max_age), ack                  |
 | permanent failure                           | dead letter (not_retryable), ack            |
+| no outcome (a function's worker died:       | nak(backoff): the attempt counts like a     |
+| NoOutcomeError)                             | crash, so past max_attempts it is POISON    |
 | the dead letter was not stored              | nak(backoff): never ack what is not stored  |
 
 A dead letter's code is the last failure's (for an event that expired while it waited,
-the last failure this replica saw, else SINK_ERROR). A sink that raises anything but a
-DeliveryError is a bug: the consumer loop logs it and naks, and the attempt counts like
+the last failure this replica saw, else SINK_ERROR), with the failure's `detail` when it
+has one (a function's traceback); a POISON letter carries what the last attempt without
+an outcome left, when this replica saw it. A sink that raises anything but a DeliveryError
+or NoOutcomeError is a bug: the consumer loop logs it and naks, and the attempt counts like
 a crash.
 """
 
@@ -52,6 +56,7 @@ from vebus.errors import (
     ErrorCode,
     Exhausted,
     InvalidEventError,
+    NoOutcomeError,
     RateLimiterUnavailableError,
     RetryableDeliveryError,
     VebusError,
@@ -96,6 +101,8 @@ class RouteDelivery:
         self._paused = paused_seconds
         self._clock = clock
         self._failures: OrderedDict[int, DeliveryError] = OrderedDict()
+        #: the last attempt without an outcome of a message (stream sequence), for POISON
+        self._no_outcome: OrderedDict[int, NoOutcomeError] = OrderedDict()
 
     def age(self, entered: dt.datetime) -> float:
         """Seconds since a message entered the route, less the time the route was paused."""
@@ -120,14 +127,19 @@ class RouteDelivery:
         if attempt > policy.max_attempts:
             error = (
                 f"delivered {attempt} times, more than max_attempts ({policy.max_attempts}): "
-                "earlier attempts ended without an outcome (the dispatcher crashed or hung)"
+                "earlier attempts ended without an outcome (the service crashed or hung, or "
+                "the function's worker died)"
             )
+            crash = self._no_outcome.pop(msg.metadata.sequence.stream, None)
+            if crash is not None:
+                error += f"; the last attempt: {crash}"
             log.warning(
                 "route %s: event %s attempt %d: poison: %s", route, event.id, attempt, error
             )
             return await self._dead_letter(
-                msg, attempt, ErrorCode.POISON, error, attempt - 1, Exhausted.MAX_DELIVERIES
-            )
+                msg, attempt, ErrorCode.POISON, error, attempt - 1, Exhausted.MAX_DELIVERIES,
+                detail=crash.detail if crash is not None else None,
+            )  # fmt: skip
         entered = msg.metadata.timestamp
         if self._expired(entered):
             return await self._expire(msg, event, attempt, entered)
@@ -152,10 +164,31 @@ class RouteDelivery:
             )
         except DeliveryError as e:
             err = e
+        except NoOutcomeError as e:
+            return self._no_outcome_seen(msg, event, attempt, e)
         else:
             self._failures.pop(msg.metadata.sequence.stream, None)
+            self._no_outcome.pop(msg.metadata.sequence.stream, None)
             return Ack()
         return await self._failed(msg, event, attempt, entered, err)
+
+    def _no_outcome_seen(
+        self, msg: Msg, event: CloudEvent, attempt: int, e: NoOutcomeError
+    ) -> Disposition:
+        """An attempt that ended with no outcome: offered again after the backoff; it counts
+        like a crash, so an event that never gets an outcome becomes POISON."""
+        seq = msg.metadata.sequence.stream
+        self._no_outcome[seq] = e
+        self._no_outcome.move_to_end(seq)
+        while len(self._no_outcome) > REMEMBERED_FAILURES:
+            self._no_outcome.popitem(last=False)
+        delay = backoff_delay(self._route.delivery.backoff, attempt, rng=self._rng)
+        log.warning(
+            "route %s: event %s attempt %d/%d ended without an outcome: %s; next attempt "
+            "in %.2fs", self._route.name, event.id, attempt, self._route.delivery.max_attempts,
+            e, delay,
+        )  # fmt: skip
+        return Nak(delay)
 
     async def _failed(
         self, msg: Msg, event: CloudEvent, attempt: int, entered: dt.datetime, err: DeliveryError
@@ -190,7 +223,7 @@ class RouteDelivery:
             route, event.id, attempt, policy.max_attempts, err.code, err, exhausted,
         )  # fmt: skip
         return await self._dead_letter(
-            msg, attempt, err.code, error, attempt, exhausted, status=err.status
+            msg, attempt, err.code, error, attempt, exhausted, status=err.status, detail=err.detail
         )
 
     async def _expire(
@@ -204,15 +237,16 @@ class RouteDelivery:
         )
         last = self._failures.pop(msg.metadata.sequence.stream, None)
         code, status = ErrorCode.SINK_ERROR, None
+        detail = None
         if last is not None:
-            code, status = last.code, last.status
+            code, status, detail = last.code, last.status, last.detail
             error += f"; the last attempt failed: {last}"
         log.warning(
             "route %s: event %s expired after %d attempt(s): %s; dead-lettered (max_age)",
             self._route.name, event.id, attempt - 1, error,
         )  # fmt: skip
         return await self._dead_letter(
-            msg, attempt, code, error, attempt - 1, Exhausted.MAX_AGE, status=status
+            msg, attempt, code, error, attempt - 1, Exhausted.MAX_AGE, status=status, detail=detail
         )
 
     async def _dead_letter(
@@ -225,6 +259,7 @@ class RouteDelivery:
         exhausted: Exhausted,
         *,
         status: int | None = None,
+        detail: str | None = None,
     ) -> Disposition:
         """Store the dead letter, then Ack; Nak if JetStream did not acknowledge it."""
         await _in_progress(msg)  # the publish gets a whole ack_wait of its own
@@ -244,6 +279,7 @@ class RouteDelivery:
                 status=status,
                 first_attempt=msg.metadata.timestamp,
                 last_attempt=dt.datetime.now(dt.UTC),
+                detail=detail,
             )
         except VebusError as e:
             delay = backoff_delay(self._route.delivery.backoff, attempt, rng=self._rng)

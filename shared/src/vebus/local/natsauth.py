@@ -30,7 +30,7 @@ __all__ = [
     "read_env_file",
 ]
 
-#: the users deploy/nats/auth.conf defines: the four services, `subscriber` for another
+#: the users deploy/nats/auth.conf defines: the services (names.SERVICES), `subscriber` for another
 #: program reading the events (names.SUBSCRIBER_DURABLE), and `admin` for the CLI
 USERS = (*names.SERVICES, "subscriber", "admin")
 AUTH_FILE = "nats-auth.env"

@@ -1,6 +1,6 @@
-"""`vebus up`: nats-server, the simulator when no vCenter is configured, and the four
-services as separate processes on one machine; a service that dies is restarted with
-backoff; Ctrl-C stops everything in order. The config file's routes are applied
+"""`vebus up`: nats-server, the simulator when no vCenter is configured, and the
+services (names.SERVICES) as separate processes on one machine; a service that dies is
+restarted with backoff; Ctrl-C stops everything in order. The config file's routes are applied
 (stored in NATS KV) before the services start: in an embedded run the file is the source
 of truth, and `vebus routes apply` changes the routes live until the next `vebus up`.
 """
@@ -108,6 +108,11 @@ def effective_config(
     if (client := _client_tls(tls)) is not None:
         nats_cfg["tls"] = msgspec.to_builtins(client)
     out["nats"] = nats_cfg
+    if isinstance(out.get("functions"), list):
+        # the services read the copy in the data folder: a function's code stays where its
+        # paths said, next to the user's file
+        base = opts.config_path.resolve().parent if opts.config_path else Path.cwd()
+        out["functions"] = [_anchored(f, base) for f in out["functions"]]
     if vcsim_url is not None:
         out["vcenters"] = [
             {
@@ -123,6 +128,16 @@ def effective_config(
             routes.append({"name": "console", "sink": {"kind": "console"}})
         out["routes"] = routes
     return out
+
+
+def _anchored(function: Any, base: Path) -> Any:
+    """A `functions:` entry whose `workdir` is absolute (`base`, or under it)."""
+    if not isinstance(function, dict):
+        return function
+    workdir = function.get("workdir")
+    if isinstance(workdir, str) and ("${" in workdir or Path(workdir).is_absolute()):
+        return function
+    return {**function, "workdir": str(base / workdir) if workdir else str(base)}
 
 
 class _Service:

@@ -110,6 +110,9 @@ class ReplicaStatus(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tru
     missing_env: dict[str, list[str]] = msgspec.field(default_factory=dict)
     #: problems other than missing variables (a revision it could not load, a sink error)
     errors: list[str] = msgspec.field(default_factory=list)
+    #: the functions this replica declares (functions service): `vebus routes apply`
+    #: refuses a route that names none of them
+    functions: list[str] = msgspec.field(default_factory=list)
 
 
 #: called with each new view of the routes

@@ -31,6 +31,7 @@ __all__ = [
     "connect_service",
     "is_auth_error",
     "is_tls_error",
+    "quiet_tls_noise",
     "tls_context",
 ]
 
@@ -49,6 +50,22 @@ class ConnectFailedError(Exception):
         self.reason = reason
         self.auth = auth
         self.tls = tls
+
+
+class _TlsEofNoise(logging.Filter):
+    """Drops asyncio's "returning true from eof_received() has no effect when using ssl":
+    nats-py's protocol returns True there on every TLS connection, and the line, printed at
+    each close, says nothing to a person reading the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "eof_received()" not in record.getMessage()
+
+
+def quiet_tls_noise() -> None:
+    """Install the asyncio log filter (idempotent; called by the runtime and the CLI)."""
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _TlsEofNoise) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_TlsEofNoise())
 
 
 def is_auth_error(e: BaseException) -> bool:
@@ -107,6 +124,7 @@ def _options(
     cfg: NatsConfig, servers: list[str], user: str | None, password: str | None
 ) -> dict[str, Any]:
     """The nats.connect arguments every vebus connection shares."""
+    quiet_tls_noise()
     options: dict[str, Any] = {
         "servers": servers,
         "connect_timeout": float(cfg.connect_timeout),
