@@ -33,6 +33,13 @@ def test_a_full_route_is_route_full_and_a_full_disk_is_not() -> None:
     assert type(other) is PublishError
 
 
+def test_nats_py_errors_without_a_code_are_plain_refusals() -> None:
+    from nats.js.errors import KeyWrongLastSequenceError
+
+    e = refused("$KV.b.k", KeyWrongLastSequenceError())
+    assert type(e) is PublishError
+
+
 def test_kv_writes_are_named_by_their_bucket_stream() -> None:
     subject = names.kv_subject(names.LEASE_BUCKET, "lease.vc1")
     assert names.stream_name_of(subject) == "KV_vebus_leases"

@@ -153,18 +153,20 @@ def refused(subject: str, e: APIError) -> PublishError | RouteFullError:
     """The error for a publish JetStream answered with `e`: a full route (RouteFullError,
     dead-lettered by the filter), no storage left (StorageFullError, retried until space
     is freed), or another refusal (PublishError)."""
-    description = str(e.description or "")
+    # nats-py's own subclasses (KeyWrongLastSequenceError, ...) may lack the attributes
+    code = getattr(e, "err_code", None)
+    description = str(getattr(e, "description", None) or "")
     lowered = description.lower()
     stream = names.stream_name_of(subject)
-    if e.err_code == names.JS_ERR_MAX_MSGS_PER_SUBJECT and names.JS_MAX_PER_SUBJECT_TEXT in lowered:
+    if code == names.JS_ERR_MAX_MSGS_PER_SUBJECT and names.JS_MAX_PER_SUBJECT_TEXT in lowered:
         return RouteFullError(f"{subject} is full: {description}")
-    if e.err_code in names.JS_STORAGE_ERRORS or (
-        e.err_code == names.JS_ERR_MAX_MSGS_PER_SUBJECT
+    if code in names.JS_STORAGE_ERRORS or (
+        code == names.JS_ERR_MAX_MSGS_PER_SUBJECT
         and any(t in lowered for t in names.JS_NO_SPACE_TEXTS)
     ):
         return StorageFullError(
             f"JetStream: insufficient storage for {stream}: publish to {subject} refused "
-            f"({description or e.err_code}); free space or raise JetStream's max_file_store",
+            f"({description or code}); free space or raise JetStream's max_file_store",
             stream=stream,
         )
     return PublishError(f"publish to {subject} was refused: {description}")
