@@ -187,7 +187,8 @@ def sample(cluster: UpCluster, t: float) -> list[Sample]:
         port = None
         if "--health-port" in args:
             port = args[args.index("--health-port") + 1]
-            label = by_port.get(port, f"service:{port}")
+            module = args[args.index("-m") + 1] if "-m" in args else f"service:{port}"
+            label = by_port.get(port, module.removeprefix("vebus_"))  # e.g. functions
         elif args[0].endswith("nats-server"):
             label = "nats-server"
         elif args[0].endswith("vcsim"):
