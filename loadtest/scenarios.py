@@ -532,9 +532,9 @@ async def sync(workdir: Path, short: bool) -> dict[str, Any]:
     nats-server's default (fsync every 2 minutes), on the same disk in the same run, the
     arms alternated (the machine's load drifts): publish acks/s into VEBUS_EVENTS, the
     pipeline's events/s draining that backlog, and end-to-end latency at a steady rate."""
-    n = 1000 if short else 20000
+    n = 600 if short else 20000
     rounds = 1 if short else 3
-    rate, paced_s = (100.0, 2.0) if short else (200.0, 15.0)
+    rate, paced_s = (100.0, 1.0) if short else (200.0, 15.0)
     runs: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     for i in range(rounds):
