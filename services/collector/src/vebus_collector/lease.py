@@ -30,7 +30,7 @@ from nats.js.kv import KeyValue
 
 from vebus import aio, names
 from vebus.bus.kv import ensure_bucket
-from vebus.bus.publish import observed_write
+from vebus.bus.publish import describe, observed_write
 from vebus_collector.errors import LeaseLostError
 
 __all__ = ["LEASE_TTL", "Lease", "LeaseInfo", "ensure_lease_bucket"]
@@ -126,7 +126,8 @@ class Lease:
                 if await self.try_acquire():
                     return True
             except (TimeoutError, nats.errors.Error) as e:
-                log.warning("%s: cannot reach the lease bucket: %r", self.vcenter, e)
+                log.warning("%s: cannot reach the lease bucket: %s", self.vcenter,
+                            describe(self.subject, e))  # fmt: skip
         return False
 
     async def keep(self) -> None:
@@ -150,8 +151,10 @@ class Lease:
             except (TimeoutError, nats.errors.Error) as e:
                 if time.monotonic() >= self.deadline:
                     self.revision = None
-                    raise LeaseLostError(f"lease not renewed before it could expire ({e!r})") from e
-                log.warning("%s: lease renewal failed, trying again: %r", self.vcenter, e)
+                    why = describe(self.subject, e)
+                    raise LeaseLostError(f"lease not renewed before it could expire ({why})") from e
+                log.warning("%s: lease renewal failed, trying again: %s", self.vcenter,
+                            describe(self.subject, e))  # fmt: skip
 
     async def release(self) -> None:
         """Give the lease up (a standby takes over at its next poll)."""

@@ -21,6 +21,7 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from vebus import aio
+from vebus.bus.publish import describe
 from vebus.config import Check, VCenterConfig
 from vebus.errors import PublishError
 from vebus_collector.checkpoint import CheckpointStore, last_published
@@ -118,8 +119,9 @@ class VCenterRunner:
                 self._show_holder()
                 self.status.set("standby")
             except Exception as e:
-                log.warning("%s: cannot reach the lease bucket: %r", self.cfg.name, e)
-                self.status.set("starting", f"lease bucket: {e!r}")
+                why = describe(self.lease.subject, e)
+                log.warning("%s: cannot reach the lease bucket: %s", self.cfg.name, why)
+                self.status.set("starting", f"lease bucket: {why}")
             await self._pause(POLL_INTERVAL)
         return False
 

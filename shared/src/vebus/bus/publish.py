@@ -31,6 +31,7 @@ from vebus.errors import MessageTooLargeError, PublishError, RouteFullError, Sto
 __all__ = [
     "OutgoingMessage",
     "check_size",
+    "describe",
     "message_size",
     "observed_write",
     "publish",
@@ -170,6 +171,14 @@ def refused(subject: str, e: APIError) -> PublishError | RouteFullError:
             stream=stream,
         )
     return PublishError(f"publish to {subject} was refused: {description}")
+
+
+def describe(subject: str, error: BaseException) -> str:
+    """`error` of a write to `subject` as a person reads it: JetStream's refusals by what
+    they mean (nats-py's own text for them is often empty), anything else as its repr."""
+    if isinstance(error, APIError):
+        return str(refused(subject, error))
+    return repr(error)
 
 
 async def observed_write(subject: str, write: Awaitable[T]) -> T:
