@@ -589,7 +589,8 @@ async def sync(workdir: Path, short: bool) -> dict[str, Any]:
             f"({pipe['always'] / pipe['default']:.2f} of {pipe['default']:,.0f}/s), p50 "
             f"{p50['always']:.0f} ms against {p50['default']:.0f} ms",
         ),
-        "settings": settings,
+        # the streams are the same in both arms; each arm's JetStream config is under by_arm
+        "settings": {**settings["always"], "by_arm": settings},
     }
 
 
