@@ -306,7 +306,10 @@ class Telemetry:
         return span
 
     def _published_counter(self, subject: str) -> Any:
-        """The published counter's child for `subject`."""
+        """The published counter's child for `subject` (none for a KV write: observed for
+        the service's readiness, not an event)."""
+        if subject.startswith(names.KV_SUBJECT_PREFIX):
+            return _NOT_COUNTED
         stream, name = names.stream_of_subject(subject)
         if stream == names.EVENTS_STREAM:
             return self.metrics.published.labels(stream, "", name)
@@ -322,7 +325,10 @@ class Telemetry:
     def _publish_failed(self, subject: str, reason: str) -> None:
         """Count one publish that was refused or never acknowledged."""
         stream, name = names.stream_of_subject(subject)
-        self.metrics.publish_failed.labels(stream or "other", name, reason).inc()
+        if not stream:  # a KV write: its bucket's stream; any other subject: "other"
+            kv = subject.startswith(names.KV_SUBJECT_PREFIX)
+            stream = names.stream_name_of(subject) if kv else "other"
+        self.metrics.publish_failed.labels(stream, name, reason).inc()
 
     # -- consuming ---------------------------------------------------------------------
 
@@ -356,6 +362,18 @@ def _event_attributes(attributes: dict[str, Any], headers: Mapping[str, str]) ->
         attributes["cloudevents.event_type"] = ce_type
     if ce_source := headers.get(_CE_SOURCE):
         attributes["cloudevents.event_source"] = ce_source
+
+
+class _NotCounted:
+    """A counter child that counts nothing."""
+
+    __slots__ = ()
+
+    def inc(self, amount: float = 1.0) -> None:
+        pass
+
+
+_NOT_COUNTED = _NotCounted()
 
 
 class _Publishing:
