@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -297,10 +300,25 @@ async def _vebus(form: Form, fs: PowerFs, tmp_path: Path, led: Ledger, vcsim_bin
             assert len(pids) == NODES
             acked_at_cut = producer.acked
             dropped = await asyncio.to_thread(freeze_cut_kill, fs, pids)
-            back = await eventually(lambda: _restarted(cluster, js, pids), 120)
+            gone_counts = form.sync == "default"  # the cluster may have lost the streams
+            back = await eventually(lambda: _restarted(cluster, js, pids, gone_counts), 120)
             if back:
                 fault.recovered()
-            await producing
+            if form.sync == "default":
+                # what was acknowledged before the cut is the ledger; publishing on into
+                # streams that may be gone (the running services create them only at
+                # start) would only wait
+                producing.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await producing
+                exists = await _try(js.stream_info(names.EVENTS_STREAM))
+                reasons = {r.label: _why(r.health_port) for r in cluster.replicas}
+                led.note(
+                    f"after the restart VEBUS_EVENTS {'exists' if exists else 'is gone'}; "
+                    f"replicas: {reasons}"
+                )
+            else:
+                await producing
             held = await stored_ids(js, names.EVENTS_STREAM, names.EVENTS_SUBJECTS)
             hub.up(sink)
             led.note(
@@ -316,15 +334,28 @@ async def _vebus(form: Form, fs: PowerFs, tmp_path: Path, led: Ledger, vcsim_bin
         hub.close()
 
 
+def _why(port: int) -> str:
+    """`ready`, or the reason the replica's /readyz gives for not being ready."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+            return "ready" if r.status == 200 else str(r.status)
+    except urllib.error.HTTPError as e:
+        return str(json.loads(e.read() or b"{}").get("reason", e.code))
+    except (OSError, ValueError) as e:
+        return repr(e)
+
+
 async def _true(value: bool) -> bool:
     return value
 
 
-async def _restarted(cluster: UpCluster, js: JetStreamContext, old: list[int]) -> bool:
+async def _restarted(
+    cluster: UpCluster, js: JetStreamContext, old: list[int], gone_counts: bool = False
+) -> bool:
     pids = [cluster.node_pid(n) for n in range(1, NODES + 1)]
     if any(p is None or p in old for p in pids):
         return False
-    return await streams_answer(js)
+    return await streams_answer(js, gone_counts=gone_counts)
 
 
 async def _quiet(led: Ledger, sink: RecordingSink, *, quiet_for: float, timeout: float) -> None:
