@@ -7,10 +7,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 import secrets
 import subprocess
+import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,17 +30,26 @@ from pyVmomi import vim
 
 from tests.compose.engine import Engine
 from tests.support.ports import free_run
+from vebus.config import NatsTls
 from vebus.local.natsauth import USERS
+from vebus.local.tls import ensure_local_tls
+from vebus.runtime.connect import tls_context
 
 __all__ = ["SERVICES", "Compose", "Poster", "wait_for"]
 
 REPO = Path(__file__).resolve().parents[2]
 PROJECT = "vebus"
-SERVICES = ("collector", "filter", "dispatcher", "deadletter")
+SERVICES = ("collector", "filter", "dispatcher", "deadletter", "functions", "console")
 NATS_NODES = ("nats-1", "nats-2", "nats-3")
 SINK = "vebus-test-sink"
 #: the prefixes of the variables compose.yaml reads
 _COMPOSE_VARIABLES = ("VEBUS_", "VCENTER_", "OTEL_")
+
+
+#: the names the NATS nodes are reached at (containers) and the published port (the test)
+TLS_HOSTS = ("nats-1", "nats-2", "nats-3", "localhost", "127.0.0.1")
+#: the user every vebus container runs as
+CONTAINER_UID = 10001
 
 
 def _password() -> str:
@@ -73,8 +86,11 @@ class Compose:
     nats_port: int = 0
     vcsim_port: int = 0
     sink_port: int = 0
+    console_port: int = 0
     vcenter_password: str = ""
     sink_token: str = ""
+    #: the token user admin signs in to the console with (`vebus console token` made it)
+    console_token: str = ""
     #: container name -> RestartCount when a test last looked
     seen_restarts: dict[str, int] = field(default_factory=dict)
 
@@ -87,11 +103,17 @@ class Compose:
 
     def write_env(self) -> None:
         """The test's .env (an env file given to every compose command) and sinks.env."""
-        first = free_run(3)
+        first = free_run(4)
         self.nats_port, self.vcsim_port, self.sink_port = first, first + 1, first + 2
+        self.console_port = first + 3
         self.passwords = {name: _password() for name in USERS}  # every user of auth.conf
         self.vcenter_password = _password()
         self.sink_token = _password()
+        # TLS to NATS on (clients and routes), with certificates as `vebus tls init` makes
+        # them, given to the containers' user
+        self.tls = ensure_local_tls(self.workdir / "tls", TLS_HOSTS)
+        for path in (self.tls.folder, *self.tls.folder.iterdir()):
+            os.chown(path, CONTAINER_UID, CONTAINER_UID)
         lines = [f"VEBUS_NATS_{n.upper()}_PASSWORD={p}" for n, p in self.passwords.items()]
         lines += [
             "VCENTER_USER=vebus-test",
@@ -99,7 +121,20 @@ class Compose:
             f"VEBUS_NATS_PORT={self.nats_port}",
             f"VEBUS_VCSIM_PORT={self.vcsim_port}",
             f"VEBUS_SINKS_ENV_FILE={self.sinks_env}",
+            f"VEBUS_TLS_DIR={self.tls.folder}",
+            f"VEBUS_CONSOLE_PORT={self.console_port}",
+            f"VEBUS_DLQ_TOKEN={secrets.token_hex(24)}",
+            f"VEBUS_CONSOLE_SESSION_KEY={secrets.token_hex(32)}",
         ]
+        # the console's sign-in as env.example says to make it: the command appends the
+        # hash's line (single-quoted: compose must not read its $ signs as variables)
+        made = subprocess.run(
+            [str(Path(sys.executable).parent / "vebus"), "console", "token",
+             "--env", "VEBUS_CONSOLE_TOKEN_HASH"],
+            capture_output=True, text=True, check=True, timeout=60,
+        )  # fmt: skip
+        self.console_token = made.stderr.strip().rsplit(" ", 1)[1]
+        lines.append(made.stdout.strip())
         self.env_file.write_text("\n".join(lines) + "\n")
         self.sinks_env.write_text(f"SINK_TOKEN={self.sink_token}\n")
 
@@ -228,6 +263,23 @@ class Compose:
             details=lambda: self.engine.docker("logs", SINK, check=False),
         )
 
+    def console(
+        self, path: str, *, form: dict[str, str] | None = None, token: str | None = None
+    ) -> tuple[int, str, str]:
+        """A request to the console's published port as a program makes it (a bearer
+        token: admin's unless `token`), following redirects: (status, final path, body)."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.console_port}{path}",
+            data=urllib.parse.urlencode(form).encode() if form is not None else None,
+            headers={"Authorization": f"Bearer {token or self.console_token}"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as r:
+                final = urllib.parse.urlsplit(r.geturl()).path
+                return r.status, final, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, path, e.read().decode()
+
     def records(self, after: int) -> list[dict[str, Any]] | None:
         url = f"http://127.0.0.1:{self.sink_port}/records?after={after}"
         try:
@@ -245,6 +297,13 @@ class Compose:
         async def run() -> Any:
             nc = await nats.connect(
                 f"nats://127.0.0.1:{self.nats_port}",
+                tls=tls_context(
+                    NatsTls(
+                        ca_file=str(self.tls.ca_file),
+                        cert_file=str(self.tls.client_cert),
+                        key_file=str(self.tls.client_key),
+                    )
+                ),
                 user="admin",
                 password=self.passwords["admin"],
                 connect_timeout=5,

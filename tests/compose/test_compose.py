@@ -1,7 +1,8 @@
 """`docker compose up` of the repository's compose.yaml, for real, as a user runs it: the
 images scripts/images builds with no registry, the three NATS nodes, the project's vCenter
-simulator asking for the .env login, the four services; then what the user cares about:
-everything healthy, a VM powered off reaching a sink, three dispatchers sharing the work,
+simulator asking for the .env login, the five services and the console; then what the user
+cares about: everything healthy, a VM powered off reaching a sink and shown by the console,
+a replay asked for on the console reaching the deadletter API, three dispatchers sharing the work,
 a NATS node killed while events flow losing nothing, a collector restart leaving no gap in
 the event keys, and `docker compose down -v` cleaning up without the .env passwords.
 
@@ -11,6 +12,7 @@ the "compose" section at the end of the run.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections import Counter
@@ -22,10 +24,16 @@ from pyVmomi import vim
 from tests.compose.conftest import Report
 from tests.compose.engine import Engine
 from tests.compose.stack import NATS_NODES, PROJECT, SERVICES, SINK, Compose, Poster, wait_for
+from vebus.config import NatsConfig, NatsTls
+from vebus.runtime.connect import ConnectFailedError, connect_once
 
-pytestmark = pytest.mark.compose
+# the first test sets the stack up: cold, scripts/images takes minutes (debootstrap, builds)
+pytestmark = [pytest.mark.compose, pytest.mark.timeout(900)]
 
-IMAGES = ("nats", "vcsim", "collector", "filter", "dispatcher", "deadletter", "cli")
+IMAGES = (
+    "nats", "vcsim", "collector", "filter", "dispatcher", "deadletter", "functions", "console",
+    "cli",
+)  # fmt: skip
 #: an image this size or larger has taken in something it should not have
 MAX_IMAGE_MB = 250
 
@@ -100,8 +108,12 @@ def test_every_service_is_healthy_behind_the_env_logins(stack: Compose, report: 
     for name in (f"{PROJECT}-collector-1", f"{PROJECT}-nats-1-1", f"{PROJECT}-vcsim-1"):
         uid = stack.engine.docker("exec", name, "python3", "-c", "import os; print(os.getuid())")
         assert uid.strip() == "10001", f"{name} runs as uid {uid.strip()}"
-    # NATS and the simulator are published on 127.0.0.1 only
-    for name, port in ((f"{PROJECT}-nats-1-1", "4222/tcp"), (f"{PROJECT}-vcsim-1", "8989/tcp")):
+    # NATS, the console and the simulator are published on 127.0.0.1 only
+    for name, port in (
+        (f"{PROJECT}-nats-1-1", "4222/tcp"),
+        (f"{PROJECT}-console-1", "8090/tcp"),
+        (f"{PROJECT}-vcsim-1", "8989/tcp"),
+    ):
         (info,) = stack.engine.inspect(name)
         bindings: Any = info["HostConfig"]["PortBindings"][port]
         assert [b["HostIp"] for b in bindings] == ["127.0.0.1"], f"{name} {port}: {bindings}"
@@ -110,7 +122,15 @@ def test_every_service_is_healthy_behind_the_env_logins(stack: Compose, report: 
         pass
     with stack.vsphere() as content:
         assert content.about.apiType == "VirtualCenter"
-    report.add(f"healthy: {', '.join(sorted(health))}")
+    # NATS speaks TLS only, and only to clients with a certificate of the CA (the services
+    # got theirs: they are healthy; the admin connections of these tests use one too)
+    url = f"nats://127.0.0.1:{stack.nats_port}"
+    for tls, says in ((None, "not trusted"), (NatsTls(ca_file=str(stack.tls.ca_file)), "cert")):
+        with pytest.raises(ConnectFailedError, match=says):
+            asyncio.run(connect_once(NatsConfig(url=url, tls=tls), url=url, user="admin",
+                                     password=stack.passwords["admin"], name="test"))  # fmt: skip
+    report.add(f"healthy: {', '.join(sorted(health))}; NATS refuses clients without TLS or "
+               "without a certificate")  # fmt: skip
 
 
 def test_a_powered_off_vm_reaches_the_sink(stack: Compose, report: Report) -> None:
@@ -148,6 +168,31 @@ def test_a_powered_off_vm_reaches_the_sink(stack: Compose, report: Report) -> No
         details=lambda: stack.logs("functions", "filter"),
     )
     report.add(f"power-off of {name}: the function replied in {time.monotonic() - start:.1f}s")
+    # the console shows it: history search, as admin with the token `vebus console token`
+    # made (its hash single-quoted in the env file, as env.example says)
+    status, _, page = stack.console(f"/history?type=VmPoweredOffEvent&object={name}&from=1h")
+    assert status == 200, page[:2000]
+    assert name in page, f"{name} not in the console's history\n{stack.logs('console')}"
+
+
+def test_the_console_signs_in_with_the_env_token_and_replays_through_the_deadletter_api(
+    stack: Compose, report: Report
+) -> None:
+    status, _, _ = stack.console("/routes", token="not-the-token")
+    assert status == 401
+    status, _, page = stack.console("/routes")
+    assert status == 200
+    assert "vm-off-to-function" in page
+    # a replay goes from the console to the deadletter service's API, over the compose
+    # network, with VEBUS_DLQ_TOKEN: the console lands on the replay's page, not an error
+    status, where, page = stack.console(
+        "/deadletters/replay", form={"scope": "filter", "route": "no-such-route"}
+    )
+    assert status == 200, page[:2000]
+    assert where.startswith("/replays/"), f"{where}\n{page[:2000]}\n{stack.logs('console')}"
+    _no_restarts(stack)
+    report.add(f"console: history shows the power-off; a replay reached the deadletter API "
+               f"({where})")  # fmt: skip
 
 
 def test_three_dispatchers_share_the_work_and_a_nats_kill_loses_nothing(

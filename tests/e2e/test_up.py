@@ -45,6 +45,26 @@ def _pids_of(marker: str) -> list[int]:
     return pids
 
 
+def _console_answers(out: str, data: Path) -> None:
+    """The console's address is printed, on loopback, and its generated token signs in."""
+    import re
+    import urllib.request
+
+    m = re.search(r"console at (http://127\.0\.0\.1:\d+/)", out)
+    assert m, out[-3000:]
+    token = next(
+        line.split("=", 1)[1]
+        for line in (data / "console.env").read_text().splitlines()
+        if line.startswith("VEBUS_CONSOLE_TOKEN=")
+    )
+    request = urllib.request.Request(
+        m.group(1) + "routes", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as r:
+        assert r.status == 200
+        assert "console" in r.read().decode()
+
+
 def test_up_shows_events_restarts_services_and_stops_cleanly(
     tmp_path: Path, vcsim_binary: Path
 ) -> None:
@@ -72,6 +92,7 @@ def test_up_shows_events_restarts_services_and_stops_cleanly(
         assert "powered off" in demo.stdout
         out = _wait_for(log, "com.vmware.vsphere.VmPoweredOffEvent.v0", 30, proc)
         assert "dispatcher |" in out
+        _console_answers(out, data)
 
         # a service that dies is restarted
         config = str(data.resolve() / "vebus.yaml")

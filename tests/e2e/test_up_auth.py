@@ -23,7 +23,7 @@ from tests.support.ports import free_run
 
 pytestmark = pytest.mark.e2e
 
-SERVICES = ("collector", "filter", "dispatcher", "deadletter", "functions")
+SERVICES = ("collector", "filter", "dispatcher", "deadletter", "functions", "console")
 
 
 def _vebus(

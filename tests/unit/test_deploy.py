@@ -18,12 +18,15 @@ import pytest
 import yaml
 
 from vebus.config import load_config
+from vebus.passwords import hash_secret
 from vebus.runtime.service import parse_settings
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-SERVICES = ("collector", "filter", "dispatcher", "deadletter", "functions")
-MANIFESTS = ["namespace", "collector", "filter", "dispatcher", "deadletter", "functions", "pdb"]
+SERVICES = ("collector", "filter", "dispatcher", "deadletter", "functions", "console")
+MANIFESTS = [
+    "namespace", "collector", "filter", "dispatcher", "deadletter", "functions", "console", "pdb"
+]  # fmt: skip
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -44,6 +47,13 @@ def _dockerfile_targets() -> dict[str, str]:
     return targets
 
 
+def _deployment(svc: str) -> dict[str, Any]:
+    """The Deployment of deploy/k8s/<svc>.yaml (the file may hold its Service too)."""
+    docs = yaml.safe_load_all((REPO / "deploy" / "k8s" / f"{svc}.yaml").read_text())
+    (doc,) = [d for d in docs if d["kind"] == "Deployment"]
+    return dict(doc)
+
+
 def _compose() -> dict[str, Any]:
     return dict(yaml.safe_load((REPO / "compose.yaml").read_text()))
 
@@ -54,10 +64,19 @@ def _images() -> dict[str, str]:
     return {s["image"]: s["build"]["target"] for s in spec["services"].values()}
 
 
+#: values of the right form for the variables that are checked for one
+_SAMPLES = {
+    "VEBUS_DLQ_TOKEN": "t" * 24,
+    "VEBUS_CONSOLE_SESSION_KEY": "k" * 40,
+    "VEBUS_CONSOLE_TOKEN_HASH": hash_secret("a-token", n=2),
+}
+
+
 def _with_values(value: str) -> str:
-    """A compose.yaml value with every ${VAR...} replaced: its default, or "x"."""
+    """A compose.yaml value with every ${VAR...} replaced: its default, a sample of the
+    form its variable needs, or "x"."""
     value = re.sub(r"\$\{[^:}]+:-([^}]*)\}", r"\1", value)
-    return re.sub(r"\$\{[^}]*\}", "x", value)
+    return re.sub(r"\$\{(\w+)[^}]*\}", lambda m: _SAMPLES.get(m.group(1), "x"), value)
 
 
 @pytest.mark.parametrize("path", ["compose.yaml", "deploy/compose/images.yaml"])
@@ -100,7 +119,8 @@ def test_every_compose_service_runs_a_real_entry_point_with_a_valid_config() -> 
         assert target in targets, f"{svc}: no Dockerfile target {target}"
         assert f'"vebus_{svc}"' in targets[target], f"{svc}: image does not run vebus_{svc}"
         assert "container_name" not in spec, "a fixed name stops --scale"
-        assert "ports" not in spec, "a fixed host port stops --scale"
+        if svc != "console":  # the console's page is published: one replica under compose
+            assert "ports" not in spec, "a fixed host port stops --scale"
         settings = parse_settings(svc, spec["command"])  # argparse exits on a bad flag
         mounted = {c["target"]: configs[c["source"]] for c in spec["configs"]}
         config_file = mounted[settings.config_path]
@@ -148,7 +168,11 @@ def test_dockerignore_lets_in_only_what_the_images_copy() -> None:
 
 def test_compose_refuses_to_start_without_its_passwords() -> None:
     text = (REPO / "compose.yaml").read_text()
-    secrets = re.findall(r"\$\{(VEBUS_NATS_\w+_PASSWORD|VCENTER_\w+)(:?[-?]?)", text)
+    secrets = re.findall(
+        r"\$\{(VEBUS_NATS_\w+_PASSWORD|VCENTER_\w+|VEBUS_DLQ_TOKEN|VEBUS_CONSOLE_SESSION_KEY"
+        r"|VEBUS_CONSOLE_TOKEN_HASH)(:?[-?]?)",
+        text,
+    )
     assert secrets
     lax = sorted({name for name, op in secrets if op != ":?"})
     assert not lax, f"compose.yaml gives these a default (or none) instead of ${{VAR:?...}}: {lax}"
@@ -156,6 +180,9 @@ def test_compose_refuses_to_start_without_its_passwords() -> None:
     assert ":-" not in vebus_yaml, "deploy/compose/vebus.yaml must not fall back to a value"
     env_example = (REPO / "deploy" / "compose" / "env.example").read_text()
     for name, _ in secrets:
+        if name == "VEBUS_CONSOLE_TOKEN_HASH":  # appended by the command env.example gives
+            assert f"vebus console token --env {name} >> .env" in env_example
+            continue
         assert re.search(rf"^{name}=$", env_example, re.M), f"env.example lacks {name}="
 
 
@@ -181,29 +208,39 @@ def test_compose_publishes_on_the_loopback_only_and_the_simulator_is_where_vebus
     assert vcenter["password"] == "${VCENTER_PASSWORD}"
 
 
-def test_nats_cluster_config_is_valid_for_nats_server() -> None:
+def test_nats_cluster_config_is_valid_for_nats_server(tmp_path: Path) -> None:
+    """cluster.conf as compose mounts it: auth.conf beside it, the TLS files where compose
+    puts them (here, made by `vebus tls init`'s code in a temporary folder)."""
+    from vebus.local.tls import ensure_local_tls
+
     compose = _compose()
     env = {k: _with_values(str(v)) for k, v in compose["services"]["nats-1"]["environment"].items()}
-    out = _run(str(BIN / "nats-server"), "-c", str(REPO / "deploy" / "nats" / "cluster.conf"),
-               "-t", env=env)  # fmt: skip
+    tls = ensure_local_tls(tmp_path / "tls", ("nats-1", "nats-2", "nats-3"))
+    conf = (REPO / "deploy" / "nats" / "cluster.conf").read_text()
+    assert conf.count('"/etc/nats/tls/') == 6  # clients and routes: cert, key, CA each
+    (tmp_path / "cluster.conf").write_text(conf.replace("/etc/nats/tls", str(tls.folder)))
+    (tmp_path / "auth.conf").write_text((REPO / "deploy" / "nats" / "auth.conf").read_text())
+    out = _run(str(BIN / "nats-server"), "-c", str(tmp_path / "cluster.conf"), "-t", env=env)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_every_kubernetes_deployment_runs_a_real_entry_point_with_a_valid_config() -> None:
     targets = _dockerfile_targets()
     for svc in SERVICES:
-        doc = yaml.safe_load((REPO / "deploy" / "k8s" / f"{svc}.yaml").read_text())
+        doc = _deployment(svc)
         (container,) = doc["spec"]["template"]["spec"]["containers"]
         image = container["image"].split(":")[0]
         assert image == f"vebus/{svc}"
         assert f'"vebus_{svc}"' in targets[svc]
         settings = parse_settings(svc, container["args"])
         assert settings.config_path.startswith(container["volumeMounts"][0]["mountPath"])
-        env = {e["name"]: e.get("value", "from-a-secret") for e in container["env"]}
+        env = {
+            e["name"]: e.get("value", _SAMPLES.get(e["name"], "from-a-secret"))
+            for e in container["env"]
+        }
         assert env["VEBUS_HEALTH_PORT"] == str(container["ports"][0]["containerPort"])
-        if svc != "collector":
-            env.update(VCENTER_USER="x", VCENTER_PASSWORD="x")  # only the collector reads them
-        load_config(REPO / "deploy" / "k8s" / "vebus.yaml", env)
+        # every ${VAR} the service needs is in its own environment
+        load_config(REPO / "deploy" / "k8s" / "vebus.yaml", env, service=svc)
 
 
 def test_kubernetes_services_get_the_nats_tls_files_their_config_names() -> None:
@@ -211,8 +248,7 @@ def test_kubernetes_services_get_the_nats_tls_files_their_config_names() -> None
     cfg = yaml.safe_load((REPO / "deploy" / "k8s" / "vebus.yaml").read_text())
     files = [Path(cfg["nats"]["tls"][k]) for k in ("ca_file", "cert_file", "key_file")]
     for svc in SERVICES:
-        doc = yaml.safe_load((REPO / "deploy" / "k8s" / f"{svc}.yaml").read_text())
-        spec = doc["spec"]["template"]["spec"]
+        spec = _deployment(svc)["spec"]["template"]["spec"]
         (container,) = spec["containers"]
         mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
         secrets = {v["name"]: v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v}

@@ -861,4 +861,20 @@ def test_public_names() -> None:
         "Pattern",
         "PatternIndex",
         "compile_pattern",
+        "explain_match",
     }
+
+
+def test_explain_match_says_what_routes_test_prints() -> None:
+    from vebus.events.patterns import explain_match
+
+    event = {"type": "com.vmware.vsphere.VmPoweredOffEvent.v0", "data": {"UserName": "bob"}}
+    everything = explain_match(None, event)
+    assert everything.matched
+    assert everything.lines("route all") == [
+        "matched: route all has no match, so it takes every event"
+    ]
+    miss = explain_match(compile_pattern({"data": {"UserName": ["alice"]}}), event)
+    assert not miss.matched
+    assert miss.lines("pattern")[0] == "no match: pattern"
+    assert "UserName" in miss.lines("pattern")[1]

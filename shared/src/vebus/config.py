@@ -20,7 +20,16 @@ import yaml
 
 from vebus.bus.streams import StreamSettings
 from vebus.errors import ConfigError
-from vebus.names import FUNCTION_SINK, H_SIGNATURE, NATS_PORT, RESERVED_SOURCES, token
+from vebus.names import (
+    CONSOLE_PORT,
+    DEADLETTER_API_PORT,
+    FUNCTION_SINK,
+    H_SIGNATURE,
+    NATS_PORT,
+    RESERVED_SOURCES,
+    token,
+)
+from vebus.passwords import is_hash
 
 __all__ = [
     "SERVICE_SECRETS",
@@ -30,7 +39,10 @@ __all__ = [
     "Check",
     "CheckScope",
     "Config",
+    "ConsoleConfig",
     "ConsoleSink",
+    "ConsoleTls",
+    "ConsoleUser",
     "DatastoreUsageCheck",
     "DeadletterAlertConfig",
     "DeadletterApiConfig",
@@ -764,6 +776,81 @@ class DeadletterConfig(_Base, frozen=True):
             raise ValueError(f"replay_rate: expected >= 0 (0: no limit), got {self.replay_rate}")
 
 
+# ---------------------------------------------------------------------------- console
+
+
+def _check_listen(listen: str) -> None:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"listen: expected host:port, got {listen!r}")
+
+
+class ConsoleUser(_Base, frozen=True):
+    """Who may sign in to the console: a password, a bearer token, or both, kept hashed."""
+
+    name: str
+    #: viewer: read every page; operator: also pause, apply, replay and purge
+    role: Literal["viewer", "operator"] = "viewer"
+    #: `python -m vebus_console.passwd` prints it (scrypt; never the password itself)
+    password_hash: str | None = None
+    #: the same for a bearer token (`Authorization: Bearer <token>`)
+    token_hash: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_name("user", self.name)
+        if not self.password_hash and not self.token_hash:
+            raise ValueError("give password_hash, token_hash, or both")
+        for field, value in (("password_hash", self.password_hash),
+                             ("token_hash", self.token_hash)):  # fmt: skip
+            if value and not is_unresolved(value) and not is_hash(value):
+                raise ValueError(
+                    f"{field}: expected a hash from `python -m vebus_console.passwd` "
+                    "(scrypt$...), not the secret itself"
+                )
+
+
+class ConsoleTls(_Base, frozen=True):
+    """HTTPS for the console: a PEM certificate (chain) and its key."""
+
+    cert_file: str
+    key_file: str
+
+
+class ConsoleConfig(_Base, frozen=True):
+    """The web console (docs/console.md)."""
+
+    #: host:port of the pages; loopback unless you put it behind your own access control
+    listen: str = f"127.0.0.1:{CONSOLE_PORT}"
+    users: list[ConsoleUser] = msgspec.field(default_factory=list)
+    tls: ConsoleTls | None = None
+    #: the deadletter service's HTTP API: replays and purges go through it (its token is
+    #: `deadletter.api.token`)
+    deadletter_url: str = f"http://127.0.0.1:{DEADLETTER_API_PORT}"
+    #: how long a sign-in lasts
+    session_max_age: Duration = Duration(12 * 3600)
+    #: events per second one page is sent at most; past it the server samples
+    live_rate: float = 50.0
+    #: signs the sign-in cookies: give every replica the same one (a `${VARIABLE}` of at
+    #: least 32 characters) so that a sign-in holds across replicas and restarts; unset:
+    #: a random key per process
+    session_key: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_listen(self.listen)
+        _check_http_url("deadletter_url", self.deadletter_url)
+        if not 1 <= self.live_rate <= 10_000:
+            raise ValueError(f"live_rate: expected 1 to 10000 events/s, got {self.live_rate:g}")
+        if self.session_max_age < 60:
+            raise ValueError("session_max_age: expected at least 1m")
+        if self.session_key and not is_unresolved(self.session_key) and len(self.session_key) < 32:
+            raise ValueError("session_key: expected at least 32 characters (a random secret)")
+        seen: set[str] = set()
+        for user in self.users:
+            if user.name in seen:
+                raise ValueError(f"users: {user.name!r} is listed twice")
+            seen.add(user.name)
+
+
 # ---------------------------------------------------------------------------- checks
 
 
@@ -988,6 +1075,8 @@ class Config(_Base, frozen=True):
     deadletter: DeadletterConfig = msgspec.field(default_factory=DeadletterConfig)
     #: scheduled checks the collector runs against its vCenters (docs/checks.md)
     checks: list[Check] = msgspec.field(default_factory=list)
+    #: the web console (vebus_console)
+    console: ConsoleConfig = msgspec.field(default_factory=ConsoleConfig)
     #: the functions the functions service runs (docs/functions.md); routes name them
     functions: list[FunctionConfig] = msgspec.field(default_factory=list)
 
@@ -1032,6 +1121,8 @@ SERVICE_SECRETS: dict[str, frozenset[str]] = {
     # the functions' own secrets; the vCenters' passwords are taken when set (a function
     # with `vcenter: true` that needs a missing one says so when it starts)
     "functions": frozenset({"nats", "functions"}),
+    # the console calls the deadletter API with its token
+    "console": frozenset({"nats", "console", "deadletter"}),
     "cli": frozenset({"nats"}),
 }
 

@@ -17,6 +17,7 @@ __all__ = [
     "CHECKPOINT_BUCKET",
     "CHECKS_BUCKET",
     "CHECKS_SOURCE",
+    "CONSOLE_PORT",
     "CONTENT_TYPE",
     "DEADLETTER_API_PORT",
     "DEADLETTER_BUCKET",
@@ -29,6 +30,9 @@ __all__ = [
     "DLQ_STREAM",
     "DLQ_SUBJECTS",
     "ENV_CONFIG",
+    "ENV_CONSOLE_LISTEN",
+    "ENV_CONSOLE_TOKEN",
+    "ENV_DLQ_TOKEN",
     "ENV_FUNCTION",
     "ENV_HEALTH_HOST",
     "ENV_HEALTH_PORT",
@@ -381,7 +385,7 @@ JS_ERR_MSG_DELETE_FAILED = 10057
 
 # ---------------------------------------------------------------- services and ports
 
-SERVICES = ("collector", "filter", "dispatcher", "deadletter", "functions")
+SERVICES = ("collector", "filter", "dispatcher", "deadletter", "functions", "console")
 #: the services that run routes and report the route set they run (`vebus routes apply`
 #: waits for each of their replicas), the filter first
 ROUTE_SERVICES = ("filter", "dispatcher", "functions")
@@ -394,6 +398,7 @@ HEALTH_PORTS = {
     "dispatcher": 8183,
     "deadletter": 8184,
     "functions": 8186,
+    "console": 8187,
 }
 NATS_PORT = 4222
 NATS_MONITOR_PORT = 8222
@@ -401,6 +406,8 @@ VCSIM_PORT = 8989
 #: the collector's webhook source and the deadletter HTTP API
 WEBHOOK_PORT = 8280
 DEADLETTER_API_PORT = 8085
+#: the web console's pages (loopback by default)
+CONSOLE_PORT = 8090
 
 # ---------------------------------------------------------------- environment variables
 
@@ -418,6 +425,13 @@ ENV_VCSIM = "VEBUS_VCSIM"
 ENV_FUNCTION = "VEBUS_FUNCTION"
 #: the port an HTTP function server must listen on (as Knative sets it)
 ENV_PORT = "PORT"
+#: the deadletter API's bearer token, as `vebus up` hands it to the deadletter service
+#: and the console (`deadletter.api.token: ${VEBUS_DLQ_TOKEN}`)
+ENV_DLQ_TOKEN = "VEBUS_DLQ_TOKEN"
+#: the console's own sign-in token that `vebus up` generates when none is configured
+ENV_CONSOLE_TOKEN = "VEBUS_CONSOLE_TOKEN"
+#: host:port the console listens on instead of `console.listen` (a second replica)
+ENV_CONSOLE_LISTEN = "VEBUS_CONSOLE_LISTEN"
 
 
 def service_module(service: str) -> str:

@@ -595,5 +595,9 @@ def describe_error(e: BaseException) -> str:
     the vCenter and say what to do), others with their class."""
     if isinstance(e, VebusError):
         return str(e)
-    msg = getattr(e, "msg", None) or str(e) or ""
-    return f"{type(e).__name__}: {msg}".strip().rstrip(":")
+    msg = getattr(e, "msg", None)
+    if msg is None and not hasattr(e, "faultMessage"):
+        msg = str(e)  # not a vSphere fault (a socket error, ...): its own words
+    # a vSphere fault without a message prints as its whole multi-line structure: one line
+    text = " ".join(str(msg or "").split())
+    return f"{type(e).__name__}: {text}".strip().rstrip(":")

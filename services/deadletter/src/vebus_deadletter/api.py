@@ -56,6 +56,8 @@ class SelectionBody(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     since: str | None = None
     until: str | None = None
     all: bool = False
+    #: who asked (the console passes its signed-in operator): logged, kept in a replay job
+    by: str = ""
 
 
 class ReplayBody(SelectionBody, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -68,6 +70,11 @@ class ReplayBody(SelectionBody, frozen=True, kw_only=True, forbid_unknown_fields
 def _error(status: int, message: str) -> web.Response:
     headers = {"WWW-Authenticate": 'Bearer realm="vebus-deadletter"'} if status == 401 else None
     return web.json_response({"error": message}, status=status, headers=headers)
+
+
+def _who(by: str) -> str:
+    """`by` as a record keeps it: one line, at most 200 characters."""
+    return " ".join(by.split())[:200]
 
 
 def _check_route(field: str, name: str) -> str:
@@ -235,7 +242,8 @@ class ApiServer:
         return web.Response(status=204)
 
     async def purge(self, request: web.Request) -> web.Response:
-        sel = _selection(await _body(request, SelectionBody))
+        body: SelectionBody = await _body(request, SelectionBody)
+        sel = _selection(body)
         info = await self._js.stream_info(names.DLQ_STREAM)
         purged = gone = 0
         ids = [
@@ -248,7 +256,12 @@ class ApiServer:
                 purged += 1
             except DeadLetterNotFoundError:
                 gone += 1
-        log.info("%d dead letter(s) purged over the API (%s)", purged, sel.describe())
+        log.info(
+            "%d dead letter(s) purged over the API (%s)%s",
+            purged,
+            sel.describe(),
+            f" by {_who(body.by)}" if body.by else "",
+        )
         return web.json_response({"purged": purged, "gone": gone})
 
     async def start_replay(self, request: web.Request) -> web.Response:
@@ -267,7 +280,7 @@ class ApiServer:
         rate = self._config.deadletter.replay_rate if body.rate is None else body.rate
         if not 0 <= rate <= MAX_RATE:
             raise _HttpError(400, f"rate: expected 0 (no limit) to {MAX_RATE:g}, got {rate:g}")
-        job = await self._jobs.submit(sel, to_route=to_route, rate=rate)
+        job = await self._jobs.submit(sel, to_route=to_route, rate=rate, by=_who(body.by))
         return web.json_response(
             msgspec.to_builtins(job),
             status=202,

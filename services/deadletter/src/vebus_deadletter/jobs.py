@@ -84,6 +84,8 @@ class ReplayJob(msgspec.Struct, frozen=True, kw_only=True):
     owner: str
     heartbeat: str
     finished: str | None = None
+    #: who asked for it (the console's signed-in operator); "" when nobody said
+    by: str = ""
 
     def key(self) -> str:
         return f"{_PREFIX}.{self.id}"
@@ -188,7 +190,9 @@ class JobRunner:
         """Ids of the jobs this replica runs now."""
         return list(self._running)
 
-    async def submit(self, selection: Selection, *, to_route: str | None, rate: float) -> ReplayJob:
+    async def submit(
+        self, selection: Selection, *, to_route: str | None, rate: float, by: str = ""
+    ) -> ReplayJob:
         """Record a new job for the dead letters `selection` picks now, and start it here."""
         info = await self._js.stream_info(names.DLQ_STREAM)
         upto = int(info.state.last_seq or 0)
@@ -209,15 +213,17 @@ class JobRunner:
             owner=self._instance,
             heartbeat=now,
             finished=now if not total else None,
+            by=by,
         )
         revision = await self._store.create(job.key(), msgspec.json.encode(job))
         log.info(
-            "replay %s: %d dead letter(s) (%s) to %s at %s/s",
+            "replay %s: %d dead letter(s) (%s) to %s at %s/s%s",
             job.id,
             total,
             selection.describe(),
             f"route {to_route}" if to_route else "their routes",
             f"{rate:g}" if rate else "unlimited",
+            f", asked by {by}" if by else "",
         )
         if total:
             self._start(job, revision)

@@ -65,6 +65,11 @@ _SELECTION_PROPS: dict[str, Any] = {
         "type": "boolean",
         "description": "every dead letter; required when no other condition is given",
     },
+    "by": {
+        "type": "string",
+        "maxLength": 200,
+        "description": "who asked (the console's signed-in operator): logged, kept in the job",
+    },
 }
 
 _JOB_PROPS: dict[str, Any] = {
@@ -96,6 +101,7 @@ _JOB_PROPS: dict[str, Any] = {
     "failed": {"type": "integer", "minimum": 0},
     "errors": {"type": "array", "items": {"type": "string"}},
     "owner": {"type": "string"},
+    "by": {"type": "string", "description": "who asked for it; empty when nobody said"},
     "heartbeat": _TIME,
     "finished": _TIME_OR_NULL,
 }

@@ -26,7 +26,6 @@ from vebus.config import Route
 from vebus.delivery.consumers import RouteConsumers
 from vebus.delivery.route import PausedSeconds
 from vebus.delivery.sink import Sink
-from vebus.errors import ConfigError
 from vebus.routing.source import RouteSource, RouteView, serve_status
 from vebus.routing.store import PauseBook, open_route_store
 from vebus.runtime.service import ServiceContext, ServiceSettings, run_service
@@ -69,16 +68,8 @@ async def _body(ctx: ServiceContext, *, paused_seconds: PausedSeconds | None = N
         paused_seconds=paused_seconds,
         rate_replicas=ctx.config.nats.replicas,
     )
-    view = await ctx.startup("routes", source.load)
-    try:
-        # the config file's routes, as before routes could be stored: a sink that cannot
-        # be built is the user's config mistake, reported at start
-        await consumers.apply(view, strict=view.from_config)
-    except ConfigError as e:
-        await consumers.close()
-        for line in e.errors:
-            log.error("%s", line)
-        raise SystemExit(2) from None
+    # the config file's routes: a sink that cannot be built is reported at start (exit 2)
+    await consumers.start(await ctx.startup("routes", source.load))
     status_sub = await serve_status(ctx.nc, consumers.status)
     consumers.spawn_sweep()
 

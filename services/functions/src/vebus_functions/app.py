@@ -130,14 +130,11 @@ async def _body(ctx: ServiceContext) -> None:
     view = await ctx.startup("routes", source.load)
     try:
         # the config file's routes: a route naming a function this file does not declare
-        # is the user's mistake, reported at start
-        await consumers.apply(view, strict=view.from_config)
-    except ConfigError as e:
-        await consumers.close()
+        # is reported at start (exit 2)
+        await consumers.start(view)
+    except ConfigError:
         await host.close()
-        for line in e.errors:
-            log.error("%s", line)
-        raise SystemExit(2) from None
+        raise
 
     def status() -> ReplicaStatus:
         return msgspec.structs.replace(consumers.status(), functions=host.names())

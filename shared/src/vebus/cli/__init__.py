@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("vebus.cli.status", "status"),
     "fn": ("vebus.cli.fn", "fn"),
     "subscriber": ("vebus.cli.subscriber", "subscriber"),
+    "tls": ("vebus.cli.tls", "tls"),
+    "console": ("vebus.cli.console", "console"),
 }
 
 

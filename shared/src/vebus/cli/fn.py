@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from vebus import names
+from vebus.bus.status import merge_quantile
 from vebus.cli._common import config_option, fail, load_or_default, nats_url_option, run_async
 
 __all__ = ["fn", "merge_quantile"]
@@ -189,23 +190,6 @@ def test(name: str, event_file: str, as_json: bool, config_path: str) -> None:
 # ---------------------------------------------------------------------------- list
 
 
-def merge_quantile(buckets: list[int], bounds: list[float], q: float) -> float | None:
-    """The `q` quantile of a histogram (counts per bucket, upper `bounds`, one more bucket
-    above the last bound), interpolated inside its bucket; None when it is empty."""
-    total = sum(buckets)
-    if not total:
-        return None
-    rank = q * total
-    seen = 0
-    for i, n in enumerate(buckets):
-        if n and seen + n >= rank:
-            low = bounds[i - 1] if i > 0 else 0.0
-            high = bounds[i] if i < len(bounds) else bounds[-1] * 2
-            return low + (high - low) * ((rank - seen) / n)
-        seen += n
-    return bounds[-1]
-
-
 def _ms(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -213,41 +197,11 @@ def _ms(seconds: float | None) -> str:
 
 
 async def _functions(config: Any, nats_url: str | None) -> dict[str, dict[str, Any]]:
+    from vebus.bus.status import discover, function_summary
     from vebus.cli._common import nats_connection
-    from vebus.cli.status import _replica, discover
 
     async with nats_connection(config, nats_url) as nc:
-        replies = await discover(nc)
-    out: dict[str, dict[str, Any]] = {}
-    for reply in replies:
-        rep = _replica(reply)
-        if rep.get("service") != "functions":
-            continue
-        for name, st in ((rep.get("details") or {}).get("functions") or {}).items():
-            agg = out.setdefault(name, {
-                "function": name, "runtime": st.get("runtime"), "replicas": 0,
-                "invocations": 0, "errors": 0, "outcomes": {}, "buckets": None,
-                "bounds": st.get("bounds") or [], "problems": [], "last_error": None,
-            })  # fmt: skip
-            agg["replicas"] += 1
-            agg["invocations"] += int(st.get("invocations") or 0)
-            agg["errors"] += int(st.get("errors") or 0)
-            for k, v in (st.get("outcomes") or {}).items():
-                agg["outcomes"][k] = agg["outcomes"].get(k, 0) + int(v)
-            b = st.get("buckets") or []
-            if agg["buckets"] is None:
-                agg["buckets"] = b
-            else:
-                agg["buckets"] = [x + y for x, y in zip(agg["buckets"], b, strict=False)]
-            if st.get("problem"):
-                agg["problems"].append(f"{rep.get('instance')}: {st['problem']}")
-            agg["last_error"] = st.get("last_error") or agg["last_error"]
-    for agg in out.values():
-        buckets = agg.pop("buckets") or []
-        bounds = agg.pop("bounds")
-        agg["p50"] = merge_quantile(buckets, bounds, 0.5) if bounds else None
-        agg["p99"] = merge_quantile(buckets, bounds, 0.99) if bounds else None
-    return out
+        return function_summary(await discover(nc))
 
 
 @fn.command("list")

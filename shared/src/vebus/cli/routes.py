@@ -28,7 +28,7 @@ from vebus.cli._common import (
     run_async,
 )
 from vebus.errors import InvalidEventError, PatternError
-from vebus.events.patterns import Pattern, compile_pattern
+from vebus.events.patterns import Pattern, compile_pattern, explain_match
 
 __all__ = ["routes"]
 
@@ -149,17 +149,10 @@ def test(
         doc = from_json(_read(event_file)).as_match_input()
     except InvalidEventError as e:
         fail(f"{where}: {e}", INVALID)
-    if pattern is None:
-        click.echo(f"matched: {label} has no match, so it takes every event")
-        sys.exit(MATCHED)
-    explanation = pattern.explain(doc)
-    if explanation.matched:
-        click.echo(f"matched: {label}")
-        click.echo(f"  {explanation.reason}")
-        sys.exit(MATCHED)
-    click.echo(f"no match: {label}")
-    click.echo(f"  {explanation.reason}")
-    sys.exit(NOT_MATCHED)
+    explanation = explain_match(pattern, doc)
+    for line in explanation.lines(label):
+        click.echo(line)
+    sys.exit(MATCHED if explanation.matched else NOT_MATCHED)
 
 
 # ---------------------------------------------------------------- live route changes
@@ -484,7 +477,9 @@ async def _list(config: Any, nats_url: str | None) -> None:
         state = "active"
         if record is not None and record.since is not None:
             since = dt.datetime.fromtimestamp(record.since, dt.UTC).isoformat(timespec="seconds")
-            state = f"PAUSED since {since}"
+            state = f"PAUSED since {since}" + (f" by {record.by}" if record.by else "")
+        elif record is not None and record.by:
+            state = f"active (resumed by {record.by})"
         click.echo(f"  {name:<30} {kinds.get(name, '?'):<12} {state}")
     if not names:
         click.echo("  (no routes)")

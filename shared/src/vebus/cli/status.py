@@ -1,193 +1,23 @@
 """`vebus status`: the bus on one screen: NATS, streams, consumer backlogs, every replica.
 
-Replicas are found the way DESIGN.md says, through NATS micro-service discovery, so it
-works the same on one host, under compose and in Kubernetes: one `$SRV.STATS` request is
-answered by every vebus process, each with its status as the data of its `status`
-endpoint (see `vebus.runtime.service`). Two such samples `--interval` apart give the recent rates
-(events received, published, delivered per second). The rest comes from JetStream: stream
-sizes, each consumer's backlog (num_pending, ack_pending), dead letters per route.
+What it shows is collected by `vebus.bus.status.collect_status` (shared with the
+console's status page): replicas through NATS micro-service discovery, two samples
+`--interval` apart for the recent rates, and JetStream's stream sizes, consumer backlogs
+and dead letters per route.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
-import time
 from typing import Any
 
 import click
-import nats.errors
-from nats.aio.client import Client
 
-from vebus import names
+from vebus.bus.status import collect_status, discover
 from vebus.cli._common import config_option, connect, load_or_default, nats_url_option, run_async
 
 __all__ = ["collect_status", "discover", "status"]
-
-#: counters each replica reports, and the rate shown for each
-COUNTERS = ("received", "published", "delivered", "failed")
-
-
-async def discover(nc: Client, timeout: float = 1.0, idle: float = 0.3) -> list[dict[str, Any]]:
-    """Every vebus replica's `$SRV.STATS` answer (scatter-gather: replies until `timeout`,
-    or until none came for `idle` seconds after the first)."""
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
-    out: list[dict[str, Any]] = []
-    try:
-        await nc.publish(names.SRV_STATS, b"", reply=inbox)
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                msg = await sub.next_msg(timeout=min(left, idle) if out else left)
-            except (TimeoutError, nats.errors.TimeoutError):
-                if out:
-                    break
-                continue
-            try:
-                reply = json.loads(msg.data)
-            except ValueError:
-                continue
-            if names.service_of_micro(str(reply.get("name", ""))) is not None:
-                out.append(reply)
-    finally:
-        await sub.unsubscribe()
-    return out
-
-
-def _replica(reply: dict[str, Any]) -> dict[str, Any]:
-    """One replica from its STATS answer: its status endpoint's data, or what STATS says."""
-    data: dict[str, Any] = {}
-    for ep in reply.get("endpoints") or []:
-        if ep.get("name") == "status" and isinstance(ep.get("data"), dict):
-            data = ep["data"]
-    return {
-        "service": data.get("service") or names.service_of_micro(str(reply.get("name", ""))),
-        "instance": data.get("instance") or reply.get("id"),
-        "id": reply.get("id"),
-        "version": reply.get("version"),
-        "started": reply.get("started"),
-        **{k: v for k, v in data.items() if k not in ("service", "instance", "version")},
-    }
-
-
-async def collect_status(nc: Client, interval: float = 1.0) -> dict[str, Any]:
-    """Everything `vebus status` shows, as a dict (what `--json` prints)."""
-    js = nc.jetstream()
-    first = {r["id"]: _replica(r) for r in await discover(nc)}
-    t0 = time.monotonic()
-    info: dict[str, Any] = getattr(nc, "_server_info", {}) or {}
-    out: dict[str, Any] = {
-        "nats": {
-            "url": nc.connected_url.geturl() if nc.connected_url else None,
-            "server": info.get("server_name"),
-            "version": info.get("version"),
-            "cluster": info.get("cluster"),
-            "jetstream": bool(info.get("jetstream")),
-        },
-        "streams": [],
-        "consumers": [],
-        "dead_letters": {"total": 0, "by_route": {}},
-    }
-    try:
-        account = await js.account_info()
-        out["nats"]["jetstream_account"] = {
-            "memory": account.memory, "storage": account.storage,
-            "streams": account.streams, "consumers": account.consumers,
-        }  # fmt: skip
-    except nats.errors.Error as e:
-        out["nats"]["error"] = f"JetStream: {e}"
-    for name in (names.EVENTS_STREAM, names.ROUTES_STREAM, names.DLQ_STREAM):
-        try:
-            si = await js.stream_info(
-                name, subjects_filter=names.DLQ_SUBJECTS if name == names.DLQ_STREAM else None
-            )
-        except nats.errors.Error:
-            out["streams"].append({"name": name, "missing": True})
-            continue
-        state = si.state
-        out["streams"].append(
-            {
-                "name": name,
-                "messages": state.messages,
-                "bytes": state.bytes,
-                "first_seq": state.first_seq,
-                "last_seq": state.last_seq,
-                "consumers": state.consumer_count,
-                "replicas": si.config.num_replicas,
-            }
-        )
-        if name == names.DLQ_STREAM:
-            by_route = {
-                names.route_of_dlq_subject(subject): count
-                for subject, count in sorted((state.subjects or {}).items())
-            }
-            out["dead_letters"] = {"total": state.messages, "by_route": by_route}
-        with_consumers = await js.consumers_info(name) if state.consumer_count else []
-        for ci in with_consumers:
-            out["consumers"].append(
-                {
-                    "stream": name,
-                    "name": ci.name,
-                    "num_pending": ci.num_pending,
-                    "ack_pending": ci.num_ack_pending,
-                    "redelivered": ci.num_redelivered,
-                    "waiting": ci.num_waiting,
-                    "delivered_seq": ci.delivered.stream_seq if ci.delivered else None,
-                    "ack_floor_seq": ci.ack_floor.stream_seq if ci.ack_floor else None,
-                }
-            )
-    await asyncio.sleep(max(0.0, interval - (time.monotonic() - t0)))
-    second = {r["id"]: _replica(r) for r in await discover(nc)}
-    elapsed = max(time.monotonic() - t0, 1e-3)
-    replicas = []
-    for rid, rep in sorted(second.items(), key=lambda kv: (kv[1]["service"], kv[1]["instance"])):
-        before = (first.get(rid) or {}).get("counters") or {}
-        now = rep.get("counters") or {}
-        if before:
-            rep["rates"] = {
-                k: round(max(0.0, now.get(k, 0) - before.get(k, 0)) / elapsed, 2) for k in COUNTERS
-            }
-        replicas.append(rep)
-    for rid, rep in first.items():  # answered once: stopped, or slow to answer the second
-        if rid not in second:
-            replicas.append({**rep, "gone": True})
-    out["services"] = replicas
-    out["rates"] = {
-        "delivered_per_s": round(
-            sum(r.get("rates", {}).get("delivered", 0.0) for r in replicas), 2
-        ),
-        "received_by_filter_per_s": round(
-            sum(
-                r.get("rates", {}).get("received", 0.0)
-                for r in replicas
-                if r["service"] == "filter"
-            ),
-            2,
-        ),
-        "sampled_seconds": round(elapsed, 2),
-    }
-    out["collectors"] = _leases(replicas)
-    return out
-
-
-def _leases(replicas: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per vCenter: the active collector replica (the lease holder) and the standbys."""
-    out: dict[str, dict[str, Any]] = {}
-    for rep in replicas:
-        if rep["service"] != "collector":
-            continue
-        for vc, st in ((rep.get("details") or {}).get("vcenters") or {}).items():
-            entry = out.setdefault(vc, {"active": None, "standby": [], "state": None})
-            if st.get("role") == "active":
-                entry["active"] = rep["instance"]
-                entry["state"] = st.get("state")
-                if (pos := st.get("position")) is not None:
-                    entry["last_key"] = pos.get("key")
-            else:
-                entry["standby"].append(rep["instance"])
-    return out
 
 
 def _role(rep: dict[str, Any]) -> str:

@@ -107,7 +107,8 @@ def up(
     log_format: str,
 ) -> None:
     """Run vebus on this machine: nats-server with JetStream, and the collector, filter,
-    dispatcher and deadletter services, each its own process (restarted if it dies).
+    dispatcher, deadletter and console services, each its own process (restarted if it dies;
+    the console on http://127.0.0.1:8090/, its sign-in token in <data-dir>/console.env).
 
     With no vCenter in the config, the vCenter simulator is started on 127.0.0.1:8989
     and a `console` route prints every event, so events show at once; run `vebus demo`

@@ -400,6 +400,17 @@ class RouteConsumers:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    async def start(self, view: RouteView) -> None:
+        """Run the routes a replica starts with. The config file's routes are applied
+        strictly: one that cannot start (a sink that cannot be built, a function not
+        declared) is the user's mistake, raised as ConfigError with every worker stopped,
+        for the service to exit 2 with (vebus.runtime.service)."""
+        try:
+            await self.apply(view, strict=view.from_config)
+        except ConfigError:
+            await self.close()
+            raise
+
     async def close(self) -> None:
         """Stop every worker (each finishes what it has in flight)."""
         runs = list(self.running.values()) + list(self.draining.values())

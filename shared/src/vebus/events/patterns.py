@@ -48,6 +48,7 @@ __all__ = [
     "Pattern",
     "PatternIndex",
     "compile_pattern",
+    "explain_match",
 ]
 
 OPERATORS: tuple[str, ...] = (
@@ -76,6 +77,13 @@ class Explanation:
 
     matched: bool
     reason: str
+
+    def lines(self, label: str) -> list[str]:
+        """What `vebus routes test` prints (and the console shows) for `label`, e.g.
+        `route vm-off`: the verdict, then the reason indented."""
+        if self.matched and not self.reason:
+            return [f"matched: {label} has no match, so it takes every event"]
+        return [f"{'matched' if self.matched else 'no match'}: {label}", f"  {self.reason}"]
 
 
 # --- rendering ----------------------------------------------------------------------------
@@ -489,6 +497,14 @@ class Pattern:
         """Like :meth:`matches`, with the reason: the first failing field, or every match."""
         matched, reason = self._root.explain(event)
         return Explanation(matched=matched, reason=reason)
+
+
+def explain_match(pattern: Pattern | None, event: Mapping[str, Any]) -> Explanation:
+    """Whether `pattern` matches `event` and why; None (a route without `match`) takes
+    every event (an empty reason)."""
+    if pattern is None:
+        return Explanation(matched=True, reason="")
+    return pattern.explain(event)
 
 
 # --- compiler -----------------------------------------------------------------------------

@@ -213,11 +213,25 @@ def vcsim_binary(cache_dir: Path) -> Path:
 
 
 def start_vcsim(
-    binary: Path, *, port: int | None = None, log_path: Path, timeout: float = 30.0
+    binary: Path,
+    *,
+    port: int | None = None,
+    log_path: Path,
+    timeout: float = 30.0,
+    login: tuple[str, str] | None = None,
 ) -> tuple[ManagedProcess, str]:
-    """Start the simulator on 127.0.0.1:`port`; returns it and its SDK URL."""
+    """Start the simulator on 127.0.0.1:`port`; returns it and its SDK URL.
+
+    With `login` (user, password) it refuses every other login; the password reaches it
+    through its environment, not its command line.
+    """
     port = port or free_port()
-    proc = ManagedProcess("vcsim", [str(binary), "-listen", f"127.0.0.1:{port}"], log_path).start()
+    env = None
+    if login is not None:
+        env = {**os.environ, "VCSIM_USERNAME": login[0], "VCSIM_PASSWORD": login[1]}
+    proc = ManagedProcess(
+        "vcsim", [str(binary), "-listen", f"127.0.0.1:{port}"], log_path, env=env
+    ).start()
     if not wait_for_port(port, timeout=timeout):
         proc.kill()
         raise EmbeddedProcessError(f"vcsim did not listen on {port}:\n{proc.output()[-2000:]}")

@@ -30,8 +30,6 @@ __all__ = [
     "read_env_file",
 ]
 
-#: the users deploy/nats/auth.conf defines: the services (names.SERVICES), `subscriber` for another
-#: program reading the events (names.SUBSCRIBER_DURABLE), and `admin` for the CLI
 USERS = (*names.SERVICES, "subscriber", "admin")
 AUTH_FILE = "nats-auth.env"
 #: where the `vebus` command looks when nothing names a user: `vebus up`'s default data dir

@@ -26,7 +26,7 @@ import yaml
 from vebus import aio, names
 from vebus.config import Config, NatsConfig, NatsTls, parse_config, read_yaml
 from vebus.errors import EmbeddedProcessError
-from vebus.local import embedded, natsauth
+from vebus.local import consolesetup, embedded, natsauth
 from vebus.local.tls import LocalTls, ensure_local_tls
 from vebus.runtime.connect import ConnectFailedError, connect_once
 
@@ -437,13 +437,15 @@ async def run_up(opts: UpOptions, raw: dict[str, Any]) -> int:
             _say(f"vCenter simulator {vcsim_url}  (user {VCSIM_USER}, password {VCSIM_PASSWORD})")
 
         cfg = effective_config(raw, opts, vcsim_url, tls)
+        console = consolesetup.prepare(cfg, data)
+        cfg = console.config
         # fail here, once, rather than in four services; the routes are applied as admin
         admin = (
             {natsauth.USER_ENV: "admin", natsauth.PASSWORD_ENV: passwords["admin"]}
             if passwords
             else {}
         )
-        checked = parse_config(cfg, {**os.environ, **admin})
+        checked = parse_config(cfg, {**os.environ, **admin, **console.env})
         try:
             revision = await _apply_routes(checked, cfg.get("routes") or [], opts.config_path)
             _say(
@@ -476,8 +478,20 @@ async def run_up(opts: UpOptions, raw: dict[str, Any]) -> int:
                     if passwords
                     else None
                 )
+                if name in ("deadletter", "console"):
+                    own = {**(own or {}), **console.env}
+                if name == "console":
+                    own = {**(own or {}), **_console_listen(cfg, replica)}
                 services.append(_Service(label, args, logs / f"{label}.log", opts.echo, own))
                 _say(f"{label:<16} http://127.0.0.1:{port}/readyz  (log {logs / label}.log)")
+                if name == "console":
+                    url = (own or {}).get(names.ENV_CONSOLE_LISTEN) or _console_address(cfg)
+                    hint = (
+                        f"sign in with the token {names.ENV_CONSOLE_TOKEN} in {console.token_file}"
+                        if console.token_file
+                        else "sign in as a user of console.users"
+                    )
+                    _say(f"{'':<16} console at http://{url}/  ({hint})")
         _say("press Ctrl-C to stop; `vebus demo` in another terminal makes events")
 
         stopping = asyncio.Event()
@@ -496,6 +510,18 @@ async def run_up(opts: UpOptions, raw: dict[str, Any]) -> int:
     finally:
         for node in reversed(nodes):
             node.proc.stop()
+
+
+def _console_address(cfg: dict[str, Any]) -> str:
+    return str((cfg.get("console") or {}).get("listen") or f"127.0.0.1:{names.CONSOLE_PORT}")
+
+
+def _console_listen(cfg: dict[str, Any], replica: int) -> dict[str, str]:
+    """A free port for a second console replica, or when the configured one is taken."""
+    host, _, port = _console_address(cfg).rpartition(":")
+    if replica == 1 and port.isdigit() and _port_free(int(port)):
+        return {}
+    return {names.ENV_CONSOLE_LISTEN: f"{host}:{embedded.free_port()}"}
 
 
 def _admin_hint(auth_path: Path) -> str:

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from vebus.config import Route
-from vebus.events.patterns import Pattern, PatternIndex, compile_pattern
+from vebus.events.patterns import Explanation, Pattern, PatternIndex, compile_pattern, explain_match
 from vebus.names import route_subject
 
 __all__ = ["Router"]
@@ -40,3 +40,8 @@ class Router:
     def match(self, event: Mapping[str, Any]) -> list[Route]:
         """The routes whose pattern matches `event` (attributes plus decoded `data`), in order."""
         return self._index.matching(event)
+
+    def explain(self, event: Mapping[str, Any]) -> list[tuple[Route, Explanation]]:
+        """Every route, in order, with whether it matches `event` and why (as `vebus routes
+        test` says it); slower than `match`: for one event a person looks at."""
+        return [(r, explain_match(self.patterns[r.name], event)) for r in self.routes]

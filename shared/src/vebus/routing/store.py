@@ -90,6 +90,8 @@ class PauseRecord(msgspec.Struct, frozen=True, kw_only=True):
 
     route: str
     periods: list[PausePeriod] = msgspec.field(default_factory=list)
+    #: who made the last change (pause or resume): user@host, or the console's operator
+    by: str = ""
 
     @property
     def paused(self) -> bool:
@@ -215,10 +217,13 @@ class RouteStore:
             return None
         return decode_pause(entry.value) if entry.value else None
 
-    async def set_paused(self, route: str, paused: bool, *, now: float | None = None) -> bool:
+    async def set_paused(
+        self, route: str, paused: bool, *, now: float | None = None, by: str | None = None
+    ) -> bool:
         """Pause or resume `route`; False when it already was in that state.
 
-        A compare-and-set loop: two operators pausing at once write one period.
+        `by` names who did it (default: this process's user@host). A compare-and-set
+        loop: two operators pausing at once write one period.
         """
         key = _pause_key(route)
         while True:
@@ -238,7 +243,9 @@ class RouteStore:
                 periods.append(PausePeriod(now_))
             else:
                 periods[-1] = PausePeriod(periods[-1].start, max(now_, periods[-1].start))
-            value = msgspec.json.encode(PauseRecord(route=route, periods=periods[-MAX_PERIODS:]))
+            value = msgspec.json.encode(
+                PauseRecord(route=route, periods=periods[-MAX_PERIODS:], by=by or _who())
+            )
             try:
                 if revision is None:
                     await self.kv.create(key, value)

@@ -359,6 +359,15 @@ def _status(ctx: ServiceContext, version: str, started: float) -> dict[str, Any]
             "delivered": m.total(m.delivered),
             "failed": m.total(m.dead_lettered),
         }
+        # per route: what the console's routes page shows (delivered and failed counts)
+        routes: dict[str, dict[str, float]] = {}
+        for counter, key in ((m.delivered, "delivered"), (m.dead_lettered, "failed")):
+            for labels, value in counter.items():
+                if route := labels.get("route"):
+                    entry = routes.setdefault(route, {"delivered": 0.0, "failed": 0.0})
+                    entry[key] += value
+        if routes:
+            out["routes"] = routes
         out["tracing"] = tel.tracer is not None
     return out
 
@@ -473,6 +482,12 @@ async def run_service(settings: ServiceSettings, body: Body, *, version: str = "
         if not stopping.is_set():
             raise
         log.info("%s stopped while starting", settings.service)  # ctx.startup, interrupted
+    except ConfigError as e:
+        # found only once connected (a route of the config file whose sink cannot be
+        # built): the user's mistake, reported as a bad config file is
+        for line in e.errors:
+            log.error("%s", line)
+        status = 2
     except Exception:
         log.exception("%s failed", settings.service)
         status = 1
