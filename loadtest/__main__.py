@@ -1,6 +1,6 @@
 """The benchmark runner: `uv run python -m loadtest [SCENARIO ...] [--short]` (`make bench`).
 
-Scenarios: latency, throughput, scaleout, backlog, routes, burst, functions (all by
+Scenarios: latency, throughput, scaleout, backlog, routes, burst, functions, sync (all by
 default). Each prints its table and writes `loadtest/results/<scenario>.json` and `.png`
 (`--short`: the seconds-long form, `<scenario>-short.*`, git-ignored), with the machine
 (nproc, load average), date, git commit and the JetStream storage and sync settings it ran

@@ -86,6 +86,8 @@ class Bench:
 
     workdir: Path
     sink_delay: float = 0.0
+    #: nats-server config text added to `-js -sd` (e.g. a `jetstream { sync_interval }`)
+    nats_conf: str = ""
     nats_proc: ManagedProcess = field(init=False)
     nats_url: str = field(init=False)
     monitor_port: int = field(init=False)
@@ -97,7 +99,14 @@ class Bench:
     async def __aenter__(self) -> Bench:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.monitor_port = free_port()
-        self.nats_proc, port = start_nats(self.workdir / "nats", http_port=self.monitor_port)
+        extra: list[str] = []
+        if self.nats_conf:
+            conf = self.workdir / "nats-server.conf"
+            conf.write_text(self.nats_conf)
+            extra = ["-c", str(conf)]
+        self.nats_proc, port = start_nats(
+            self.workdir / "nats", http_port=self.monitor_port, extra_args=extra
+        )
         self.nats_url = f"nats://127.0.0.1:{port}"
         self.sink = Sink(self.workdir, self.sink_delay)
         self.config = self.workdir / "vebus.yaml"

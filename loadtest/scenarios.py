@@ -648,6 +648,107 @@ async def burst(workdir: Path, short: bool) -> dict[str, Any]:
     }
 
 
+# ------------------------------------------------------------------------------ 6 sync
+
+
+async def _sync_run(
+    workdir: Path, sync: str, n: int, rate: float, paced_s: float
+) -> dict[str, Any]:
+    """One arm: JetStream with `sync_interval` `sync` (or nats-server's default): `n`
+    events published (500 acks awaited at a time) into VEBUS_EVENTS, that backlog through
+    the filter and a dispatcher, then `rate` events/s for `paced_s` seconds end to end."""
+    conf = f'jetstream {{\n  sync_interval: "{sync}"\n}}\n' if sync != "default" else ""
+    async with Bench(workdir, nats_conf=conf) as b:
+        b.write_config(routes_yaml(b.nats_url, b.sink.url, 1))
+        await b.ensure_streams()
+        await b.start("dispatcher")
+        t0 = time.perf_counter()
+        await b.inject(0, n, 1)
+        publish_rate = n / (time.perf_counter() - t0)
+        await b.start("filter")
+        await b.wait_sink(n, max(120.0, n / 50), f"sync {sync} backlog")
+        _, recv = b.latencies()
+        drain = rate_of(recv)
+        m = int(rate * paced_s)
+        await b.inject_paced(n, m, rate, 1)
+        await b.wait_sink(n + m, 120, f"sync {sync} paced")
+        lat, _ = b.latencies(n)
+        return {
+            "sync": sync,
+            "publish_per_s": publish_rate,
+            "pipeline_per_s": drain,
+            "paced": {"rate": rate, "events": m, "e2e_ms": ms(lat)},
+            "settings": await b.settings(),
+        }
+
+
+async def sync(workdir: Path, short: bool) -> dict[str, Any]:
+    """What `sync_interval: always` (an fsync before every acknowledgement) costs against
+    nats-server's default (fsync every 2 minutes), on the same disk in the same run, the
+    arms alternated (the machine's load drifts): publish acks/s into VEBUS_EVENTS, the
+    pipeline's events/s draining that backlog, and end-to-end latency at a steady rate."""
+    n = 600 if short else 20000
+    rounds = 1 if short else 3
+    rate, paced_s = (100.0, 1.0) if short else (200.0, 15.0)
+    runs: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    for i in range(rounds):
+        for arm in ("default", "always"):
+            r = await _sync_run(workdir / f"{arm}{i}", arm, n, rate, paced_s)
+            runs.append(r)
+            rows.append(
+                {
+                    "round": i + 1,
+                    "sync_interval": arm,
+                    "publish acks/s": r["publish_per_s"],
+                    "pipeline events/s": r["pipeline_per_s"],
+                    f"p50_ms @{rate:.0f}/s": r["paced"]["e2e_ms"]["p50"],
+                    f"p99_ms @{rate:.0f}/s": r["paced"]["e2e_ms"]["p99"],
+                }
+            )
+
+    def med(arm: str, key: str) -> float:
+        return statistics.median(r[key] for r in runs if r["sync"] == arm)
+
+    def med_lat(arm: str, p: str) -> float:
+        return statistics.median(r["paced"]["e2e_ms"][p] for r in runs if r["sync"] == arm)
+
+    pub = {a: med(a, "publish_per_s") for a in ("default", "always")}
+    pipe = {a: med(a, "pipeline_per_s") for a in ("default", "always")}
+    p50 = {a: med_lat(a, "p50") for a in ("default", "always")}
+    settings = {r["sync"]: r.pop("settings") for r in runs}
+    return {
+        "events": n,
+        "runs": runs,
+        "rows": rows,
+        "medians": {"publish_per_s": pub, "pipeline_per_s": pipe, "p50_ms": p50},
+        "always_vs_default": {
+            "publish": pub["always"] / pub["default"],
+            "pipeline": pipe["always"] / pipe["default"],
+        },
+        "chart": {
+            "series": {
+                "default (2m)": {
+                    "publish acks/s": pub["default"],
+                    "pipeline events/s": pipe["default"],
+                },
+                "always": {"publish acks/s": pub["always"], "pipeline events/s": pipe["always"]},
+            },
+            "ylabel": "events/s (median)",
+        },
+        "goal": _goal(
+            "measure: sync_interval always against the default, same disk, same run",
+            True,
+            f"always: publish {pub['always']:,.0f}/s ({pub['always'] / pub['default']:.2f} of "
+            f"the default's {pub['default']:,.0f}/s), pipeline {pipe['always']:,.0f}/s "
+            f"({pipe['always'] / pipe['default']:.2f} of {pipe['default']:,.0f}/s), p50 "
+            f"{p50['always']:.0f} ms against {p50['default']:.0f} ms",
+        ),
+        # the streams are the same in both arms; each arm's JetStream config is under by_arm
+        "settings": {**settings["always"], "by_arm": settings},
+    }
+
+
 SCENARIOS = {
     "latency": latency,
     "throughput": throughput,
@@ -655,5 +756,6 @@ SCENARIOS = {
     "backlog": backlog,
     "routes": routes,
     "burst": burst,
+    "sync": sync,
     "functions": functions,
 }

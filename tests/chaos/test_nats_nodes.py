@@ -114,3 +114,57 @@ async def test_nats_nodes_killed_one_after_another(
     await settle(led, js, bus.sink(ROUTE), ROUTE, timeout=120)
     assert all(f.recovered_after is not None for f in led.faults)
     led.check()
+
+
+ALL_AT_ONCE = [
+    pytest.param(Form(events=1200, rate=100, kills=1), id="short"),
+    # a rate whose backlog over a whole-cluster outage (about 15 s) stays well under the
+    # route's limit (ROUTE_MAX_MSGS): at 150/s the first run dead-lettered 422 as ROUTE_FULL
+    pytest.param(Form(events=6000, rate=60, kills=3), id="long", marks=pytest.mark.slow),
+]
+
+
+async def kill_all_nodes(bus: Bus, js: JetStreamContext, fault: Fault) -> None:
+    """SIGKILL every NATS node at once; wait until `vebus up` restarted them all and each
+    leads or follows every vebus stream again."""
+    cluster = bus.cluster
+    pids = {n: cluster.node_pid(n) for n in (1, 2, 3)}
+    assert all(pids.values()), f"not every node is running: {pids}"
+    for pid in pids.values():
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        fresh = {n: cluster.node_pid(n) for n in pids}
+        back = all(p is not None and p != pids[n] for n, p in fresh.items())
+        if back and all([await node_is_current(js, n) for n in pids]):
+            fault.recovered()
+            return
+        await asyncio.sleep(0.25)
+    logs = "\n".join(cluster.log(f"nats-{n}")[-1500:] for n in pids)
+    raise AssertionError(f"the cluster did not come back after losing every node:\n{logs}")
+
+
+@pytest.mark.parametrize("form", ALL_AT_ONCE)
+async def test_every_nats_node_killed_at_once(
+    bus: Bus, js: JetStreamContext, ledger: MakeLedger, form: Form
+) -> None:
+    """All three nodes SIGKILLed together while events flow (a crash of every node, not a
+    power loss: the page cache keeps what they wrote, see test_power_loss.py): the cluster
+    comes back from its disks and no acknowledged event is lost."""
+    led = ledger(f"every NATS node killed at once ({form.events} events)", bus.sink(ROUTE))
+    led.max_ack_pending = await bus.max_ack_pending(js, ROUTE)
+    producer = Producer(
+        js, led, source=source(ROUTE), prefix=f"all{time.time_ns()}", count=form.events,
+        rate=form.rate,
+    )  # fmt: skip
+    producing = asyncio.create_task(producer.run())
+    for k in range(form.kills):
+        await asyncio.sleep(2 if k == 0 else 10)  # the backlog of the last outage drains
+        fault = led.fault(f"SIGKILL nats-1, nats-2 and nats-3 at once ({producer.acked} acked)")
+        await kill_all_nodes(bus, js, fault)
+    await producing
+    await bus.cluster.wait_all_ready()
+    await settle(led, js, bus.sink(ROUTE), ROUTE, timeout=180)
+    assert all(f.recovered_after is not None for f in led.faults)
+    led.check()

@@ -185,6 +185,12 @@ CASES: list[tuple[list[str], str | None, int, str]] = [
     (["up", "--config", "{tmp}/notyaml.yaml"], None, 2, "notyaml.yaml: not valid YAML (line"),
     (["up", "--config", "{tmp}/binary.yaml"], None, 2, "binary.yaml: not UTF-8 text"),
     (["up", "--config", "{tmp}/nofile.yaml"], None, 2, "nofile.yaml: cannot read the config"),
+    (
+        ["up", "--nats-sync-interval", "soon"],
+        None,
+        2,
+        "--nats-sync-interval soon: expected `always` or a duration",
+    ),
 ]
 
 

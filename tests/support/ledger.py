@@ -495,8 +495,10 @@ class UpCluster:
         env: Mapping[str, str],
         nodes: int = 3,
         replicas: int = 2,
+        extra_args: Iterable[str] = (),
     ) -> None:
         self.workdir = workdir
+        self.extra_args = list(extra_args)
         self.config = dict(config)
         self.env = dict(env)
         self.nodes = nodes
@@ -551,6 +553,7 @@ class UpCluster:
         ]  # fmt: skip
         for name in self.SERVICES:
             args += ["--scale", f"{name}={self.replicas_per_service}"]
+        args += self.extra_args
         env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         with open(self.log_path, "wb") as out:
             self.proc = subprocess.Popen(

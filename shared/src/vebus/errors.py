@@ -6,6 +6,8 @@ VebusError
 │   └── PatternError             an event pattern is invalid (also a ValueError)
 ├── RetryableError               the operation may succeed if tried again later
 │   ├── PublishError             JetStream did not acknowledge a publish in time
+│   │   └── StorageFullError     ... it refused it: no storage left (max_file_store, disk);
+│   │                            retried until space is freed
 │   ├── RateLimiterUnavailableError  a route's shared send schedule could not be reached
 │   ├── VCenterConnectionError   vCenter cannot be reached or does not answer in time
 │   └── RetryableDeliveryError   a sink may take the event later (5xx, 429, timeout, refused)
@@ -70,6 +72,7 @@ __all__ = [
     "RetryableError",
     "RouteFullError",
     "StaleRevisionError",
+    "StorageFullError",
     "StreamConflictError",
     "TemplateError",
     "UnsupportedModeError",
@@ -151,6 +154,16 @@ class RetryableError(VebusError):
 
 class PublishError(RetryableError):
     """A JetStream publish was not acknowledged."""
+
+
+class StorageFullError(PublishError):
+    """JetStream refused a publish for want of storage (its `max_file_store` used up, the
+    disk full): nothing was stored; the same publish succeeds once space is freed.
+    `stream` names the stream the publish was for."""
+
+    def __init__(self, message: str, *, stream: str) -> None:
+        super().__init__(message)
+        self.stream = stream
 
 
 class RateLimiterUnavailableError(RetryableError):

@@ -191,6 +191,27 @@ def stream_of_subject(subject: str) -> tuple[str, str]:
     return "", ""
 
 
+#: the subjects of a NATS KV bucket's entries start so; its stream is `KV_<bucket>`
+KV_SUBJECT_PREFIX = "$KV."
+KV_STREAM_PREFIX = "KV_"
+
+
+def kv_subject(bucket: str, key: str) -> str:
+    """The subject a write of `key` in KV `bucket` is published to."""
+    return f"{KV_SUBJECT_PREFIX}{bucket}.{key}"
+
+
+def stream_name_of(subject: str) -> str:
+    """The stream a publish to `subject` goes to: a vebus stream, a KV bucket's stream
+    (`$KV.<bucket>.<key>` -> `KV_<bucket>`), else the subject itself."""
+    stream, _ = stream_of_subject(subject)
+    if stream:
+        return stream
+    if subject.startswith(KV_SUBJECT_PREFIX):
+        return KV_STREAM_PREFIX + subject[len(KV_SUBJECT_PREFIX) :].split(".", 1)[0]
+    return subject
+
+
 # ---------------------------------------------------------------- durable consumers
 
 FILTER_DURABLE = "vebus-filter"
@@ -344,8 +365,22 @@ def function_reply_msg_id(function: str, cause: str, index: int) -> str:
 
 # ---------------------------------------------------------------- JetStream API errors
 
-#: a subject at max_msgs_per_subject with discard-new-per-subject (a full route)
+#: a store failure (JSStreamStoreFailedF): among others a subject at max_msgs_per_subject
+#: with discard-new-per-subject (a full route: JS_MAX_PER_SUBJECT_TEXT in its description),
+#: or a write the disk refused ("no space left on device")
 JS_ERR_MAX_MSGS_PER_SUBJECT = 10077
+#: ... what its description says for a full route
+JS_MAX_PER_SUBJECT_TEXT = "maximum messages per subject"
+#: JetStream out of storage: the server's max_file_store (or max_memory_store) is used up
+#: ("insufficient resources"), or the account's or stream's storage is
+JS_ERR_INSUFFICIENT_RESOURCES = 10023
+JS_ERR_STORAGE_EXCEEDED = 10047
+JS_ERR_MEMORY_EXCEEDED = 10028
+JS_STORAGE_ERRORS = frozenset(
+    {JS_ERR_INSUFFICIENT_RESOURCES, JS_ERR_STORAGE_EXCEEDED, JS_ERR_MEMORY_EXCEEDED}
+)
+#: store-failure descriptions (code 10077) that mean the disk, not the route, is full
+JS_NO_SPACE_TEXTS = ("no space left", "insufficient", "maximum bytes")
 #: a message delete that failed, e.g. "no message found"
 JS_ERR_MSG_DELETE_FAILED = 10057
 

@@ -15,6 +15,7 @@ from nats.js.kv import KeyValue
 
 from vebus import names
 from vebus.bus import kv
+from vebus.bus.publish import observed_write
 from vebus_collector.errors import CheckpointConflictError
 from vebus_collector.position import Position
 
@@ -84,10 +85,12 @@ class CheckpointStore:
         """Write `pos`; CheckpointConflictError when somebody else wrote since."""
         value = msgspec.json.encode(pos)
         try:
+            subject = names.kv_subject(names.CHECKPOINT_BUCKET, self._key)
             if self.revision is None:
-                self.revision = await self._kv.create(self._key, value)
+                self.revision = await observed_write(subject, self._kv.create(self._key, value))
             else:
-                self.revision = await self._kv.update(self._key, value, last=self.revision)
+                write = self._kv.update(self._key, value, last=self.revision)
+                self.revision = await observed_write(subject, write)
         except KeyWrongLastSequenceError as e:
             raise CheckpointConflictError(
                 f"checkpoint {self._key} was written by another replica"

@@ -30,6 +30,7 @@ from nats.js.kv import KeyValue
 
 from vebus import aio, names
 from vebus.bus.kv import ensure_bucket
+from vebus.bus.publish import describe, observed_write
 from vebus_collector.errors import LeaseLostError
 
 __all__ = ["LEASE_TTL", "Lease", "LeaseInfo", "ensure_lease_bucket"]
@@ -79,6 +80,8 @@ class Lease:
     def __init__(self, kv: KeyValue, vcenter: str, holder: str, ttl: float) -> None:
         self.kv = kv
         self.key = f"lease.{names.token(vcenter)}"
+        #: what a write of the lease is published to (observed: a full JetStream shows)
+        self.subject = names.kv_subject(names.LEASE_BUCKET, self.key)
         self.vcenter = vcenter
         self.holder = holder
         self.ttl = ttl
@@ -105,7 +108,9 @@ class Lease:
         """Take the lease if nobody holds it; True when this replica now holds it."""
         started = time.monotonic()
         try:
-            self.revision = await self.kv.create(self.key, self._value())
+            self.revision = await observed_write(
+                self.subject, self.kv.create(self.key, self._value())
+            )
         except KeyWrongLastSequenceError:
             self.revision = None
             self.other = await self._current()
@@ -121,7 +126,8 @@ class Lease:
                 if await self.try_acquire():
                     return True
             except (TimeoutError, nats.errors.Error) as e:
-                log.warning("%s: cannot reach the lease bucket: %r", self.vcenter, e)
+                log.warning("%s: cannot reach the lease bucket: %s", self.vcenter,
+                            describe(self.subject, e))  # fmt: skip
         return False
 
     async def keep(self) -> None:
@@ -133,7 +139,9 @@ class Lease:
                 raise LeaseLostError("lease not held")
             started = time.monotonic()
             try:
-                self.revision = await self.kv.update(self.key, self._value(), last=self.revision)
+                self.revision = await observed_write(
+                    self.subject, self.kv.update(self.key, self._value(), last=self.revision)
+                )
                 self.deadline = started + self.ttl - SAFETY_MARGIN
             except KeyWrongLastSequenceError:
                 self.revision = None
@@ -143,8 +151,10 @@ class Lease:
             except (TimeoutError, nats.errors.Error) as e:
                 if time.monotonic() >= self.deadline:
                     self.revision = None
-                    raise LeaseLostError(f"lease not renewed before it could expire ({e!r})") from e
-                log.warning("%s: lease renewal failed, trying again: %r", self.vcenter, e)
+                    why = describe(self.subject, e)
+                    raise LeaseLostError(f"lease not renewed before it could expire ({why})") from e
+                log.warning("%s: lease renewal failed, trying again: %s", self.vcenter,
+                            describe(self.subject, e))  # fmt: skip
 
     async def release(self) -> None:
         """Give the lease up (a standby takes over at its next poll)."""

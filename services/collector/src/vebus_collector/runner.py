@@ -21,7 +21,9 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from vebus import aio
+from vebus.bus.publish import describe
 from vebus.config import Check, VCenterConfig
+from vebus.errors import PublishError
 from vebus_collector.checkpoint import CheckpointStore, last_published
 from vebus_collector.checks import CheckRunner
 from vebus_collector.enrich import Enricher
@@ -94,6 +96,14 @@ class VCenterRunner:
                 await self._term()
             except LeaseLostError as e:
                 log.warning("%s: %s; going back to standby", self.cfg.name, e)
+            except PublishError as e:
+                # JetStream refuses or does not acknowledge (no storage left, no leader):
+                # nothing after the last stored event was checkpointed; the next term
+                # resumes from it. One line, no traceback: the cause is NATS's, not ours.
+                log.error("%s: %s; resuming from the last stored event", self.cfg.name, e)
+                with contextlib.suppress(Exception):
+                    await self.lease.release()
+                await self._pause(1.0)
             except Exception:
                 log.exception("%s: follower failed; going back to standby", self.cfg.name)
                 await self.lease.release()
@@ -109,8 +119,9 @@ class VCenterRunner:
                 self._show_holder()
                 self.status.set("standby")
             except Exception as e:
-                log.warning("%s: cannot reach the lease bucket: %r", self.cfg.name, e)
-                self.status.set("starting", f"lease bucket: {e!r}")
+                why = describe(self.lease.subject, e)
+                log.warning("%s: cannot reach the lease bucket: %s", self.cfg.name, why)
+                self.status.set("starting", f"lease bucket: {why}")
             await self._pause(POLL_INTERVAL)
         return False
 

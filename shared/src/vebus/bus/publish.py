@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import TypeVar
 
 import nats.errors
 from nats.js import JetStreamContext
@@ -25,9 +26,20 @@ from tenacity import (
 
 from vebus import names
 from vebus.bus import acks, natsapi, observe
-from vebus.errors import MessageTooLargeError, PublishError, RouteFullError
+from vebus.errors import MessageTooLargeError, PublishError, RouteFullError, StorageFullError
 
-__all__ = ["OutgoingMessage", "check_size", "message_size", "publish", "publish_all"]
+__all__ = [
+    "OutgoingMessage",
+    "check_size",
+    "describe",
+    "message_size",
+    "observed_write",
+    "publish",
+    "publish_all",
+    "refused",
+]
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -132,12 +144,67 @@ async def _publish(
                     raise first
                 return await js.publish(subject, body, timeout=timeout, headers=headers)
     except APIError as e:
-        if e.err_code == names.JS_ERR_MAX_MSGS_PER_SUBJECT:
-            raise RouteFullError(f"{subject} is full: {e.description}") from e
-        raise PublishError(f"publish to {subject} was refused: {e.description}") from e
+        raise refused(subject, e) from e
     except (TimeoutError, nats.errors.Error) as e:
         raise PublishError(f"publish to {subject} was not acknowledged: {e!r}") from e
     raise AssertionError("unreachable")
+
+
+def refused(subject: str, e: APIError) -> PublishError | RouteFullError:
+    """The error for a publish JetStream answered with `e`: a full route (RouteFullError,
+    dead-lettered by the filter), no storage left (StorageFullError, retried until space
+    is freed), or another refusal (PublishError)."""
+    # nats-py's own subclasses (KeyWrongLastSequenceError, ...) may lack the attributes
+    code = getattr(e, "err_code", None)
+    description = str(getattr(e, "description", None) or "")
+    lowered = description.lower()
+    stream = names.stream_name_of(subject)
+    if code == names.JS_ERR_MAX_MSGS_PER_SUBJECT and names.JS_MAX_PER_SUBJECT_TEXT in lowered:
+        return RouteFullError(f"{subject} is full: {description}")
+    if code in names.JS_STORAGE_ERRORS or (
+        code == names.JS_ERR_MAX_MSGS_PER_SUBJECT
+        and any(t in lowered for t in names.JS_NO_SPACE_TEXTS)
+    ):
+        return StorageFullError(
+            f"JetStream: insufficient storage for {stream}: publish to {subject} refused "
+            f"({description or code}); free space or raise JetStream's max_file_store",
+            stream=stream,
+        )
+    return PublishError(f"publish to {subject} was refused: {description}")
+
+
+def describe(subject: str, error: BaseException) -> str:
+    """`error` of a write to `subject` as a person reads it: JetStream's refusals by what
+    they mean (nats-py's own text for them is often empty), anything else as its repr."""
+    if isinstance(error, APIError):
+        return str(refused(subject, error))
+    return repr(error)
+
+
+async def observed_write(subject: str, write: Awaitable[T]) -> T:
+    """Await `write`, a publish underneath (a KV create, update or put of `subject`:
+    names.kv_subject), observed like `publish`: a refusal for want of storage is reported
+    to the service (its /readyz says so), a success clears it. The write's own errors are
+    raised unchanged, so its caller handles them as before (a compare-and-set conflict is
+    not a failure of JetStream)."""
+    observer = observe.current()
+    if observer is None:
+        return await write
+    observation = observer.publishing(subject, {}, 0)
+    try:
+        result = await write
+    except APIError as e:
+        error = refused(subject, e)
+        if isinstance(error, StorageFullError):
+            observation.failed(error, "error")
+        else:
+            observation.abandoned()
+        raise
+    except BaseException:
+        observation.abandoned()
+        raise
+    observation.stored()
+    return result
 
 
 async def publish_all(

@@ -103,6 +103,9 @@ def _problems(s: dict[str, Any]) -> list[str]:
         )
     if not s["services"]:
         out.append("no vebus service answered: start them with `vebus up` (or check --nats-url)")
+    for r in s["services"]:
+        if not r.get("ready") and not r.get("gone") and r.get("reason"):
+            out.append(f"{r['service']} {r['instance']} is not ready: {r['reason']}")
     return out
 
 

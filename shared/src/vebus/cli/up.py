@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,9 @@ from vebus.config import parse_config
 from vebus.errors import ConfigError
 
 __all__ = ["up"]
+
+#: what nats-server takes as sync_interval: `always`, or a Go duration of one unit
+_SYNC_INTERVAL = re.compile(r"always|[1-9][0-9]*(ms|s|m|h)")
 
 
 @click.command()
@@ -65,6 +69,15 @@ __all__ = ["up"]
     "it by themselves; elsewhere give nats.tls (ca_file, cert_file, key_file) in a config.",
 )
 @click.option(
+    "--nats-sync-interval",
+    metavar="always|DURATION",
+    default=None,
+    help="JetStream's sync_interval on every node: `always` fsyncs before each "
+    "acknowledgement (no acknowledged event lost when every node loses power at once, at a "
+    "cost in throughput: loadtest/RESULTS.md); a duration such as 30s or 2m fsyncs that "
+    "often. Default: nats-server's own (2m). See docs/guarantees.md.",
+)
+@click.option(
     "--scale",
     "scale",
     multiple=True,
@@ -87,6 +100,7 @@ def up(
     nats_cluster: int,
     nats_auth: bool,
     nats_tls: bool,
+    nats_sync_interval: str | None,
     scale: tuple[str, ...],
     vcsim_port: int,
     quiet: bool,
@@ -107,6 +121,7 @@ def up(
       vebus up --nats-cluster 3 --scale dispatcher=2 --scale filter=2
       vebus up --nats-auth           # NATS users and passwords (in .vebus/nats-auth.env)
       vebus up --nats-tls            # TLS to NATS and between its nodes (.vebus/tls)
+      vebus up --nats-cluster 3 --nats-sync-interval always   # survives a power cut
     """
     from vebus.local.supervisor import UpOptions, load_raw, run_up
 
@@ -122,6 +137,13 @@ def up(
                 2,
             )
         replicas[name] = int(count)
+
+    if nats_sync_interval is not None and not _SYNC_INTERVAL.fullmatch(nats_sync_interval):
+        fail(
+            f"--nats-sync-interval {nats_sync_interval}: expected `always` or a duration "
+            "such as 500ms, 30s, 2m, 1h",
+            2,
+        )
 
     if config_path is None and Path("vebus.yaml").exists():
         config_path = Path("vebus.yaml")
@@ -145,6 +167,7 @@ def up(
         nats_cluster=nats_cluster,
         nats_auth=nats_auth,
         nats_tls=nats_tls,
+        nats_sync_interval=nats_sync_interval,
         scale=replicas,
         vcsim_port=vcsim_port,
         echo=not quiet,

@@ -133,8 +133,25 @@ class ServiceContext:
     polls: list[Poll] = field(default_factory=list)
 
     def details(self) -> dict[str, Any]:
-        """The /readyz extra fields as they are now."""
-        return {k: v() if callable(v) else v for k, v in self.health_details.items()}
+        """The /readyz extra fields as they are now (with `jetstream`: the streams whose
+        publishes keep failing, when there are)."""
+        out = {k: v() if callable(v) else v for k, v in self.health_details.items()}
+        if self.telemetry is not None and self.telemetry.publish_health.failing:
+            out["jetstream"] = self.telemetry.publish_health.report()
+        return out
+
+    def not_ready_reason(self) -> str | None:
+        """Why this replica is not ready (None: it is): starting, stopping, NATS
+        disconnected, or JetStream refusing its writes (no storage left, no acks)."""
+        if self.stopping.is_set():
+            return "stopping"
+        if not self.nc.is_connected:
+            return "NATS: not connected (reconnecting)"
+        if self.telemetry is not None and (why := self.telemetry.publish_health.reason()):
+            return why  # before "starting": a service that cannot store is not ready for it
+        if not self.ready:
+            return "starting"
+        return None
 
     def add_poll(self, poll: Poll) -> None:
         """Run `poll` every POLL_INTERVAL with the backlog poll (its errors are counted)."""
@@ -253,15 +270,16 @@ async def _start_health(ctx: ServiceContext) -> web.AppRunner:
         return web.json_response({"status": "ok", "service": ctx.settings.service})
 
     async def readyz(_: web.Request) -> web.Response:
-        ok = ctx.ready and ctx.nc.is_connected and not ctx.stopping.is_set()
+        reason = ctx.not_ready_reason()
         body: dict[str, Any] = {
-            "ready": ok,
+            "ready": reason is None,
             "nats": ctx.nc.is_connected,
             "service": ctx.settings.service,
         }
-        for key, value in ctx.health_details.items():
-            body[key] = value() if callable(value) else value
-        return web.json_response(body, status=200 if ok else 503)
+        if reason is not None:
+            body["reason"] = reason
+        body.update(ctx.details())
+        return web.json_response(body, status=200 if reason is None else 503)
 
     async def metrics(_: web.Request) -> web.Response:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -327,10 +345,12 @@ def _status(ctx: ServiceContext, version: str, started: float) -> dict[str, Any]
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "health_port": ctx.health_port,
-        "ready": ctx.ready and ctx.nc.is_connected and not ctx.stopping.is_set(),
+        "ready": (reason := ctx.not_ready_reason()) is None,
         "uptime": round(time.time() - started, 1),
         "details": ctx.details(),
     }
+    if reason is not None:
+        out["reason"] = reason
     if (tel := ctx.telemetry) is not None:
         m = tel.metrics
         out["counters"] = {

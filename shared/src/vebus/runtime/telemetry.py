@@ -39,6 +39,8 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from vebus import names
 from vebus.bus import observe
+from vebus.errors import PublishError
+from vebus.runtime.jshealth import PublishHealth
 from vebus.runtime.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -187,6 +189,8 @@ class Telemetry:
         #: (stream, durable) of every consumer a PullWorker runs here, for the backlog poll
         self.consumers: set[tuple[str, str]] = set()
         self._published: dict[str, Any] = {}
+        #: the streams whose publishes keep failing (/readyz, `vebus status`)
+        self.publish_health = PublishHealth()
 
     @classmethod
     def from_env(cls, service: str, instance: str, version: str) -> Telemetry:
@@ -302,7 +306,10 @@ class Telemetry:
         return span
 
     def _published_counter(self, subject: str) -> Any:
-        """The published counter's child for `subject`."""
+        """The published counter's child for `subject` (none for a KV write: observed for
+        the service's readiness, not an event)."""
+        if subject.startswith(names.KV_SUBJECT_PREFIX):
+            return _NOT_COUNTED
         stream, name = names.stream_of_subject(subject)
         if stream == names.EVENTS_STREAM:
             return self.metrics.published.labels(stream, "", name)
@@ -318,7 +325,10 @@ class Telemetry:
     def _publish_failed(self, subject: str, reason: str) -> None:
         """Count one publish that was refused or never acknowledged."""
         stream, name = names.stream_of_subject(subject)
-        self.metrics.publish_failed.labels(stream or "other", name, reason).inc()
+        if not stream:  # a KV write: its bucket's stream; any other subject: "other"
+            kv = subject.startswith(names.KV_SUBJECT_PREFIX)
+            stream = names.stream_name_of(subject) if kv else "other"
+        self.metrics.publish_failed.labels(stream, name, reason).inc()
 
     # -- consuming ---------------------------------------------------------------------
 
@@ -354,6 +364,18 @@ def _event_attributes(attributes: dict[str, Any], headers: Mapping[str, str]) ->
         attributes["cloudevents.event_source"] = ce_source
 
 
+class _NotCounted:
+    """A counter child that counts nothing."""
+
+    __slots__ = ()
+
+    def inc(self, amount: float = 1.0) -> None:
+        pass
+
+
+_NOT_COUNTED = _NotCounted()
+
+
 class _Publishing:
     """One observed publish (or, without a span, every publish to one subject)."""
 
@@ -368,6 +390,7 @@ class _Publishing:
 
     def stored(self) -> None:
         self._counter.inc()
+        self._tel.publish_health.stored(self._subject)
         if self._subject.startswith(_DLQ_SUBJECT_START):
             self._tel._dead_lettered(self._headers)
         if self._span is not None:
@@ -375,6 +398,8 @@ class _Publishing:
 
     def failed(self, error: BaseException, reason: str) -> None:
         self._tel._publish_failed(self._subject, reason)
+        if isinstance(error, PublishError):  # not a full route, not a too-large message
+            self._tel.publish_health.failed(self._subject, error)
         if self._span is not None:
             record_error(self._span, error)
             self._span.end()
