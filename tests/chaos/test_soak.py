@@ -79,7 +79,10 @@ def _long() -> Form:
 
 FORMS = [
     pytest.param(Form("soak-short", 20.0, 10.0, 7.0, 1.0, 5.0), id="short"),
-    pytest.param(_long(), id="long", marks=pytest.mark.slow),
+    # the hour and a margin for start, drain and charts (pytest's default bound is 300 s)
+    pytest.param(
+        _long(), id="long", marks=[pytest.mark.slow, pytest.mark.timeout(_long().seconds + 900)]
+    ),
 ]
 
 
