@@ -39,6 +39,7 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -74,6 +75,26 @@ REMEMBERED_FAILURES = 4096
 HEARTBEAT = 5.0
 
 
+@dataclass(frozen=True, slots=True)
+class _LastFailure:
+    """What a dead letter needs of a message's last failed attempt, and nothing more.
+
+    Not the exception itself: its traceback holds the frames of the attempt (the message,
+    its event, the sink's response), several KB each. Entries of messages that another
+    replica then delivered stay until REMEMBERED_FAILURES pushes them out, so a kept
+    exception made a dispatcher grow by about 6 MB an hour at a 5% sink failure rate
+    (tests/chaos/test_soak.py).
+    """
+
+    message: str
+    code: ErrorCode = ErrorCode.SINK_ERROR
+    status: int | None = None
+    detail: str | None = None
+
+    def __str__(self) -> str:
+        return self.message
+
+
 def no_pause(route: str, since: dt.datetime) -> float:
     """The PausedSeconds of a dispatcher that does not know about pauses: none."""
     return 0.0
@@ -100,9 +121,10 @@ class RouteDelivery:
         self._limiter = limiter
         self._paused = paused_seconds
         self._clock = clock
-        self._failures: OrderedDict[int, DeliveryError] = OrderedDict()
+        #: the last failed attempt of a message (stream sequence), for MAX_AGE letters
+        self._failures: OrderedDict[int, _LastFailure] = OrderedDict()
         #: the last attempt without an outcome of a message (stream sequence), for POISON
-        self._no_outcome: OrderedDict[int, NoOutcomeError] = OrderedDict()
+        self._no_outcome: OrderedDict[int, _LastFailure] = OrderedDict()
 
     def age(self, entered: dt.datetime) -> float:
         """Seconds since a message entered the route, less the time the route was paused."""
@@ -178,7 +200,7 @@ class RouteDelivery:
         """An attempt that ended with no outcome: offered again after the backoff; it counts
         like a crash, so an event that never gets an outcome becomes POISON."""
         seq = msg.metadata.sequence.stream
-        self._no_outcome[seq] = e
+        self._no_outcome[seq] = _LastFailure(str(e), detail=e.detail)
         self._no_outcome.move_to_end(seq)
         while len(self._no_outcome) > REMEMBERED_FAILURES:
             self._no_outcome.popitem(last=False)
@@ -204,7 +226,7 @@ class RouteDelivery:
                     "route %s: event %s attempt %d/%d failed [%s]: %s; next attempt in %.2fs",
                     route, event.id, attempt, policy.max_attempts, err.code, err, delay,
                 )  # fmt: skip
-                self._failures[seq] = err
+                self._failures[seq] = _LastFailure(str(err), err.code, err.status, err.detail)
                 self._failures.move_to_end(seq)
                 while len(self._failures) > REMEMBERED_FAILURES:
                     self._failures.popitem(last=False)
