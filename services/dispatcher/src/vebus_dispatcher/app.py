@@ -28,7 +28,7 @@ from vebus.config import Route
 from vebus.delivery.consumers import RouteConsumers
 from vebus.delivery.route import PausedSeconds
 from vebus.delivery.sink import Sink
-from vebus.routing.source import RouteSource, RouteView, serve_status
+from vebus.routing.source import RouteSource, serve_status
 from vebus.routing.store import PauseBook, open_route_store
 from vebus.runtime.service import ServiceContext, ServiceSettings, run_service
 from vebus_dispatcher.sinks import SinkContext, build_sink
@@ -93,13 +93,9 @@ async def _run(
     status_sub = await serve_status(ctx.nc, consumers.status)
     consumers.spawn_sweep()
 
-    async def on_routes(new: RouteView) -> None:
-        await consumers.apply(new)
-
     ctx.ready = True
     try:
-        async with source.follow(ctx.stopping, on_routes=on_routes, on_pauses=consumers.set_pauses):
-            await consumers.restart_failed(ctx.stopping)
+        await consumers.follow(source, ctx.stopping)
     finally:
         with contextlib.suppress(Exception):
             await status_sub.unsubscribe()

@@ -34,7 +34,7 @@ from vebus.config import Route
 from vebus.delivery.consumers import RouteConsumers
 from vebus.delivery.sink import Sink
 from vebus.errors import ConfigError
-from vebus.routing.source import ReplicaStatus, RouteSource, RouteView, serve_status
+from vebus.routing.source import ReplicaStatus, RouteSource, serve_status
 from vebus.routing.store import PauseBook, open_route_store
 from vebus.runtime.service import ServiceContext, ServiceSettings, run_service
 from vebus_functions.host import FunctionHost
@@ -158,13 +158,9 @@ async def _body(ctx: ServiceContext) -> None:
     logs_sub = await ctx.nc.subscribe(names.FUNCTION_LOGS_SUBJECT, cb=recent)
     consumers.spawn_sweep()
 
-    async def on_routes(new: RouteView) -> None:
-        await consumers.apply(new)
-
     ctx.ready = True
     try:
-        async with source.follow(ctx.stopping, on_routes=on_routes, on_pauses=consumers.set_pauses):
-            await consumers.restart_failed(ctx.stopping)
+        await consumers.follow(source, ctx.stopping)
     finally:
         for sub in (status_sub, logs_sub):
             with contextlib.suppress(Exception):

@@ -258,6 +258,16 @@ class RouteConsumers:
             if isinstance(result, BaseException):
                 raise result
 
+    async def follow(self, source: RouteSource, stopping: asyncio.Event) -> None:
+        """Until `stopping`: run the routes `source` says (its live changes and pauses), and
+        retry the routes that failed to start. What a delivering service does once ready."""
+
+        async def on_routes(new: RouteView) -> None:
+            await self.apply(new)
+
+        async with source.follow(stopping, on_routes=on_routes, on_pauses=self.set_pauses):
+            await self.restart_failed(stopping)
+
     async def restart_failed(self, stopping: asyncio.Event) -> None:
         """Until `stopping`: every RESTART_EVERY seconds, start the routes that failed to."""
         async for _ in aio.every(RESTART_EVERY, stopping, wait_first=True):
