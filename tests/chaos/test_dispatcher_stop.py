@@ -69,9 +69,11 @@ async def test_a_stopped_dispatcher_is_redelivered_around(
         # while it is stopped, everything sent is delivered: what the frozen replica held
         # comes back to the other one once ack_wait has passed
         await producing
+        # (the long form produces for longer than ack_wait + beyond_ack_wait: its last
+        # events, sent to the running replica, still get a few seconds)
         done = await wait_until(
             lambda: set(led.sent) <= set(sink.accepted_ids()),
-            SIGSTOP_ACK_WAIT + form.beyond_ack_wait - (time.monotonic() - stopped),
+            max(10.0, SIGSTOP_ACK_WAIT + form.beyond_ack_wait - (time.monotonic() - stopped)),
         )
         delivered_while_stopped = len(set(led.sent) & set(sink.accepted_ids()))
         # held: sent before the stop, yet (again) delivered only once ack_wait had passed
