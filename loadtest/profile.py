@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,18 +39,22 @@ def _spy(pid: int, out: Path) -> subprocess.Popen[bytes]:
     )  # fmt: skip
 
 
+def _stacks(path: Path) -> Iterator[tuple[list[str], int]]:
+    """Each collapsed stack of a py-spy `--format raw` file: its frames (shortened, root
+    first) and its sample count."""
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack:
+            yield [_short(f) for f in stack.split(";")], int(count)
+
+
 def top(path: Path, n: int) -> list[dict[str, Any]]:
     """The `n` functions with the most self samples, with their total share too."""
     own: collections.Counter[str] = collections.Counter()
     total: collections.Counter[str] = collections.Counter()
     samples = 0
-    for line in path.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack:
-            continue
-        k = int(count)
+    for frames, k in _stacks(path):
         samples += k
-        frames = [_short(f) for f in stack.split(";")]
         own[frames[-1]] += k
         for f in set(frames):
             total[f] += k
@@ -63,14 +68,11 @@ def top_total(path: Path, n: int, prefix: tuple[str, ...]) -> list[dict[str, Any
     """The `n` functions of these packages with the most samples on the stack."""
     total: collections.Counter[str] = collections.Counter()
     samples = 0
-    for line in path.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack:
-            continue
-        samples += int(count)
-        for f in {_short(f) for f in stack.split(";")}:
+    for frames, k in _stacks(path):
+        samples += k
+        for f in set(frames):
             if any(p in f for p in prefix):
-                total[f] += int(count)
+                total[f] += k
     return [{"function": f, "total_%": 100 * c / samples} for f, c in total.most_common(n)]
 
 
