@@ -6,14 +6,19 @@ shared and noisy): compare ratios, not absolute numbers.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import json
 import platform
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import nats.errors
+from nats.aio.msg import Msg
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -178,3 +183,46 @@ def chart(name: str, title: str, series: dict[str, dict[str, float]], ylabel: st
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+class BoundedFetch:
+    """The bare loops' consume side: fetch up to `batch` messages at a time from a pull
+    subscription, at most `limit` being handled at once, each in a task of its own, until
+    `count` are done. A handler calls `release(done=True)` once it acked its message
+    (`done=False`: the message was not handled and will come back)."""
+
+    def __init__(self, limit: int, count: int) -> None:
+        self.limit = limit
+        self.count = count
+        self.held = 0
+        self.done = 0
+        self.room = asyncio.Event()
+        self.room.set()
+        self.finished = asyncio.Event()
+
+    def release(self, *, done: bool = True) -> None:
+        self.held -= 1
+        if done:
+            self.done += 1
+        self.room.set()
+        if self.done == self.count:
+            self.finished.set()
+
+    async def run(self, psub: Any, handle: Callable[[Msg], Awaitable[None]], batch: int) -> None:
+        """Fetch and hand out messages until `count` are done; then unsubscribe."""
+        tasks: set[asyncio.Task[None]] = set()
+        while not self.finished.is_set():
+            await self.room.wait()
+            try:
+                msgs = await psub.fetch(min(batch, self.limit - self.held), timeout=1.0)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            for msg in msgs:
+                self.held += 1
+                if self.held >= self.limit:
+                    self.room.clear()
+                task = asyncio.create_task(handle(msg))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        with contextlib.suppress(nats.errors.Error):
+            await psub.unsubscribe()

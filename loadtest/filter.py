@@ -42,7 +42,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from loadtest.common import RESULTS, print_table, write_results
+from loadtest.common import RESULTS, BoundedFetch, print_table, write_results
 from vebus import names
 from vebus.bus.cloudevent import CloudEvent, to_headers
 from vebus.bus.publish import OutgoingMessage, publish_all
@@ -109,14 +109,9 @@ async def raw_loop(nats_url: str, count: int) -> None:
         ),
     )
     psub = await js.pull_subscribe_bind(RAW_DURABLE, names.EVENTS_STREAM)
-    in_flight = 0
-    done = 0
-    room = asyncio.Event()
-    room.set()
-    finished = asyncio.Event()
+    bound = BoundedFetch(IN_FLIGHT, count)
 
     async def handle(msg: Msg) -> None:
-        nonlocal in_flight, done
         route = f"r{msg.metadata.sequence.stream % ROUTES}"
         headers = msg.headers or {}
         await js.publish(
@@ -125,29 +120,9 @@ async def raw_loop(nats_url: str, count: int) -> None:
             headers={**headers, MSG_ID: f"{headers.get(MSG_ID)}:{route}"},
         )
         await msg.ack()
-        in_flight -= 1
-        done += 1
-        room.set()
-        if done == count:
-            finished.set()
+        bound.release()
 
-    tasks: set[asyncio.Task[None]] = set()
-    while not finished.is_set():
-        await room.wait()
-        want = min(BATCH, IN_FLIGHT - in_flight)
-        try:
-            msgs = await psub.fetch(want, timeout=1.0)
-        except (TimeoutError, nats.errors.TimeoutError):
-            continue
-        for msg in msgs:
-            in_flight += 1
-            if in_flight >= IN_FLIGHT:
-                room.clear()
-            task = asyncio.create_task(handle(msg))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-    with contextlib.suppress(nats.errors.Error):
-        await psub.unsubscribe()
+    await bound.run(psub, handle, BATCH)
     await nc.close()
 
 

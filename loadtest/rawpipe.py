@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import sys
 import time
@@ -35,6 +34,7 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from loadtest.common import BoundedFetch
 from loadtest.dispatcher import cpu_seconds
 from loadtest.pipeline import Bench, rate_of, routes_yaml
 from vebus import names
@@ -74,42 +74,20 @@ async def _consume(
     )
     psub = await js.pull_subscribe_bind(durable, stream)
     print("ready", flush=True)
-    held = 0
-    done = 0
-    room = asyncio.Event()
-    room.set()
-    finished = asyncio.Event()
+    bound = BoundedFetch(in_flight, count)
 
     async def handle(msg: Msg) -> None:
-        nonlocal held, done
+        done = False
         try:
             await work(js, msg)
             await msg.ack()
-            done += 1
+            done = True
         except Exception as e:  # redelivered after ack_wait, like any lost message
             print(f"{durable}: {e!r}", flush=True)
         finally:
-            held -= 1
-            room.set()
-        if done == count:
-            finished.set()
+            bound.release(done=done)
 
-    tasks: set[asyncio.Task[None]] = set()
-    while not finished.is_set():
-        await room.wait()
-        try:
-            msgs = await psub.fetch(min(batch, in_flight - held), timeout=1.0)
-        except (TimeoutError, nats.errors.TimeoutError):
-            continue
-        for msg in msgs:
-            held += 1
-            if held >= in_flight:
-                room.clear()
-            task = asyncio.create_task(handle(msg))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-    with contextlib.suppress(nats.errors.Error):
-        await psub.unsubscribe()
+    await bound.run(psub, handle, batch)
     await nc.close()
 
 
