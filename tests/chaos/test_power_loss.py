@@ -44,6 +44,7 @@ from tests.support.ledger import Ledger, Producer, SinkHub, UpCluster, eventuall
 from tests.support.ports import free_run
 from tests.support.powerfs import PowerFs, available
 from tests.support.sink import RecordingSink
+from tests.support.streams import read_stream
 from vebus import names
 from vebus.bus.streams import StreamSettings, ensure_streams
 from vebus.local.embedded import ManagedProcess, free_port, start_nats
@@ -99,17 +100,10 @@ async def _client(servers: list[str]) -> Client:
 
 
 async def stored_ids(js: JetStreamContext, stream: str, subject: str) -> set[str]:
-    """The CloudEvent ids of every message on `subject` in `stream` (none if it is gone)."""
-    out: set[str] = set()
-    seq = 1
-    while True:
-        try:
-            raw = await js.get_msg(stream, seq=seq, subject=subject, next=True)
-        except NotFoundError:
-            return out
-        if raw.headers and (i := raw.headers.get("ce-id")):
-            out.add(i)
-        seq = int(raw.seq or 0) + 1
+    """The CloudEvent ids of every message on `subject` in `stream` (none if it is gone),
+    as its leader has them."""
+    msgs = await read_stream(js, stream, subject, direct=False)
+    return {i for m in msgs if m.headers and (i := m.headers.get("ce-id"))}
 
 
 async def streams_answer(js: JetStreamContext, *, gone_counts: bool = False) -> bool:

@@ -9,10 +9,9 @@ from typing import Any
 
 import pytest
 from nats.aio.client import Client
-from nats.js.api import RawStreamMsg
-from nats.js.errors import NotFoundError
 
 from tests.support.stack import Stack
+from tests.support.streams import stream_messages
 from vebus import names
 from vebus.bus.cloudevent import CloudEvent, to_headers
 from vebus.names import MSG_ID
@@ -45,26 +44,12 @@ async def publish_events(nc: Client, events: list[CloudEvent]) -> None:
         )
 
 
-async def stream_messages(nc: Client, stream: str, subject: str) -> list[RawStreamMsg]:
-    """Every message of `stream` on `subject`, in order (VEBUS_ROUTES has no direct get)."""
-    js = nc.jetstream()
-    out: list[RawStreamMsg] = []
-    seq = 1
-    while True:
-        try:
-            raw = await js.get_msg(stream, seq=seq, subject=subject, next=True)
-        except NotFoundError:
-            return out
-        out.append(raw)
-        seq = int(raw.seq or 0) + 1
-
-
 async def wait_for(
     nc: Client, stream: str, subject: str, count: int, timeout: float = 20
 ) -> list[Any]:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        found = await stream_messages(nc, stream, subject)
+        found = await stream_messages(nc, stream, subject, direct=False)
         if len(found) >= count or asyncio.get_running_loop().time() > deadline:
             return found
         await asyncio.sleep(0.1)
@@ -142,7 +127,7 @@ async def test_an_invalid_event_is_dead_lettered(stack: Stack, nc: Client) -> No
     letters = await wait_for(nc, names.DLQ_STREAM, "vebus.dlq._invalid", 1)
     assert len(letters) == 1, stack.logs()
     assert await settled(nc), stack.logs()
-    assert await stream_messages(nc, names.ROUTES_STREAM, "vebus.routes.>") == []
+    assert await stream_messages(nc, names.ROUTES_STREAM, "vebus.routes.>", direct=False) == []
 
 
 async def test_a_thousand_routes_each_get_their_own_events(stack: Stack, nc: Client) -> None:
