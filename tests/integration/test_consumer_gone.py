@@ -1,7 +1,7 @@
 """PullWorker against a real nats-server whose consumer disappears: `on_consumer_gone` is
 called for the server's "409 Consumer Deleted" (deleted while a pull request waited) and
 "503" (no consumer to take the request), and once it recreates the consumer the worker
-carries on by itself."""
+carries on by itself; the backlog gauges of the metrics poll follow it."""
 
 from __future__ import annotations
 
@@ -14,7 +14,12 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 
+from tests.support.ledger import wait_until
 from vebus.bus.consume import Ack, Disposition, PullWorker
+from vebus.config import parse_config
+from vebus.runtime import service
+from vebus.runtime.service import ServiceContext, ServiceSettings
+from vebus.runtime.telemetry import Telemetry
 
 pytestmark = pytest.mark.integration
 
@@ -106,3 +111,60 @@ async def test_a_worker_whose_consumer_does_not_exist_creates_it_through_the_hoo
     await asyncio.wait_for(task, 10)
     assert rec.recreated == 1
     assert "consumer not found (pull request ended: 503 No Responders)" in caplog.text
+
+
+async def test_the_backlog_gauge_follows_a_consumer_that_is_lost_and_created_again(
+    nc: Client,
+) -> None:
+    """The metrics poll finds the consumer missing while its worker creates it again: the
+    gauge goes away for that moment and comes back (it used to stay away for good), and
+    when the worker stops the consumer is no longer polled."""
+    js = await _stream(nc)
+    await js.add_consumer(STREAM, CONSUMER)
+    tel = Telemetry("test", "t1", "0")
+    ctx = ServiceContext(
+        settings=ServiceSettings(service="test", config_path=""),
+        config=parse_config({"nats": {"url": "nats://unused:4222"}}, {}),
+        nc=nc, js=js, stopping=asyncio.Event(), telemetry=tel,
+    )  # fmt: skip
+    rec = Recorder(js)
+    hold = asyncio.Event()  # the consumer stays missing until this is set
+
+    async def recreate_later() -> None:
+        await hold.wait()
+        await rec.recreate()
+
+    def pending() -> float | None:
+        labels = {"stream": STREAM, "consumer": DURABLE}
+        return tel.metrics.registry.get_sample_value("vebus_consumer_pending", labels)
+
+    stopping = asyncio.Event()
+    tokens = tel.activate()
+    try:
+        worker = PullWorker(
+            js, stream=STREAM, durable=DURABLE, handler=rec.handle, max_in_flight=4,
+            fetch_timeout=30.0, on_consumer_gone=recreate_later,
+        )  # fmt: skip
+        task = asyncio.create_task(worker.run(stopping))
+        poll = asyncio.create_task(service._poll(ctx, 0.1))
+        await js.publish("gone.x", b"before")
+        await rec.wait_seen({"before"})
+        assert await wait_until(lambda: pending() == 0, 10, interval=0.05)
+        await js.delete_consumer(STREAM, DURABLE)
+        # polled while missing: no backlog to show
+        assert await wait_until(lambda: pending() is None, 10, interval=0.05)
+        await asyncio.sleep(0.5)  # several polls find it missing
+        hold.set()
+        await js.publish("gone.x", b"after")
+        await rec.wait_seen({"after"})
+        # created again: reported again
+        assert await wait_until(lambda: pending() == 0, 10, interval=0.05)
+        stopping.set()
+        await asyncio.wait_for(task, 10)
+        assert not tel.consumers
+        # stopped: no longer reported
+        assert await wait_until(lambda: pending() is None, 10, interval=0.05)
+        ctx.stopping.set()
+        await asyncio.wait_for(poll, 10)
+    finally:
+        Telemetry.deactivate(tokens)

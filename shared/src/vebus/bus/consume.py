@@ -198,25 +198,29 @@ class PullWorker:
                     async with asyncio.timeout(max(0.0, wait)):
                         await self._wake.wait()
         finally:
-            stop_waiter.cancel()
-            # what the outstanding request still brings is handled too, for a moment (a
-            # message the server sends after that is offered again after ack_wait)
-            until = min(self._expires_at, time.monotonic() + STOP_GRACE)
-            while self._pending and time.monotonic() < until and not nc.is_closed:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(until - time.monotonic()):
-                        await self._wake.wait()
-            with contextlib.suppress(nats.errors.Error):
-                await sub.unsubscribe()
-            if self._tasks or self._ready:
-                log.info(
-                    "%s: finishing %d in-flight message(s)",
-                    self._durable, len(self._tasks) + len(self._ready),
-                )  # fmt: skip
-            while self._tasks or self._ready:
-                self._start_ready()
-                await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
+            try:
+                stop_waiter.cancel()
+                # what the outstanding request still brings is handled too, for a moment (a
+                # message the server sends after that is offered again after ack_wait)
+                until = min(self._expires_at, time.monotonic() + STOP_GRACE)
+                while self._pending and time.monotonic() < until and not nc.is_closed:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(until - time.monotonic()):
+                            await self._wake.wait()
+                with contextlib.suppress(nats.errors.Error):
+                    await sub.unsubscribe()
+                if self._tasks or self._ready:
+                    log.info(
+                        "%s: finishing %d in-flight message(s)",
+                        self._durable, len(self._tasks) + len(self._ready),
+                    )  # fmt: skip
+                while self._tasks or self._ready:
+                    self._start_ready()
+                    await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if self._observer is not None:
+                    self._observer.close()  # no longer followed here: not polled
 
     def _may_pull(self, room: int) -> bool:
         """Ask for more when a batch's worth fits (with prefetch: half of it), or when

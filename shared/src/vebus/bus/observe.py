@@ -43,6 +43,10 @@ class ConsumerObserver(Protocol):
         """The handler ended: ack, nak, term or error."""
         ...
 
+    def close(self) -> None:
+        """The worker stopped following this consumer (stopped, or its route removed)."""
+        ...
+
 
 class PublishObservation(Protocol):
     """One publish in progress."""

@@ -315,11 +315,10 @@ async def _poll(ctx: ServiceContext, interval: float) -> None:
         for stream, durable in sorted(tel.consumers):
             try:
                 info = await ctx.js.consumer_info(stream, durable)
-            except NotFoundError:  # deleted (a route removed live): stop reporting it
-                tel.consumers.discard((stream, durable))
-                for gauge in (m.pending, m.ack_pending, m.redelivered):
-                    with contextlib.suppress(KeyError):
-                        gauge.remove(stream, durable)
+            except NotFoundError:
+                # missing for now (deleted with its route, or lost and being created again
+                # by its worker): no backlog to report; polled again while a worker runs
+                tel.drop_backlog(stream, durable)
                 continue
             except (TimeoutError, nats.errors.Error) as e:
                 m.poll_errors.labels().inc()

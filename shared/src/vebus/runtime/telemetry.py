@@ -24,10 +24,12 @@ unchanged, and the cost is a `None` check.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Mapping, MutableMapping
 from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any
@@ -187,7 +189,7 @@ class Telemetry:
         self._provider = provider
         self.tracer: Tracer | None = provider.get_tracer("vebus", version) if provider else None
         #: (stream, durable) of every consumer a PullWorker runs here, for the backlog poll
-        self.consumers: set[tuple[str, str]] = set()
+        self.consumers: Counter[tuple[str, str]] = Counter()
         self._published: dict[str, Any] = {}
         #: the streams whose publishes keep failing (/readyz, `vebus status`)
         self.publish_health = PublishHealth()
@@ -334,8 +336,15 @@ class Telemetry:
 
     def consumer(self, stream: str, durable: str) -> ConsumerObserver:
         """The observer a PullWorker of `durable` on `stream` reports each message to."""
-        self.consumers.add((stream, durable))
+        self.consumers[stream, durable] += 1
         return ConsumerObserver(self, stream, durable)
+
+    def drop_backlog(self, stream: str, durable: str) -> None:
+        """Stop reporting the backlog gauges of `durable` (until the next poll finds it)."""
+        m = self.metrics
+        for gauge in (m.pending, m.ack_pending, m.redelivered):
+            with contextlib.suppress(KeyError):
+                gauge.remove(stream, durable)
 
     # -- calling out (sinks) -----------------------------------------------------------
 
@@ -428,6 +437,7 @@ class ConsumerObserver:
 
     def __init__(self, telemetry: Telemetry, stream: str, durable: str) -> None:
         m = telemetry.metrics
+        self._telemetry = telemetry
         self.stream, self.durable = stream, durable
         self.route = names.route_of_durable(durable) or ""
         self._tracer = telemetry.tracer
@@ -486,6 +496,14 @@ class ConsumerObserver:
             if handling.token is not None:
                 otel_context.detach(handling.token)
         _SCOPE.reset(handling.scope_token)
+
+    def close(self) -> None:
+        """No worker of this replica follows the consumer any more: stop polling it."""
+        consumers, key = self._telemetry.consumers, (self.stream, self.durable)
+        consumers[key] -= 1
+        if consumers[key] <= 0:
+            del consumers[key]
+            self._telemetry.drop_backlog(self.stream, self.durable)
 
 
 class LogContextFilter(logging.Filter):
