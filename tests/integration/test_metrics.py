@@ -94,14 +94,17 @@ async def test_counters_move_as_events_flow(
 
     def polled(after: dict[str, Samples]) -> bool:
         """The gauges polled every VEBUS_METRICS_POLL have caught up: the deadletter service
-        saw the dead letter stored, the dispatcher polled both route consumers since."""
+        saw the dead letter stored, the dispatcher and the filter polled their consumers (a
+        missing gauge would read as 0 below)."""
         dispatcher_polled = all(
             ("vebus_consumer_pending", frozenset({("stream", "VEBUS_ROUTES"),
              ("consumer", f"vebus-dispatch-{route}")})) in after["dispatcher"]
             for route in ("ok", "refused")
         )  # fmt: skip
+        filter_polled = ("vebus_consumer_ack_pending", frozenset({("stream", "VEBUS_EVENTS"),
+                         ("consumer", "vebus-filter")})) in after["filter"]  # fmt: skip
         dlq = value(after["deadletter"], "vebus_stream_messages", stream="VEBUS_DLQ")
-        return dispatcher_polled and dlq >= 1
+        return dispatcher_polled and filter_polled and dlq >= 1
 
     deadline = asyncio.get_running_loop().time() + 30
     while not polled(after := await scrape_all(stack)):
