@@ -168,3 +168,34 @@ async def test_the_backlog_gauge_follows_a_consumer_that_is_lost_and_created_aga
         await asyncio.wait_for(poll, 10)
     finally:
         Telemetry.deactivate(tokens)
+
+
+async def test_pulling_goes_on_while_the_consumer_is_being_created_again(nc: Client) -> None:
+    """In a cluster, a consumer whose leader was lost answers 503 until it elects another,
+    and creating it meanwhile waits for the election (the API timeout, 5 s by default).
+    The worker keeps asking while the hook runs: when the consumer answers again (here:
+    created by someone else after a second), work goes on without waiting for the hook."""
+    js = await _stream(nc)
+    rec = Recorder(js)
+    hook_returned = asyncio.Event()
+
+    async def slow_recreate() -> None:  # an add_consumer stuck in an election
+        await asyncio.sleep(20)
+        hook_returned.set()
+
+    worker = PullWorker(
+        js, stream=STREAM, durable=DURABLE, handler=rec.handle, max_in_flight=4,
+        fetch_timeout=30.0, on_consumer_gone=slow_recreate,
+    )  # fmt: skip
+    stopping = asyncio.Event()
+    task = asyncio.create_task(worker.run(stopping))
+    await js.publish("gone.x", b"waiting")
+    await asyncio.sleep(1.0)  # no consumer: 503s, the hook started and hangs
+    started = asyncio.get_running_loop().time()
+    await js.add_consumer(STREAM, CONSUMER)  # the consumer is back (its leader elected)
+    await rec.wait_seen({"waiting"}, timeout=10)
+    took = asyncio.get_running_loop().time() - started
+    assert not hook_returned.is_set()
+    assert took < 5, f"took {took:.1f}s: the worker waited for the hook"
+    stopping.set()
+    await asyncio.wait_for(task, 10)  # stopping cancels the hook still running

@@ -24,9 +24,13 @@ waits, not only when it expires.
 A consumer that disappears (deleted by hand, or by another replica that retired its route
 while this one runs it again) ends the outstanding pull request with "409 Consumer
 Deleted", and every request after that with "503" (no responders: nothing listens on the
-consumer's MSG.NEXT subject). With `on_consumer_gone`, the worker calls it once per such
-status, ERROR_PAUSE apart, so its owner can create the consumer again and the worker
-carries on; without it the worker pauses and retries, as for any other error status.
+consumer's MSG.NEXT subject). With `on_consumer_gone`, the worker calls it (one call at a
+time) so its owner can create the consumer again, and goes on asking, ERROR_PAUSE apart,
+while the call runs: in a cluster a consumer whose leader was lost answers 503 as well
+until it elects another, and creating it then waits for that election (up to the API
+timeout), so the first answer of the new leader is taken at once instead of after the
+call. Without `on_consumer_gone` the worker pauses and retries, as for any other error
+status.
 
 Each message is observed here, not in handlers: inside a service, the worker reports it to
 the service's observer (vebus.bus.observe; the runtime's telemetry keeps counters, wait and
@@ -143,8 +147,12 @@ class PullWorker:
         #: no new request before this (monotonic): after an error status
         self._pause_until = 0.0
         self._on_consumer_gone = on_consumer_gone
-        #: a status said the consumer is gone: call `on_consumer_gone` before the next request
+        #: a status said the consumer is gone: call `on_consumer_gone` (unless running)
         self._gone: str | None = None
+        #: the `on_consumer_gone` call in progress: pulling goes on beside it
+        self._recreating: asyncio.Task[None] | None = None
+        #: answers from the consumer itself (messages, statuses other than gone)
+        self._answers = 0
         self.handled = 0
         self._observer: observe.ConsumerObserver | None = None
 
@@ -167,8 +175,8 @@ class PullWorker:
         stop_waiter = asyncio.create_task(self._wake_on(stopping))
         try:
             while not stopping.is_set():
-                if self._gone is not None:
-                    await self._recreate(self._gone)
+                if self._gone is not None and self._recreating is None:
+                    self._recreating = asyncio.create_task(self._recreate(self._gone))
                 now = time.monotonic()
                 if self._pending and (
                     now >= self._expires_at + EXPIRY_MARGIN
@@ -200,6 +208,8 @@ class PullWorker:
         finally:
             try:
                 stop_waiter.cancel()
+                if self._recreating is not None:
+                    self._recreating.cancel()
                 # what the outstanding request still brings is handled too, for a moment (a
                 # message the server sends after that is offered again after ack_wait)
                 until = min(self._expires_at, time.monotonic() + STOP_GRACE)
@@ -236,15 +246,25 @@ class PullWorker:
         return time.monotonic() + self._fetch_timeout
 
     async def _recreate(self, status: str) -> None:
-        """Let the owner create the vanished consumer again; the next pull request (after
-        ERROR_PAUSE) tells whether it worked, and a failure comes back here."""
+        """Let the owner create the vanished consumer again, while the pull loop goes on
+        asking (ERROR_PAUSE apart): in a cluster a consumer electing a leader answers 503
+        too, and its creation waits for the election (up to the API timeout), so pulling
+        must not wait for it. The next request tells whether it worked; a failure comes
+        back here."""
         self._gone = None
+        answers = self._answers
         assert self._on_consumer_gone is not None
         log.warning("%s: consumer not found (pull request ended: %s)", self._durable, status)
         try:
             await self._on_consumer_gone()
         except Exception as e:
-            log.warning("%s: could not create the consumer again: %r", self._durable, e)
+            if self._answers == answers:  # still not answering
+                log.warning("%s: could not create the consumer again: %r", self._durable, e)
+            else:  # it answered meanwhile (a leader was elected): nothing was missing
+                log.info("%s: the consumer answers again", self._durable)
+        finally:
+            self._recreating = None
+            self._wake.set()
 
     async def _wake_on(self, stopping: asyncio.Event) -> None:
         await stopping.wait()
@@ -257,18 +277,22 @@ class PullWorker:
             if status == StatusCode.CONTROL_MESSAGE:  # idle heartbeat
                 return
             self._pending = 0
-            if status in (StatusCode.NO_MESSAGES, StatusCode.REQUEST_TIMEOUT) and not self._got:
-                self._expiry = min(self._expiry * 2, max(IDLE_FETCH_MAX, self._fetch_timeout))
-            if status not in (StatusCode.NO_MESSAGES, StatusCode.REQUEST_TIMEOUT):
+            if status in (StatusCode.NO_MESSAGES, StatusCode.REQUEST_TIMEOUT):
+                self._answered()
+                if not self._got:
+                    self._expiry = min(self._expiry * 2, max(IDLE_FETCH_MAX, self._fetch_timeout))
+            else:
                 description = msg.headers.get(Header.DESCRIPTION, "") if msg.headers else ""
                 description = description.split("\n", 1)[0].strip()  # 503: headers follow
                 if self._on_consumer_gone is not None and _consumer_gone(status, description):
                     self._gone = f"{status} {description or 'No Responders'}"
                 else:
+                    self._answered()
                     log.warning("%s: pull request ended: %s %s", self._durable, status, description)
                 self._pause_until = time.monotonic() + ERROR_PAUSE
             self._wake.set()
             return
+        self._answered()
         if self._pending > 0:
             self._pending -= 1
         self._got += 1
@@ -277,6 +301,11 @@ class PullWorker:
         self._start_ready()
         if not self._pending:
             self._wake.set()
+
+    def _answered(self) -> None:
+        """The consumer answered a request: a gone status seen before is out of date."""
+        self._answers += 1
+        self._gone = None
 
     def _start_ready(self) -> None:
         """Start handlers for fetched messages while there is room, and wake the pull loop
