@@ -261,11 +261,7 @@ class RouteConsumers:
     async def follow(self, source: RouteSource, stopping: asyncio.Event) -> None:
         """Until `stopping`: run the routes `source` says (its live changes and pauses), and
         retry the routes that failed to start. What a delivering service does once ready."""
-
-        async def on_routes(new: RouteView) -> None:
-            await self.apply(new)
-
-        async with source.follow(stopping, on_routes=on_routes, on_pauses=self.set_pauses):
+        async with source.follow(stopping, on_routes=self.apply, on_pauses=self.set_pauses):
             await self.restart_failed(stopping)
 
     async def restart_failed(self, stopping: asyncio.Event) -> None:

@@ -339,6 +339,14 @@ class Telemetry:
         self.consumers[stream, durable] += 1
         return ConsumerObserver(self, stream, durable)
 
+    def consumer_closed(self, stream: str, durable: str) -> None:
+        """A worker stopped following `durable`: once none does, it is no longer polled."""
+        key = (stream, durable)
+        self.consumers[key] -= 1
+        if self.consumers[key] <= 0:
+            del self.consumers[key]
+            self.drop_backlog(stream, durable)
+
     def drop_backlog(self, stream: str, durable: str) -> None:
         """Stop reporting the backlog gauges of `durable` (until the next poll finds it)."""
         m = self.metrics
@@ -498,12 +506,8 @@ class ConsumerObserver:
         _SCOPE.reset(handling.scope_token)
 
     def close(self) -> None:
-        """No worker of this replica follows the consumer any more: stop polling it."""
-        consumers, key = self._telemetry.consumers, (self.stream, self.durable)
-        consumers[key] -= 1
-        if consumers[key] <= 0:
-            del consumers[key]
-            self._telemetry.drop_backlog(self.stream, self.durable)
+        """The worker stopped following the consumer (the poll stops once none does)."""
+        self._telemetry.consumer_closed(self.stream, self.durable)
 
 
 class LogContextFilter(logging.Filter):
